@@ -1,0 +1,1 @@
+//! proxmox-netbox-operator: keeps NetBox true to what Proxmox VE runs.
