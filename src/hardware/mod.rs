@@ -1,0 +1,3 @@
+//! Hardware discovery: facts about each node gathered over SSH.
+
+pub mod facts;
