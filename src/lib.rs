@@ -3,3 +3,4 @@
 pub mod hardware;
 pub mod inventory;
 pub mod secret;
+pub mod tls;
