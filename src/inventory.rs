@@ -590,6 +590,64 @@ impl Inventory {
     }
 }
 
+/// Inventory counts, as shown in the status summary and the `sync` output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryCounts {
+    /// Nodes.
+    pub nodes: usize,
+    /// Nodes online.
+    pub nodes_online: usize,
+    /// QEMU VMs, templates excluded.
+    pub vms: usize,
+    /// LXC containers, templates excluded.
+    pub containers: usize,
+    /// Templates (QEMU and LXC).
+    pub templates: usize,
+    /// Node interfaces plus guest NICs.
+    pub interfaces: usize,
+    /// Node addresses plus guest addresses.
+    pub ip_addresses: usize,
+    /// Guest disks plus node physical disks.
+    pub disks: usize,
+    /// Distinct storage pools.
+    pub storage_pools: usize,
+}
+
+impl Inventory {
+    /// Counts of what was read.
+    pub fn counts(&self) -> InventoryCounts {
+        let non_template = |kind: GuestKind| {
+            self.guests
+                .iter()
+                .filter(|g| g.kind == kind && !g.template)
+                .count()
+        };
+        let mut pools: Vec<&str> = self.storage.iter().map(|s| s.name.as_str()).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        InventoryCounts {
+            nodes: self.nodes.len(),
+            nodes_online: self.nodes.iter().filter(|n| n.online).count(),
+            vms: non_template(GuestKind::Qemu),
+            containers: non_template(GuestKind::Lxc),
+            templates: self.guests.iter().filter(|g| g.template).count(),
+            interfaces: self.nodes.iter().map(|n| n.interfaces.len()).sum::<usize>()
+                + self.guests.iter().map(|g| g.nics.len()).sum::<usize>(),
+            ip_addresses: self
+                .nodes
+                .iter()
+                .flat_map(|n| &n.interfaces)
+                .map(|i| usize::from(i.cidr.is_some()) + usize::from(i.cidr6.is_some()))
+                .sum::<usize>()
+                + self.guests.iter().map(|g| g.addresses.len()).sum::<usize>(),
+            disks: self.nodes.iter().map(|n| n.disks.len()).sum::<usize>()
+                + self.guests.iter().map(|g| g.disks.len()).sum::<usize>(),
+            storage_pools: pools.len(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,6 +694,30 @@ mod tests {
             .record(ReadScope::NodeGuests("pve1".into()), ReadOutcome::Complete);
         assert!(inv.guest_set_complete());
         assert!(inv.node_set_complete());
+    }
+
+    #[test]
+    fn counts_split_templates_from_guests() {
+        let guest = |vmid, kind, template| Guest {
+            vmid,
+            kind,
+            template,
+            nics: vec![GuestNic::default()],
+            ..Default::default()
+        };
+        let inv = Inventory {
+            nodes: vec![node("pve1")],
+            guests: vec![
+                guest(100, GuestKind::Qemu, false),
+                guest(101, GuestKind::Qemu, true),
+                guest(200, GuestKind::Lxc, false),
+            ],
+            ..Default::default()
+        };
+        let c = inv.counts();
+        assert_eq!((c.vms, c.containers, c.templates), (1, 1, 1));
+        assert_eq!(c.interfaces, 3);
+        assert_eq!(c.nodes_online, 1);
     }
 
     #[test]

@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    print!("{}", proxmox_netbox_operator::crd::crds_yaml().unwrap());
+}

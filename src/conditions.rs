@@ -1,0 +1,66 @@
+//! Condition types and reasons written to the status of the resources.
+//!
+//! kstatus reads `Ready` (with `observedGeneration`); the others give detail.
+
+/// Condition types.
+pub mod types {
+    /// Summary condition for kstatus, Argo CD and Flux.
+    pub const READY: &str = "Ready";
+    /// The Proxmox VE API could be read (fully or partly).
+    pub const PROXMOX_REACHABLE: &str = "ProxmoxReachable";
+    /// Hardware discovery ran on every node without warning.
+    pub const HARDWARE_DISCOVERED: &str = "HardwareDiscovered";
+    /// NetBox holds what Proxmox runs.
+    pub const NETBOX_SYNCED: &str = "NetBoxSynced";
+    /// Something worked only partly: see the reason and message.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// Condition reasons. Each names the cause, so it can be used as an Event reason and a
+/// metric label too.
+pub mod reasons {
+    /// Everything succeeded.
+    pub const SYNCED: &str = "Synced";
+    /// Dry-run: the plan was computed and nothing was written.
+    pub const DRY_RUN: &str = "DryRun";
+    /// `spec.sync.suspend` is true.
+    pub const SUSPENDED: &str = "Suspended";
+    /// Work is in progress (first reconcile).
+    pub const RECONCILING: &str = "Reconciling";
+    /// A referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret lacks the key.
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// A spec value cannot be used (the message names the field).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The PVE API rejected the credentials.
+    pub const PROXMOX_UNAUTHORIZED: &str = "ProxmoxUnauthorized";
+    /// No PVE endpoint could be reached.
+    pub const PROXMOX_UNREACHABLE: &str = "ProxmoxUnreachable";
+    /// TLS verification of an endpoint failed.
+    pub const TLS_VERIFICATION_FAILED: &str = "TlsVerificationFailed";
+    /// The PVE token lacks read privileges.
+    pub const MISSING_PRIVILEGES: &str = "MissingPrivileges";
+    /// Part of the PVE read failed: nothing in that scope was pruned.
+    pub const PARTIAL_READ: &str = "PartialRead";
+    /// The PVE read succeeded.
+    pub const READ_COMPLETE: &str = "ReadComplete";
+    /// Some objects failed to sync; the rest was synced.
+    pub const PARTIAL_SYNC: &str = "PartialSync";
+    /// NetBox could not be used at all.
+    pub const NETBOX_FAILED: &str = "NetBoxFailed";
+    /// Unowned NetBox objects are in the way and were left untouched.
+    pub const COLLISIONS: &str = "Collisions";
+    /// Hardware discovery is switched off.
+    pub const DISCOVERY_DISABLED: &str = "DiscoveryDisabled";
+    /// Hardware discovery succeeded on every node.
+    pub const DISCOVERED: &str = "Discovered";
+    /// Hardware discovery failed on some nodes.
+    pub const DISCOVERY_WARNINGS: &str = "DiscoveryWarnings";
+    /// The previous stage failed, so this one did not run.
+    pub const NOT_RUN: &str = "NotRun";
+    /// Nothing is degraded.
+    pub const HEALTHY: &str = "Healthy";
+    /// The token holds write privileges an inventory reader does not need.
+    pub const EXCESS_PRIVILEGES: &str = "ExcessPrivileges";
+}

@@ -1,0 +1,552 @@
+//! The `ProxmoxCluster` resource: one Proxmox VE cluster kept in sync with NetBox.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{SecretKeyRef, SecretRef, TlsSpec};
+use crate::hardware::facts::NodeHardware;
+
+/// Pattern of a Go-style duration such as `30s`, `15m`, `1h30m` (no sign).
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// A Proxmox VE cluster whose inventory the operator keeps in NetBox.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "proxmox-netbox.io",
+    version = "v1alpha1",
+    kind = "ProxmoxCluster",
+    namespaced,
+    status = "ProxmoxClusterStatus",
+    shortname = "pxc",
+    category = "proxmox-netbox",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.summary.nodes"),
+    printcolumn(name = "VMs", type_ = "integer", json_path = ".status.summary.vms"),
+    printcolumn(
+        name = "Containers",
+        type_ = "integer",
+        json_path = ".status.summary.containers",
+        priority = 1
+    ),
+    printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSyncTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxmoxClusterSpec {
+    /// How to reach the Proxmox VE API.
+    pub proxmox: ProxmoxSpec,
+    /// Where and how to write the inventory in NetBox.
+    pub netbox: NetBoxSpec,
+    /// When and how to sync.
+    #[serde(default)]
+    pub sync: SyncSpec,
+    /// Optional hardware discovery over SSH (dmidecode, ip, ethtool) using NodeSSHCredentials.
+    #[serde(default)]
+    pub hardware_discovery: HardwareDiscoverySpec,
+    /// What happens in NetBox when this resource is deleted: `Orphan` (default) leaves every
+    /// NetBox object as it is; `Delete` removes the objects this operator owns for this cluster.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Connection to the Proxmox VE API.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxmoxSpec {
+    /// API endpoints (`https://host:8006`), tried in order: the next one is used when one is down.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(pattern(r"^https://[^\s/]+(:[0-9]+)?/?$"))
+    )]
+    pub endpoints: Vec<String>,
+    /// Secret with either keys `tokenId` (`user@realm!name`) and `tokenSecret` (API token, preferred),
+    /// or keys `username` (`user@realm`) and `password` (ticket authentication).
+    pub credentials_secret_ref: SecretRef,
+    /// TLS verification of the PVE API.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Timeout of one API request (Go duration, default `30s`).
+    #[serde(default = "default_request_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub request_timeout: String,
+    /// Maximum number of PVE API requests in flight for this cluster.
+    #[serde(default = "default_pve_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_concurrency: i32,
+    /// Read guest IP addresses from the QEMU guest agent (needs `VM.GuestAgent.Audit` on PVE 9).
+    #[serde(default = "default_true")]
+    pub read_guest_agent: bool,
+    /// Read Ceph status, OSDs and pools when Ceph is installed.
+    #[serde(default = "default_true")]
+    pub read_ceph: bool,
+}
+
+/// Target NetBox and where the objects go.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetBoxSpec {
+    /// Base URL of NetBox (`https://netbox.example.com`), without `/api`.
+    #[schemars(pattern(r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// Secret key holding a NetBox API token with write permission (`nbt_...` v2 token or a v1 token).
+    pub token_secret_ref: SecretKeyRef,
+    /// TLS verification of NetBox.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Timeout of one NetBox request (Go duration, default `60s`).
+    #[serde(default = "default_netbox_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub request_timeout: String,
+    /// Maximum number of NetBox requests in flight.
+    #[serde(default = "default_netbox_in_flight")]
+    #[schemars(range(min = 1, max = 16))]
+    pub max_in_flight: i32,
+    /// Slug or name of the NetBox site for nodes and the cluster. Created if missing.
+    #[schemars(length(min = 1, max = 100))]
+    pub site: String,
+    /// Slug or name of an existing NetBox tenant for the cluster, nodes and guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Name of the NetBox cluster. Defaults to the PVE cluster name, else this resource's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    /// Name of the NetBox cluster group. Created if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_group: Option<String>,
+    /// Name of the NetBox cluster type. Created if missing.
+    #[serde(default = "default_cluster_type")]
+    pub cluster_type: String,
+    /// Name of the device role for PVE nodes. Created if missing.
+    #[serde(default = "default_device_role")]
+    pub device_role: String,
+    /// Roles for guests. Created if missing.
+    #[serde(default)]
+    pub vm_roles: VmRolesSpec,
+    /// Extra tags put on every object this operator creates. Created if missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 100)))]
+    pub tags: Vec<String>,
+    /// Take over existing objects that were not created by this operator but have the same
+    /// identity (for example a node documented by hand). Off by default: such objects are
+    /// reported and left untouched.
+    #[serde(default)]
+    pub adopt_existing: bool,
+}
+
+/// NetBox roles given to guests by kind.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmRolesSpec {
+    /// Role of QEMU virtual machines.
+    #[serde(default = "default_qemu_role")]
+    pub qemu: String,
+    /// Role of LXC containers.
+    #[serde(default = "default_lxc_role")]
+    pub lxc: String,
+    /// Role of templates (used when `sync.templates` is `Sync`).
+    #[serde(default = "default_template_role")]
+    pub template: String,
+}
+
+impl Default for VmRolesSpec {
+    fn default() -> Self {
+        Self {
+            qemu: default_qemu_role(),
+            lxc: default_lxc_role(),
+            template: default_template_role(),
+        }
+    }
+}
+
+/// Sync policy.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// Time between two syncs (Go duration, default `15m`, at least `30s`). A small random
+    /// jitter is added.
+    #[serde(default = "default_interval")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub interval: String,
+    /// `Sync` writes to NetBox; `DryRun` computes and reports the plan and writes nothing.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// Stop syncing. Nothing is read or written while true.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Which kinds of NetBox objects to sync. Default: all.
+    #[serde(default = "SyncKind::all")]
+    #[schemars(length(min = 1))]
+    pub kinds: Vec<SyncKind>,
+    /// Templates: `Skip` (default) or `Sync` (with the template role).
+    #[serde(default)]
+    pub templates: TemplatePolicy,
+    /// Removal of NetBox objects whose Proxmox counterpart is gone.
+    #[serde(default)]
+    pub prune: PruneSpec,
+}
+
+impl Default for SyncSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            mode: SyncMode::default(),
+            suspend: false,
+            kinds: SyncKind::all(),
+            templates: TemplatePolicy::default(),
+            prune: PruneSpec::default(),
+        }
+    }
+}
+
+/// Whether the sync writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SyncMode {
+    /// Write changes to NetBox.
+    #[default]
+    Sync,
+    /// Compute and report the plan; write nothing.
+    DryRun,
+}
+
+/// A kind of NetBox object the operator can sync.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum SyncKind {
+    /// PVE nodes as `dcim.Device`.
+    Nodes,
+    /// Node network interfaces as `dcim.Interface` (with MAC addresses).
+    NodeInterfaces,
+    /// QEMU VMs and LXC containers as `virtualization.VirtualMachine`.
+    VirtualMachines,
+    /// Guest NICs as `virtualization.VMInterface` (with MAC addresses).
+    VmInterfaces,
+    /// Guest disks as `virtualization.VirtualDisk`.
+    VirtualDisks,
+    /// Node and guest addresses as `ipam.IPAddress`.
+    IpAddresses,
+}
+
+impl SyncKind {
+    /// Every kind, the default.
+    pub fn all() -> Vec<SyncKind> {
+        vec![
+            Self::Nodes,
+            Self::NodeInterfaces,
+            Self::VirtualMachines,
+            Self::VmInterfaces,
+            Self::VirtualDisks,
+            Self::IpAddresses,
+        ]
+    }
+}
+
+/// What to do with PVE templates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TemplatePolicy {
+    /// Leave templates out of NetBox.
+    #[default]
+    Skip,
+    /// Sync templates as virtual machines with the template role.
+    Sync,
+}
+
+/// Pruning of owned NetBox objects whose Proxmox counterpart is gone.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneSpec {
+    /// Off by default. When on, a missing object is first marked stale and deleted after the
+    /// grace period, and only when the read of its scope was complete.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long an object stays marked stale before it is deleted (Go duration, default `24h`).
+    #[serde(default = "default_grace_period")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub grace_period: String,
+}
+
+impl Default for PruneSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            grace_period: default_grace_period(),
+        }
+    }
+}
+
+/// Hardware discovery over SSH.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareDiscoverySpec {
+    /// Off by default. When on, each node with a NodeSSHCredential is visited over SSH, one
+    /// node after another.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Timeout of the SSH connection and authentication (Go duration, default `10s`).
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub connect_timeout: String,
+    /// Timeout of each remote command (Go duration, default `30s`).
+    #[serde(default = "default_command_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub command_timeout: String,
+}
+
+impl Default for HardwareDiscoverySpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+        }
+    }
+}
+
+/// What happens in NetBox when the ProxmoxCluster is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Leave NetBox as it is.
+    #[default]
+    Orphan,
+    /// Delete the NetBox objects this operator owns for this cluster.
+    Delete,
+}
+
+/// Observed state of a ProxmoxCluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxmoxClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (kstatus summary), `ProxmoxReachable`, `HardwareDiscovered`, `NetBoxSynced`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the last sync attempt finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// When the last fully successful sync finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_sync_time: Option<String>,
+    /// Value of the `proxmox-netbox.io/resync` annotation last acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync_request: Option<String>,
+    /// Proxmox VE version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pve_version: Option<String>,
+    /// Proxmox VE cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pve_cluster_name: Option<String>,
+    /// Inventory counts from the last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<InventorySummary>,
+    /// Outcome of the last NetBox sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncSummary>,
+    /// Parts of the last Proxmox read that failed (at most 50 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_failures: Vec<ReadFailureEntry>,
+    /// Per-node facts and warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStatusEntry>,
+    /// Storage pools with capacity and usage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<StorageStatusEntry>,
+    /// Ceph health, when Ceph is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephStatusEntry>,
+}
+
+/// Inventory counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventorySummary {
+    /// PVE nodes.
+    pub nodes: i64,
+    /// Nodes online.
+    pub nodes_online: i64,
+    /// QEMU VMs (templates excluded).
+    pub vms: i64,
+    /// LXC containers (templates excluded).
+    pub containers: i64,
+    /// Templates.
+    pub templates: i64,
+    /// Network interfaces (node and guest).
+    pub interfaces: i64,
+    /// IP addresses (node and guest).
+    pub ip_addresses: i64,
+    /// Disks (guest disks and node physical disks).
+    pub disks: i64,
+    /// Storage pools.
+    pub storage_pools: i64,
+}
+
+/// Outcome of the last NetBox sync.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSummary {
+    /// `Sync` or `DryRun`.
+    pub mode: String,
+    /// Objects created (or that would be, in dry-run).
+    pub created: i64,
+    /// Objects updated.
+    pub updated: i64,
+    /// Objects already right.
+    pub unchanged: i64,
+    /// Objects deleted.
+    pub deleted: i64,
+    /// Objects marked stale (pruning grace period running).
+    pub stale: i64,
+    /// Objects that failed.
+    pub failed: i64,
+    /// Unowned NetBox objects in the way, left untouched.
+    pub collisions: i64,
+    /// NetBox read requests.
+    pub read_requests: i64,
+    /// NetBox write requests.
+    pub write_requests: i64,
+    /// First errors (at most 20), each naming the object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// One part of the Proxmox read that failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadFailureEntry {
+    /// What was read (`node pve2 guests`, `vm 101 addresses`, ...).
+    pub scope: String,
+    /// Machine-readable reason (`NodeOffline`, `Forbidden`, `AgentNotRunning`, ...).
+    pub reason: String,
+    /// Detail.
+    pub message: String,
+}
+
+/// Per-node state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusEntry {
+    /// PVE node name.
+    pub name: String,
+    /// Online according to the cluster.
+    pub online: bool,
+    /// Address used for the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Hardware facts from the last successful discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<NodeHardware>,
+    /// Warning of the last discovery, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<NodeWarning>,
+    /// When hardware discovery last succeeded on this node (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_discovery_time: Option<String>,
+}
+
+/// A hardware-discovery warning for one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeWarning {
+    /// `NoAddress`, `NoCredential`, `CredentialInvalid`, `Timeout`, `AuthFailed`,
+    /// `HostKeyMismatch`, `CommandFailed` or `Failed`.
+    pub code: String,
+    /// Detail, free of secrets.
+    pub message: String,
+}
+
+/// A storage pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatusEntry {
+    /// Storage id.
+    pub name: String,
+    /// Node that reported it (for shared storage, the first node).
+    pub node: String,
+    /// Storage type.
+    #[serde(rename = "type")]
+    pub storage_type: String,
+    /// Shared between nodes.
+    pub shared: bool,
+    /// Total bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<i64>,
+    /// Used bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<i64>,
+}
+
+/// Ceph health.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CephStatusEntry {
+    /// `HEALTH_OK`, `HEALTH_WARN` or `HEALTH_ERR`.
+    pub health: String,
+    /// Monitors.
+    pub monitors: i64,
+    /// OSDs in total.
+    pub osds_total: i64,
+    /// OSDs up.
+    pub osds_up: i64,
+    /// Pools.
+    pub pools: i64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn default_netbox_timeout() -> String {
+    "60s".into()
+}
+fn default_pve_concurrency() -> i32 {
+    8
+}
+fn default_netbox_in_flight() -> i32 {
+    4
+}
+fn default_cluster_type() -> String {
+    "Proxmox VE".into()
+}
+fn default_device_role() -> String {
+    "Proxmox Node".into()
+}
+fn default_qemu_role() -> String {
+    "Virtual Machine".into()
+}
+fn default_lxc_role() -> String {
+    "Container".into()
+}
+fn default_template_role() -> String {
+    "Template".into()
+}
+fn default_interval() -> String {
+    "15m".into()
+}
+fn default_grace_period() -> String {
+    "24h".into()
+}
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+fn default_command_timeout() -> String {
+    "30s".into()
+}

@@ -1,0 +1,197 @@
+//! Pure derivation of the Kubernetes Events a reconcile publishes.
+
+use crate::conditions::{reasons, types};
+use crate::crd::ProxmoxClusterStatus;
+use crate::status::{NetBoxOutcome, PipelineOutcome};
+
+/// Longest Event note; the API server rejects notes over 1 KiB.
+const MAX_NOTE: usize = 1000;
+
+/// An Event to publish about the ProxmoxCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    /// True for `Warning`, false for `Normal`.
+    pub warning: bool,
+    /// Reason (a condition reason or warning code).
+    pub reason: String,
+    /// Detail, free of secrets.
+    pub note: String,
+}
+
+fn truncate(mut s: String) -> String {
+    if s.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+fn ready_reason(status: Option<&ProxmoxClusterStatus>) -> Option<(&str, &str)> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::READY)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// Events for one reconcile: every failure and warning, plus a `Normal` event when the
+/// Ready state changes or NetBox was written to.
+pub fn events_for(
+    previous: Option<&ProxmoxClusterStatus>,
+    new: &ProxmoxClusterStatus,
+    outcome: &PipelineOutcome,
+) -> Vec<EventSpec> {
+    let mut out = Vec::new();
+    let mut warn = |reason: &str, note: String| {
+        out.push(EventSpec {
+            warning: true,
+            reason: reason.into(),
+            note: truncate(note),
+        })
+    };
+    for err in [
+        &outcome.config_error,
+        &outcome.proxmox_error,
+        &outcome.permission_warning,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        warn(err.reason, err.message.clone());
+    }
+    if !new.read_failures.is_empty() {
+        let list: Vec<String> = new
+            .read_failures
+            .iter()
+            .map(|f| format!("{}: {} ({})", f.scope, f.reason, f.message))
+            .collect();
+        warn(
+            reasons::PARTIAL_READ,
+            format!(
+                "Proxmox read incomplete, nothing in these scopes was pruned: {}",
+                list.join("; ")
+            ),
+        );
+    }
+    for node in outcome.discovery.iter().flatten() {
+        if let Some(w) = &node.warning {
+            warn(&w.code, format!("node {}: {}", node.node, w.message));
+        }
+    }
+    match &outcome.netbox {
+        NetBoxOutcome::Failed(err) => warn(err.reason, err.message.clone()),
+        NetBoxOutcome::Done(s) => {
+            if s.failed > 0 {
+                warn(
+                    reasons::PARTIAL_SYNC,
+                    format!(
+                        "{} NetBox object(s) failed: {}",
+                        s.failed,
+                        s.errors.join("; ")
+                    ),
+                );
+            }
+            if s.collisions > 0 {
+                warn(
+                    reasons::COLLISIONS,
+                    format!(
+                        "{} unowned NetBox object(s) are in the way and were left untouched",
+                        s.collisions
+                    ),
+                );
+            }
+        }
+        NetBoxOutcome::NotRun => {}
+    }
+    let before = ready_reason(previous);
+    let after = ready_reason(Some(new));
+    let wrote = matches!(&outcome.netbox, NetBoxOutcome::Done(s) if !outcome.dry_run && s.created + s.updated + s.deleted + s.stale > 0);
+    if let Some(("True", reason)) = after
+        && (before.map(|b| b.0) != Some("True") || wrote)
+    {
+        let note = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::NETBOX_SYNCED)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        out.push(EventSpec {
+            warning: false,
+            reason: reason.into(),
+            note: truncate(note),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SyncSummary;
+    use crate::status::{StageError, build_status};
+    use chrono::TimeZone;
+
+    fn done(created: i64, failed: i64) -> PipelineOutcome {
+        PipelineOutcome {
+            inventory: Some(crate::status::tests_support::complete_inventory()),
+            netbox: NetBoxOutcome::Done(SyncSummary {
+                mode: "Sync".into(),
+                created,
+                failed,
+                errors: if failed > 0 {
+                    vec!["vm 101 (web): name too long".into()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_success_emits_one_normal_event_and_quiet_resync_none() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let first = done(5, 0);
+        let s1 = build_status(Some(1), None, &first, now);
+        let ev = events_for(None, &s1, &first);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(!ev[0].warning);
+        assert_eq!(ev[0].reason, reasons::SYNCED);
+
+        let quiet = done(0, 0);
+        let s2 = build_status(Some(1), Some(&s1), &quiet, now);
+        assert!(events_for(Some(&s1), &s2, &quiet).is_empty());
+    }
+
+    #[test]
+    fn failures_become_warning_events_with_their_reason() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut o = done(0, 1);
+        o.permission_warning = Some(StageError {
+            reason: reasons::MISSING_PRIVILEGES,
+            message: "token lacks VM.Audit on /".into(),
+        });
+        let s = build_status(Some(1), None, &o, now);
+        let events = events_for(None, &s, &o);
+        let reasons_seen: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert!(
+            reasons_seen.contains(&reasons::MISSING_PRIVILEGES),
+            "{reasons_seen:?}"
+        );
+        assert!(
+            reasons_seen.contains(&reasons::PARTIAL_SYNC),
+            "{reasons_seen:?}"
+        );
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_char_boundary() {
+        let s = truncate("é".repeat(800));
+        assert!(s.len() <= MAX_NOTE + '…'.len_utf8());
+    }
+}

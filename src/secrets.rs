@@ -1,0 +1,258 @@
+//! Where Secret values come from: the Kubernetes API (controller) or a directory laid out
+//! like a mounted Secret, `DIR/<secret-name>/<key>` (the one-shot `sync` command).
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use crate::secret::SecretString;
+
+/// Largest Secret value read from a file (Kubernetes caps a Secret at 1 MiB).
+const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Why a Secret value could not be read. Messages name the Secret and key, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// The Secret does not exist.
+    #[error("Secret {name:?} not found")]
+    NotFound {
+        /// Secret name.
+        name: String,
+    },
+    /// The Secret exists but lacks the key.
+    #[error("Secret {name:?} has no key {key:?}")]
+    KeyMissing {
+        /// Secret name.
+        name: String,
+        /// Missing key.
+        key: String,
+    },
+    /// The value is not UTF-8 text.
+    #[error("Secret {name:?} key {key:?} is not UTF-8 text")]
+    NotText {
+        /// Secret name.
+        name: String,
+        /// Key.
+        key: String,
+    },
+    /// Reading failed for another reason.
+    #[error("cannot read Secret {name:?}: {message}")]
+    Unreadable {
+        /// Secret name.
+        name: String,
+        /// Cause.
+        message: String,
+    },
+}
+
+impl SecretError {
+    /// Stable label for metrics and condition reasons.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => crate::conditions::reasons::SECRET_NOT_FOUND,
+            Self::KeyMissing { .. } | Self::NotText { .. } => {
+                crate::conditions::reasons::SECRET_KEY_MISSING
+            }
+            Self::Unreadable { .. } => crate::conditions::reasons::SECRET_NOT_FOUND,
+        }
+    }
+}
+
+/// A source of Secret values in one namespace.
+pub trait SecretSource: Send + Sync {
+    /// Returns the value of `key` in Secret `name`.
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SecretString, SecretError>>;
+
+    /// Returns the value of `key` in Secret `name`, or `None` when the key is absent.
+    fn get_optional<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SecretString>, SecretError>> {
+        Box::pin(async move {
+            match self.get(name, key).await {
+                Ok(v) => Ok(Some(v)),
+                Err(SecretError::KeyMissing { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+/// Secrets read from the Kubernetes API in one namespace.
+pub struct KubeSecrets {
+    api: Api<Secret>,
+}
+
+impl KubeSecrets {
+    /// Reads Secrets in `namespace`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+        }
+    }
+}
+
+impl SecretSource for KubeSecrets {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SecretString, SecretError>> {
+        Box::pin(async move {
+            let secret = self
+                .api
+                .get_opt(name)
+                .await
+                .map_err(|e| SecretError::Unreadable {
+                    name: name.into(),
+                    message: kube_error_summary(&e),
+                })?
+                .ok_or_else(|| SecretError::NotFound { name: name.into() })?;
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(key))
+                        .map(|s| s.clone().into_bytes())
+                })
+                .ok_or_else(|| SecretError::KeyMissing {
+                    name: name.into(),
+                    key: key.into(),
+                })?;
+            String::from_utf8(bytes)
+                .map(SecretString::new)
+                .map_err(|_| SecretError::NotText {
+                    name: name.into(),
+                    key: key.into(),
+                })
+        })
+    }
+}
+
+/// A short description of a Kubernetes API error without response bodies.
+fn kube_error_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        other => other.to_string(),
+    }
+}
+
+/// Secrets read from files laid out like mounted Secrets: `DIR/<secret-name>/<key>`.
+pub struct DirSecrets {
+    dir: PathBuf,
+}
+
+impl DirSecrets {
+    /// Reads Secrets below `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+}
+
+/// Secret names and keys are single path components: no traversal out of the directory.
+fn is_plain_component(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+}
+
+impl SecretSource for DirSecrets {
+    fn get<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<SecretString, SecretError>> {
+        Box::pin(async move {
+            if !is_plain_component(name) {
+                return Err(SecretError::NotFound { name: name.into() });
+            }
+            if !is_plain_component(key) {
+                return Err(SecretError::KeyMissing {
+                    name: name.into(),
+                    key: key.into(),
+                });
+            }
+            let secret_dir = self.dir.join(name);
+            if !tokio::fs::try_exists(&secret_dir).await.unwrap_or(false) {
+                return Err(SecretError::NotFound { name: name.into() });
+            }
+            let path = secret_dir.join(key);
+            let meta = match tokio::fs::metadata(&path).await {
+                Ok(m) => m,
+                Err(_) => {
+                    return Err(SecretError::KeyMissing {
+                        name: name.into(),
+                        key: key.into(),
+                    });
+                }
+            };
+            if meta.len() > MAX_SECRET_FILE_BYTES {
+                return Err(SecretError::Unreadable {
+                    name: name.into(),
+                    message: format!("key {key:?} is larger than 1 MiB"),
+                });
+            }
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| SecretError::Unreadable {
+                    name: name.into(),
+                    message: e.kind().to_string(),
+                })?;
+            let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
+                name: name.into(),
+                key: key.into(),
+            })?;
+            // Files written by hand often end with a newline; tokens and passwords never do.
+            Ok(SecretString::new(text.trim_end_matches(['\n', '\r'])))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dir_secrets_read_values_and_name_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pve")).unwrap();
+        std::fs::write(dir.path().join("pve/tokenSecret"), "abc-123\n").unwrap();
+        let s = DirSecrets::new(dir.path());
+        assert_eq!(
+            s.get("pve", "tokenSecret").await.unwrap().expose(),
+            "abc-123"
+        );
+        assert_eq!(
+            s.get("pve", "password").await.unwrap_err(),
+            SecretError::KeyMissing {
+                name: "pve".into(),
+                key: "password".into()
+            }
+        );
+        assert_eq!(s.get_optional("pve", "password").await.unwrap(), None);
+        assert_eq!(
+            s.get("nope", "x").await.unwrap_err(),
+            SecretError::NotFound {
+                name: "nope".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn dir_secrets_refuse_path_traversal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = DirSecrets::new(dir.path().join("sub"));
+        assert!(s.get("..", "etc").await.is_err());
+        assert!(s.get("a", "../../etc/passwd").await.is_err());
+    }
+}
