@@ -1,6 +1,7 @@
 //! proxmox-netbox-operator: keeps NetBox true to what Proxmox VE runs.
 
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod events;
 pub mod hardware;
