@@ -2,7 +2,6 @@
 //! Secrets they reference, runs the pipeline and writes status, Events and metrics.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,18 +144,6 @@ impl<P: ClusterPipeline> Context<P> {
     }
 }
 
-/// Parses a Go-style duration from the spec (validated by the CRD schema).
-pub fn parse_duration(field: &str, value: &str) -> Result<Duration, StageError> {
-    kube::core::Duration::from_str(value)
-        .ok()
-        .filter(|d| !d.is_negative())
-        .map(Duration::from)
-        .ok_or_else(|| StageError {
-            reason: reasons::INVALID_SPEC,
-            message: format!("{field}: {value:?} is not a duration such as 30s, 15m or 1h"),
-        })
-}
-
 /// The delay before the next periodic sync: the interval plus up to 10% jitter.
 pub fn next_sync_delay(interval: Duration) -> Duration {
     let interval = interval.max(MIN_INTERVAL);
@@ -265,7 +252,7 @@ async fn apply<P: ClusterPipeline>(
     }
     record_metrics(ctx, &key, &outcome, &status, now);
 
-    let interval = parse_duration("spec.sync.interval", &cluster.spec.sync.interval)
+    let interval = crate::config::duration("spec.sync.interval", &cluster.spec.sync.interval)
         .unwrap_or(Duration::from_secs(15 * 60));
     let stage_failed = outcome.config_error.is_some()
         || outcome.proxmox_error.is_some()
@@ -701,3 +688,48 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// One kind of Kubernetes API call the operator makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// Resource, with `/status` for the subresource.
+    pub resource: &'static str,
+    /// RBAC verb.
+    pub verb: &'static str,
+}
+
+const fn call(group: &'static str, resource: &'static str, verb: &'static str) -> ApiCall {
+    ApiCall {
+        group,
+        resource,
+        verb,
+    }
+}
+
+/// Every Kubernetes API call the operator makes. The RBAC rules in deploy/ and the Helm
+/// chart are checked against this list, and the reconcile tests check every request
+/// they see is on it: a new call without its rule fails CI.
+pub const KUBERNETES_API_CALLS: &[ApiCall] = &[
+    // Controller watches (reflectors list and watch).
+    call("proxmox-netbox.io", "proxmoxclusters", "list"),
+    call("proxmox-netbox.io", "proxmoxclusters", "watch"),
+    call("proxmox-netbox.io", "nodesshcredentials", "list"),
+    call("proxmox-netbox.io", "nodesshcredentials", "watch"),
+    // Secrets: metadata-only watch to trigger reconciles, and get to read values.
+    call("", "secrets", "list"),
+    call("", "secrets", "watch"),
+    call("", "secrets", "get"),
+    // Finalizer add/remove (JSON patch), status by server-side apply.
+    call("proxmox-netbox.io", "proxmoxclusters", "patch"),
+    call("proxmox-netbox.io", "proxmoxclusters/status", "patch"),
+    call("proxmox-netbox.io", "nodesshcredentials/status", "patch"),
+    // Events (the recorder creates, then patches a series).
+    call("events.k8s.io", "events", "create"),
+    call("events.k8s.io", "events", "patch"),
+    // Leader election (namespaced Role).
+    call("coordination.k8s.io", "leases", "get"),
+    call("coordination.k8s.io", "leases", "create"),
+    call("coordination.k8s.io", "leases", "patch"),
+];

@@ -1,6 +1,8 @@
 //! proxmox-netbox-operator: keeps NetBox true to what Proxmox VE runs.
 
+pub mod cli;
 pub mod conditions;
+pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod events;
@@ -9,5 +11,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod secret;
 pub mod secrets;
+pub mod server;
 pub mod status;
+pub mod telemetry;
 pub mod tls;

@@ -151,6 +151,7 @@ async fn next_request(
             .await
             .expect("the controller made no further request")
             .expect("service dropped");
+    assert_listed(&req);
     let (parts, body) = req.into_parts();
     let bytes = body.collect_bytes().await.unwrap();
     let value = if bytes.is_empty() {
@@ -159,6 +160,45 @@ async fn next_request(
         serde_json::from_slice(&bytes).unwrap()
     };
     (Request::from_parts(parts, value), send)
+}
+
+/// Every request must be one of the calls the RBAC rules are checked against.
+fn assert_listed<B>(req: &Request<B>) {
+    use proxmox_netbox_operator::controller::KUBERNETES_API_CALLS;
+    let path = req.uri().path();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _v, rest @ ..] => ("", rest),
+        ["apis", g, _v, rest @ ..] => (*g, rest),
+        _ => panic!("unexpected path {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        other => other,
+    };
+    let (resource, has_name) = match rest {
+        [r] => (r.to_string(), false),
+        [r, _name] => (r.to_string(), true),
+        [r, _name, sub] => (format!("{r}/{sub}"), true),
+        _ => panic!("unexpected path {path}"),
+    };
+    let watching = req.uri().query().unwrap_or_default().contains("watch=true");
+    let verb = match (req.method().as_str(), has_name, watching) {
+        ("GET", _, true) => "watch",
+        ("GET", true, _) => "get",
+        ("GET", false, _) => "list",
+        ("POST", _, _) => "create",
+        ("PATCH", _, _) => "patch",
+        ("PUT", _, _) => "update",
+        ("DELETE", _, _) => "delete",
+        (m, _, _) => panic!("unexpected method {m}"),
+    };
+    assert!(
+        KUBERNETES_API_CALLS
+            .iter()
+            .any(|c| c.group == group && c.resource == resource && c.verb == verb),
+        "{verb} {group}/{resource} is not in KUBERNETES_API_CALLS (and so not in the RBAC rules)"
+    );
 }
 
 fn respond(send: tower_test::mock::SendResponse<Response<Body>>, body: Value) {

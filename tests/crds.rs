@@ -1,0 +1,182 @@
+//! The checked-in CRD YAML equals what the types generate, and the schema's validation
+//! (patterns, enums, CEL rules) accepts and rejects what it should.
+
+use kube::CustomResourceExt;
+use kube::core::cel::Validator;
+use proxmox_netbox_operator::crd::{NodeSSHCredential, ProxmoxCluster, crds_yaml};
+use serde_json::{Value, json};
+
+fn crate_path(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn checked_in_crds_match_the_generated_ones() {
+    let generated = crds_yaml().unwrap();
+    let committed = std::fs::read_to_string(crate_path("crds/crds.yaml")).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "crds/crds.yaml is stale: run `cargo run -- crdgen > crds/crds.yaml`"
+    );
+}
+
+fn schema_of<K: CustomResourceExt>() -> Value {
+    let crd = K::crd();
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn credential(spec: Value) -> Value {
+    json!({
+        "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "NodeSSHCredential",
+        "metadata": {"name": "lab-pve1", "namespace": "infra"},
+        "spec": spec,
+    })
+}
+
+fn base_credential() -> Value {
+    json!({
+        "clusterRef": {"name": "lab"},
+        "nodeName": "pve1",
+        "username": "netbox-discovery",
+        "hostKeyFingerprint": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+    })
+}
+
+#[test]
+fn cel_requires_exactly_one_ssh_auth_method() {
+    let schema = schema_of::<NodeSSHCredential>();
+    let v = Validator::new();
+
+    let mut key_only = base_credential();
+    key_only["privateKeySecretRef"] = json!({"name": "pve1-ssh", "key": "id_ed25519"});
+    assert!(
+        v.validate(&schema, &credential(key_only.clone()), None)
+            .is_ok()
+    );
+
+    let mut password_only = base_credential();
+    password_only["passwordSecretRef"] = json!({"name": "pve1-ssh", "key": "password"});
+    assert!(
+        v.validate(&schema, &credential(password_only), None)
+            .is_ok()
+    );
+
+    let mut both = key_only;
+    both["passwordSecretRef"] = json!({"name": "pve1-ssh", "key": "password"});
+    let err = v.validate(&schema, &credential(both), None).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("exactly one of privateKeySecretRef and passwordSecretRef"),
+        "{err:?}"
+    );
+
+    let neither = base_credential();
+    assert!(v.validate(&schema, &credential(neither), None).is_err());
+}
+
+/// Looks up the schema of a property path like `spec.hostKeyFingerprint`.
+fn property<'a>(schema: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(schema, |s, p| &s["properties"][p])
+}
+
+#[test]
+fn schema_patterns_and_enums_are_declared() {
+    let cred = schema_of::<NodeSSHCredential>();
+    let fp = property(&cred, "spec.hostKeyFingerprint");
+    assert_eq!(fp["pattern"], "^SHA256:[A-Za-z0-9+/]{43}$");
+    let required = cred["properties"]["spec"]["required"].as_array().unwrap();
+    assert!(required.contains(&json!("hostKeyFingerprint")));
+    assert_eq!(property(&cred, "spec.port")["maximum"], 65535.0);
+
+    let cluster = schema_of::<ProxmoxCluster>();
+    assert_eq!(
+        property(&cluster, "spec.sync.mode")["enum"],
+        json!(["Sync", "DryRun"])
+    );
+    assert_eq!(
+        property(&cluster, "spec.deletionPolicy")["default"],
+        "Orphan"
+    );
+    assert_eq!(
+        property(&cluster, "spec.hardwareDiscovery.enabled")["default"],
+        false
+    );
+    assert_eq!(
+        property(&cluster, "spec.proxmox.tls.insecureSkipVerify")["default"],
+        false
+    );
+    let endpoints = property(&cluster, "spec.proxmox.endpoints");
+    assert_eq!(endpoints["minItems"], 1);
+    assert!(
+        endpoints["items"]["pattern"]
+            .as_str()
+            .unwrap()
+            .starts_with("^https://")
+    );
+}
+
+/// The documented patterns really accept good values and reject bad ones (checked with the
+/// same regular-expression semantics the API server applies to these simple patterns).
+#[test]
+fn fingerprint_and_duration_patterns_accept_and_reject() {
+    use proxmox_netbox_operator::crd::{DURATION_PATTERN, FINGERPRINT_PATTERN};
+    let fp = regex::Regex::new(FINGERPRINT_PATTERN).unwrap();
+    assert!(fp.is_match("SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"));
+    assert!(!fp.is_match("MD5:aa:bb"));
+    assert!(!fp.is_match("SHA256:short"));
+    assert!(!fp.is_match("uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"));
+    let d = regex::Regex::new(DURATION_PATTERN).unwrap();
+    for ok in ["30s", "15m", "1h30m", "24h", "1.5h", "500ms"] {
+        assert!(d.is_match(ok), "{ok}");
+    }
+    for bad in ["", "15", "-5m", "1d", "m"] {
+        assert!(!d.is_match(bad), "{bad}");
+    }
+}
+
+#[test]
+fn examples_parse_as_the_crd_types() {
+    let dir = crate_path("examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+        for doc in docs {
+            match doc["kind"].as_str() {
+                Some("ProxmoxCluster") => {
+                    serde_json::from_value::<ProxmoxCluster>(doc.clone())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    Validator::new()
+                        .validate(&schema_of::<ProxmoxCluster>(), &doc, None)
+                        .unwrap();
+                    seen += 1;
+                }
+                Some("NodeSSHCredential") => {
+                    serde_json::from_value::<NodeSSHCredential>(doc.clone())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    Validator::new()
+                        .validate(&schema_of::<NodeSSHCredential>(), &doc, None)
+                        .unwrap();
+                    seen += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        seen >= 2,
+        "examples/ must hold a ProxmoxCluster and a NodeSSHCredential"
+    );
+}
