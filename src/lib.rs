@@ -9,6 +9,7 @@ pub mod events;
 pub mod hardware;
 pub mod inventory;
 pub mod metrics;
+pub mod pipeline;
 pub mod secret;
 pub mod secrets;
 pub mod server;

@@ -1,5 +1,8 @@
 //! The `ProxmoxCluster` resource: one Proxmox VE cluster kept in sync with NetBox.
 
+// Several `printcolumn(...)` entries legitimately repeat the same keys.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

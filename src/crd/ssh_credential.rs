@@ -1,5 +1,8 @@
 //! The `NodeSSHCredential` resource: how to reach one PVE node over SSH for hardware discovery.
 
+// Several `printcolumn(...)` entries legitimately repeat the same keys.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,0 +1,486 @@
+//! One reconcile pass for a ProxmoxCluster, as a pipeline:
+//! resolve config and Secrets -> read Proxmox -> discover hardware (sequentially, when
+//! enabled) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
+//! tested with fakes; the live implementations are in [`live`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use crate::config::{ResolvedCluster, resolve};
+use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
+use crate::hardware::facts::NodeHardware;
+use crate::inventory::Inventory;
+use crate::secrets::SecretSource;
+use crate::status::{NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError};
+
+/// What the Proxmox stage produced.
+#[derive(Clone, Debug, Default)]
+pub struct ProxmoxRead {
+    /// The inventory, with completeness of every part.
+    pub inventory: Inventory,
+    /// Missing privileges (error) or excess write privileges (warning).
+    pub permission_warning: Option<StageError>,
+}
+
+/// Reads a Proxmox VE cluster.
+pub trait ProxmoxReader: Send + Sync {
+    /// Reads everything; `Err` only when nothing could be read.
+    fn read<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+    ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>>;
+}
+
+/// Gathers the hardware facts of one node over SSH.
+pub trait HardwareProber: Send + Sync {
+    /// Discovers one node with its credential; the warning says why it failed.
+    fn probe<'a>(
+        &'a self,
+        node: &'a str,
+        address: &'a str,
+        credential: &'a NodeSSHCredential,
+        config: &'a ResolvedCluster,
+        secrets: &'a dyn SecretSource,
+    ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>>;
+}
+
+/// What the NetBox stage produced.
+#[derive(Clone, Debug, Default)]
+pub struct NetBoxResult {
+    /// Counts for the status.
+    pub summary: SyncSummary,
+    /// The full report (per kind, per object, plan) for the `sync` command's output.
+    pub report: serde_json::Value,
+}
+
+/// Writes the inventory to NetBox.
+pub trait NetBoxWriter: Send + Sync {
+    /// Syncs; `Err` only when NetBox could not be used at all.
+    #[allow(clippy::too_many_arguments)]
+    fn sync<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        hardware: &'a BTreeMap<String, NodeHardware>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<NetBoxResult, StageError>>;
+
+    /// Deletes every object owned for this cluster (deletion policy `Delete`).
+    fn delete_owned<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+    ) -> BoxFuture<'a, Result<String, StageError>>;
+}
+
+/// A pipeline run with its detailed NetBox report.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineRun {
+    /// What the status is built from.
+    pub outcome: PipelineOutcome,
+    /// The NetBox report, when the sync ran.
+    pub report: Option<serde_json::Value>,
+}
+
+/// Options that override the spec for one run (used by the `sync` command).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Force dry-run whatever the spec says.
+    pub force_dry_run: bool,
+}
+
+/// `namespace/name` of a cluster, its owner key in NetBox.
+pub fn owner_key(cluster: &ProxmoxCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.metadata.namespace.as_deref().unwrap_or("default"),
+        cluster.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn warning(code: &str, message: String) -> NodeWarning {
+    NodeWarning {
+        code: code.into(),
+        message,
+    }
+}
+
+/// Runs hardware discovery on every node, one after another. A node's failure becomes a
+/// warning on that node and the next node still runs.
+pub async fn discover_nodes(
+    prober: &dyn HardwareProber,
+    inventory: &Inventory,
+    credentials: &[NodeSSHCredential],
+    config: &ResolvedCluster,
+    secrets: &dyn SecretSource,
+) -> Vec<NodeDiscovery> {
+    let mut out = Vec::with_capacity(inventory.nodes.len());
+    for node in &inventory.nodes {
+        let credential = credentials.iter().find(|c| c.spec.node_name == node.name);
+        let address = credential
+            .and_then(|c| c.spec.address.clone())
+            .or_else(|| node.address.clone());
+        let result = match (credential, &address) {
+            (None, _) => Err(warning(
+                "NoCredential",
+                format!(
+                    "no NodeSSHCredential with nodeName {:?} for this cluster",
+                    node.name
+                ),
+            )),
+            (Some(_), None) => Err(warning(
+                "NoAddress",
+                "no address is known for this node: set spec.address in its NodeSSHCredential"
+                    .into(),
+            )),
+            (Some(cred), Some(addr)) => prober.probe(&node.name, addr, cred, config, secrets).await,
+        };
+        if let Err(w) = &result {
+            tracing::warn!(node = %node.name, code = %w.code, message = %w.message, "hardware discovery failed");
+        }
+        let (hardware, warning) = match result {
+            Ok(hw) => (Some(hw), None),
+            Err(w) => (None, Some(w)),
+        };
+        out.push(NodeDiscovery {
+            node: node.name.clone(),
+            address,
+            hardware,
+            warning,
+        });
+    }
+    out
+}
+
+/// Runs one full pass for `cluster`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pipeline(
+    reader: &dyn ProxmoxReader,
+    prober: &dyn HardwareProber,
+    writer: &dyn NetBoxWriter,
+    cluster: &ProxmoxCluster,
+    credentials: &[NodeSSHCredential],
+    secrets: &dyn SecretSource,
+    options: RunOptions,
+    now: DateTime<Utc>,
+) -> PipelineRun {
+    let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
+    let mut outcome = PipelineOutcome {
+        dry_run,
+        ..Default::default()
+    };
+    let config = match resolve(cluster, owner_key(cluster), secrets).await {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.config_error = Some(e);
+            return PipelineRun {
+                outcome,
+                report: None,
+            };
+        }
+    };
+    let read = match reader.read(cluster, &config).await {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.proxmox_error = Some(e);
+            return PipelineRun {
+                outcome,
+                report: None,
+            };
+        }
+    };
+    outcome.permission_warning = read.permission_warning;
+    let inventory = read.inventory;
+
+    let mut hardware = BTreeMap::new();
+    if cluster.spec.hardware_discovery.enabled {
+        let discovered = discover_nodes(prober, &inventory, credentials, &config, secrets).await;
+        for d in &discovered {
+            if let Some(hw) = &d.hardware {
+                hardware.insert(d.node.clone(), hw.clone());
+            }
+        }
+        outcome.discovery = Some(discovered);
+    }
+
+    let mut report = None;
+    outcome.netbox = match writer
+        .sync(cluster, &config, &inventory, &hardware, dry_run, now)
+        .await
+    {
+        Ok(result) => {
+            report = Some(result.report);
+            NetBoxOutcome::Done(result.summary)
+        }
+        Err(e) => NetBoxOutcome::Failed(e),
+    };
+    outcome.inventory = Some(inventory);
+    PipelineRun { outcome, report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::reasons;
+    use crate::inventory::{Node, ReadOutcome, ReadScope};
+    use crate::secrets::DirSecrets;
+    use std::sync::Mutex;
+
+    struct FakeReader(Result<ProxmoxRead, StageError>);
+    impl ProxmoxReader for FakeReader {
+        fn read<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedCluster,
+        ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+            Box::pin(async move { self.0.clone() })
+        }
+    }
+
+    /// Fails on nodes named in `fail`, records the order of the nodes it was asked for.
+    #[derive(Default)]
+    struct FakeProber {
+        fail: Vec<String>,
+        seen: Mutex<Vec<String>>,
+    }
+    impl HardwareProber for FakeProber {
+        fn probe<'a>(
+            &'a self,
+            node: &'a str,
+            _address: &'a str,
+            _c: &'a NodeSSHCredential,
+            _cfg: &'a ResolvedCluster,
+            _s: &'a dyn SecretSource,
+        ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>> {
+            self.seen.lock().unwrap().push(node.to_string());
+            let fail = self.fail.iter().any(|n| n == node);
+            Box::pin(async move {
+                if fail {
+                    Err(warning("Timeout", "connect timed out after 10s".into()))
+                } else {
+                    Ok(NodeHardware::default())
+                }
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeWriter {
+        calls: Mutex<Vec<(usize, bool)>>,
+    }
+    impl NetBoxWriter for FakeWriter {
+        fn sync<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedCluster,
+            _inv: &'a Inventory,
+            hardware: &'a BTreeMap<String, NodeHardware>,
+            dry_run: bool,
+            _now: DateTime<Utc>,
+        ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+            self.calls.lock().unwrap().push((hardware.len(), dry_run));
+            Box::pin(async { Ok(NetBoxResult::default()) })
+        }
+        fn delete_owned<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedCluster,
+        ) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(async { Ok(String::new()) })
+        }
+    }
+
+    fn cluster(discovery: bool, mode: &str) -> ProxmoxCluster {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+            "metadata": {"name": "lab", "namespace": "infra"},
+            "spec": {
+                "proxmox": {"endpoints": ["https://pve1:8006"], "credentialsSecretRef": {"name": "pve"}},
+                "netbox": {"url": "https://nb", "tokenSecretRef": {"name": "nb", "key": "token"}, "site": "dc1"},
+                "sync": {"mode": mode},
+                "hardwareDiscovery": {"enabled": discovery}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn credential(node: &str) -> NodeSSHCredential {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "NodeSSHCredential",
+            "metadata": {"name": format!("c-{node}"), "namespace": "infra"},
+            "spec": {"clusterRef": {"name": "lab"}, "nodeName": node, "username": "u",
+                     "passwordSecretRef": {"name": "s", "key": "p"},
+                     "hostKeyFingerprint": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}
+        }))
+        .unwrap()
+    }
+
+    fn secrets_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (s, k, v) in [
+            ("pve", "tokenId", "a@pve!b"),
+            ("pve", "tokenSecret", "x"),
+            ("nb", "token", "y"),
+        ] {
+            std::fs::create_dir_all(d.path().join(s)).unwrap();
+            std::fs::write(d.path().join(s).join(k), v).unwrap();
+        }
+        d
+    }
+
+    fn three_nodes() -> ProxmoxRead {
+        let node = |n: &str, addr: Option<&str>| Node {
+            name: n.into(),
+            online: true,
+            address: addr.map(Into::into),
+            ..Default::default()
+        };
+        let mut inventory = Inventory {
+            nodes: vec![
+                node("pve1", Some("10.0.0.1")),
+                node("pve2", Some("10.0.0.2")),
+                node("pve3", None),
+            ],
+            ..Default::default()
+        };
+        inventory
+            .completeness
+            .record(ReadScope::ClusterStatus, ReadOutcome::Complete);
+        ProxmoxRead {
+            inventory,
+            permission_warning: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn discovery_disabled_never_probes_a_node() {
+        let d = secrets_dir();
+        let prober = FakeProber::default();
+        let writer = FakeWriter::default();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &prober,
+            &writer,
+            &cluster(false, "Sync"),
+            &[credential("pve1")],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        assert!(prober.seen.lock().unwrap().is_empty());
+        assert!(run.outcome.discovery.is_none());
+        assert_eq!(*writer.calls.lock().unwrap(), vec![(0, false)]);
+    }
+
+    #[tokio::test]
+    async fn one_failing_node_does_not_stop_the_next_and_each_gets_its_warning() {
+        let d = secrets_dir();
+        let prober = FakeProber {
+            fail: vec!["pve1".into()],
+            ..Default::default()
+        };
+        let writer = FakeWriter::default();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &prober,
+            &writer,
+            &cluster(true, "DryRun"),
+            &[credential("pve1"), credential("pve2"), credential("pve3")],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        // Sequential, in node order; pve3 has no address so it is never probed.
+        assert_eq!(*prober.seen.lock().unwrap(), vec!["pve1", "pve2"]);
+        let discovery = run.outcome.discovery.unwrap();
+        let codes: Vec<Option<&str>> = discovery
+            .iter()
+            .map(|d| d.warning.as_ref().map(|w| w.code.as_str()))
+            .collect();
+        assert_eq!(codes, vec![Some("Timeout"), None, Some("NoAddress")]);
+        // Facts of the node that worked reach NetBox; dry-run from the spec.
+        assert_eq!(*writer.calls.lock().unwrap(), vec![(1, true)]);
+    }
+
+    #[tokio::test]
+    async fn node_without_credential_gets_no_credential_warning() {
+        let d = secrets_dir();
+        let prober = FakeProber::default();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &prober,
+            &FakeWriter::default(),
+            &cluster(true, "Sync"),
+            &[credential("pve2")],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        let discovery = run.outcome.discovery.unwrap();
+        assert_eq!(discovery[0].warning.as_ref().unwrap().code, "NoCredential");
+        assert!(discovery[1].warning.is_none());
+        assert_eq!(*prober.seen.lock().unwrap(), vec!["pve2"]);
+    }
+
+    #[tokio::test]
+    async fn failed_proxmox_read_never_reaches_netbox() {
+        let d = secrets_dir();
+        let writer = FakeWriter::default();
+        let run = run_pipeline(
+            &FakeReader(Err(StageError {
+                reason: reasons::PROXMOX_UNAUTHORIZED,
+                message: "401 on /cluster/status".into(),
+            })),
+            &FakeProber::default(),
+            &writer,
+            &cluster(true, "Sync"),
+            &[],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        assert!(writer.calls.lock().unwrap().is_empty());
+        assert_eq!(run.outcome.netbox, NetBoxOutcome::NotRun);
+        assert_eq!(
+            run.outcome.proxmox_error.unwrap().reason,
+            reasons::PROXMOX_UNAUTHORIZED
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_secret_stops_before_any_io() {
+        let empty = tempfile::tempdir().unwrap();
+        let writer = FakeWriter::default();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &FakeProber::default(),
+            &writer,
+            &cluster(false, "Sync"),
+            &[],
+            &DirSecrets::new(empty.path()),
+            RunOptions {
+                force_dry_run: true,
+            },
+            now(),
+        )
+        .await;
+        assert_eq!(
+            run.outcome.config_error.unwrap().reason,
+            reasons::SECRET_NOT_FOUND
+        );
+        assert!(writer.calls.lock().unwrap().is_empty());
+    }
+}
