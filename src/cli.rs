@@ -40,7 +40,15 @@ pub enum Command {
     /// Run the controller in a Kubernetes cluster.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
-    Crdgen,
+    Crdgen(CrdgenArgs),
+}
+
+/// Options of `crdgen`.
+#[derive(Debug, clap::Args)]
+pub struct CrdgenArgs {
+    /// Print the Markdown field reference instead of the YAML.
+    #[arg(long)]
+    pub reference: bool,
 }
 
 /// Options of `run`.
@@ -96,8 +104,12 @@ impl CliError {
     }
 }
 
-/// Prints the CRDs.
-pub fn crdgen() -> Result<(), CliError> {
+/// Prints the CRDs (or their Markdown reference).
+pub fn crdgen(args: &CrdgenArgs) -> Result<(), CliError> {
+    if args.reference {
+        print!("{}", crate::crd::reference_markdown());
+        return Ok(());
+    }
     let yaml = crate::crd::crds_yaml().map_err(|e| CliError::Crdgen(e.to_string()))?;
     print!("{yaml}");
     Ok(())

@@ -20,6 +20,16 @@ fn checked_in_crds_match_the_generated_ones() {
     );
 }
 
+#[test]
+fn crd_reference_doc_is_current() {
+    let committed =
+        std::fs::read_to_string(crate_path("docs/crd-reference.md")).unwrap_or_default();
+    assert!(
+        committed == proxmox_netbox_operator::crd::reference_markdown(),
+        "docs/crd-reference.md is stale: run `cargo run -- crdgen --reference > docs/crd-reference.md`"
+    );
+}
+
 fn schema_of<K: CustomResourceExt>() -> Value {
     let crd = K::crd();
     serde_json::to_value(

@@ -3,9 +3,11 @@
 //! Doc comments on fields become `kubectl explain` text: keep them user-facing.
 
 mod cluster;
+mod reference;
 mod ssh_credential;
 
 pub use cluster::*;
+pub use reference::reference_markdown;
 pub use ssh_credential::*;
 
 use kube::CustomResourceExt;
