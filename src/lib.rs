@@ -14,5 +14,6 @@ pub mod secret;
 pub mod secrets;
 pub mod server;
 pub mod status;
+pub mod sync_cmd;
 pub mod telemetry;
 pub mod tls;

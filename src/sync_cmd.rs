@@ -1,0 +1,315 @@
+//! The one-shot `sync` command: the controller's pipeline, once, without Kubernetes.
+//!
+//! The ProxmoxCluster (and any NodeSSHCredentials for it) come from a YAML file; Secret
+//! values from `DIR/<secret-name>/<key>`. The JSON output is a stable contract
+//! (docs/sync-json.md).
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::crd::{NodeSSHCredential, ProxmoxCluster, ProxmoxClusterStatus};
+use crate::inventory::InventoryCounts;
+use crate::pipeline::{HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, run_pipeline};
+use crate::secrets::DirSecrets;
+use crate::status::{NetBoxOutcome, build_status};
+
+/// Largest resource file accepted.
+const MAX_RESOURCE_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Output format of `sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A human-readable summary.
+    Text,
+    /// The JSON document described in docs/sync-json.md.
+    Json,
+}
+
+/// Options of `sync`.
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// YAML file with one ProxmoxCluster and optionally NodeSSHCredentials for it.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Directory with Secret values as `DIR/<secret-name>/<key>` (the layout of a mounted Secret).
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/proxmox-netbox",
+        env = "PNBO_SECRETS_DIR"
+    )]
+    pub secrets_dir: PathBuf,
+    /// Compute and print the plan; write nothing (overrides spec.sync.mode).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Why the resource file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        message: String,
+    },
+    /// The YAML is invalid or a document does not match its kind.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// Cause, naming the document.
+        message: String,
+    },
+}
+
+impl SyncFileError {
+    /// Stable label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "FileUnreadable",
+            Self::Invalid { .. } => "FileInvalid",
+        }
+    }
+}
+
+/// Reads the ProxmoxCluster and the NodeSSHCredentials that reference it from a YAML file.
+pub fn load_resources(
+    path: &Path,
+) -> Result<(ProxmoxCluster, Vec<NodeSSHCredential>), SyncFileError> {
+    let p = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| SyncFileError::Read {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    if meta.len() > MAX_RESOURCE_FILE_BYTES {
+        return Err(SyncFileError::Invalid {
+            path: p,
+            message: "file is larger than 4 MiB".into(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| SyncFileError::Read {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| SyncFileError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+    let mut clusters = Vec::new();
+    let mut credentials = Vec::new();
+    for (i, mut doc) in docs.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        // A file written for `kubectl apply` may omit the namespace.
+        if doc["metadata"].get("namespace").is_none() && doc["metadata"].is_object() {
+            doc["metadata"]["namespace"] = Value::String("default".into());
+        }
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        let invalid = |e: serde_json::Error| SyncFileError::Invalid {
+            path: p.clone(),
+            message: format!("document {} ({kind}): {e}", i + 1),
+        };
+        match kind.as_str() {
+            "ProxmoxCluster" => {
+                clusters.push(serde_json::from_value::<ProxmoxCluster>(doc).map_err(invalid)?)
+            }
+            "NodeSSHCredential" => {
+                credentials.push(serde_json::from_value::<NodeSSHCredential>(doc).map_err(invalid)?)
+            }
+            _ => {}
+        }
+    }
+    let cluster = match clusters.len() {
+        1 => clusters.remove(0),
+        n => {
+            return Err(SyncFileError::Invalid {
+                path: p,
+                message: format!("expected exactly one ProxmoxCluster, found {n}"),
+            });
+        }
+    };
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    credentials.retain(|c| c.spec.cluster_ref.name == name);
+    Ok((cluster, credentials))
+}
+
+/// The JSON document printed by `sync --output json` (docs/sync-json.md).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncOutput {
+    /// Version of this document's shape.
+    pub schema_version: u32,
+    /// `namespace/name` of the ProxmoxCluster.
+    pub cluster: String,
+    /// `Sync` or `DryRun`.
+    pub mode: &'static str,
+    /// True when every stage fully succeeded.
+    pub success: bool,
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// Inventory counts, when Proxmox was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryCounts>,
+    /// The status the controller would write (conditions, per-node facts, read failures).
+    pub status: ProxmoxClusterStatus,
+    /// The NetBox report (per kind counts, request counts, errors, plan), when the sync ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netbox: Option<Value>,
+}
+
+/// Runs `sync` with the given stages; returns the document and whether it succeeded.
+pub async fn run_sync(
+    args: &SyncArgs,
+    reader: &dyn ProxmoxReader,
+    prober: &dyn HardwareProber,
+    writer: &dyn NetBoxWriter,
+    now: DateTime<Utc>,
+) -> Result<SyncOutput, SyncFileError> {
+    let (cluster, credentials) = load_resources(&args.file)?;
+    let secrets = DirSecrets::new(&args.secrets_dir);
+    let run = run_pipeline(
+        reader,
+        prober,
+        writer,
+        &cluster,
+        &credentials,
+        &secrets,
+        RunOptions {
+            force_dry_run: args.dry_run,
+        },
+        now,
+    )
+    .await;
+    let status = build_status(cluster.metadata.generation, None, &run.outcome, now);
+    Ok(SyncOutput {
+        schema_version: 1,
+        cluster: crate::pipeline::owner_key(&cluster),
+        mode: if run.outcome.dry_run {
+            "DryRun"
+        } else {
+            "Sync"
+        },
+        success: run.outcome.fully_successful(),
+        started_at: crate::status::rfc3339(now),
+        inventory: run.outcome.inventory.as_ref().map(|i| i.counts()),
+        status,
+        netbox: match &run.outcome.netbox {
+            NetBoxOutcome::Done(_) => run.report,
+            _ => None,
+        },
+    })
+}
+
+/// Renders the human-readable summary.
+pub fn render_text(out: &SyncOutput) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "ProxmoxCluster {} ({}): {}\n",
+        out.cluster,
+        out.mode,
+        if out.success { "OK" } else { "NOT OK" }
+    ));
+    if let Some(c) = &out.inventory {
+        s.push_str(&format!(
+            "Proxmox inventory: {} nodes ({} online), {} VMs, {} containers, {} templates, {} interfaces, {} IP addresses, {} disks, {} storage pools\n",
+            c.nodes, c.nodes_online, c.vms, c.containers, c.templates, c.interfaces, c.ip_addresses, c.disks, c.storage_pools
+        ));
+    }
+    for cond in &out.status.conditions {
+        s.push_str(&format!(
+            "  {:<18} {:<5} {:<20} {}\n",
+            cond.type_, cond.status, cond.reason, cond.message
+        ));
+    }
+    for f in &out.status.read_failures {
+        s.push_str(&format!(
+            "  read failed: {}: {} ({})\n",
+            f.scope, f.reason, f.message
+        ));
+    }
+    for n in &out.status.nodes {
+        if let Some(w) = &n.warning {
+            s.push_str(&format!("  node {}: {}: {}\n", n.name, w.code, w.message));
+        }
+    }
+    if let Some(sync) = &out.status.sync {
+        s.push_str(&format!(
+            "NetBox: created {}, updated {}, unchanged {}, deleted {}, stale {}, failed {}, collisions {}; {} read and {} write requests\n",
+            sync.created, sync.updated, sync.unchanged, sync.deleted, sync.stale, sync.failed, sync.collisions, sync.read_requests, sync.write_requests
+        ));
+        for e in &sync.errors {
+            s.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    if let Some(report) = &out.netbox
+        && let Some(kinds) = report["kinds"].as_object()
+    {
+        s.push_str("Per kind (created/updated/unchanged/deleted/failed):\n");
+        for (kind, c) in kinds {
+            s.push_str(&format!(
+                "  {:<22} {}/{}/{}/{}/{}\n",
+                kind, c["created"], c["updated"], c["unchanged"], c["deleted"], c["failed"]
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: proxmox-netbox.io/v1alpha1
+kind: ProxmoxCluster
+metadata: {name: lab}
+spec:
+  proxmox: {endpoints: ["https://pve1:8006"], credentialsSecretRef: {name: pve}}
+  netbox: {url: "http://127.0.0.1:8000", tokenSecretRef: {name: nb, key: token}, site: dc1}
+"#;
+
+    #[test]
+    fn loads_the_cluster_and_only_its_credentials() {
+        let f = write(&format!(
+            "{CLUSTER}---\n{}---\n{}",
+            "apiVersion: proxmox-netbox.io/v1alpha1\nkind: NodeSSHCredential\nmetadata: {name: a}\nspec: {clusterRef: {name: lab}, nodeName: pve1, username: u, passwordSecretRef: {name: s, key: p}, hostKeyFingerprint: \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"}\n",
+            "apiVersion: proxmox-netbox.io/v1alpha1\nkind: NodeSSHCredential\nmetadata: {name: b}\nspec: {clusterRef: {name: other}, nodeName: pve9, username: u, passwordSecretRef: {name: s, key: p}, hostKeyFingerprint: \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"}\n",
+        ));
+        let (cluster, creds) = load_resources(f.path()).unwrap();
+        assert_eq!(cluster.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(creds.len(), 1);
+        assert_eq!(creds[0].spec.node_name, "pve1");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_document() {
+        let f = write("kind: ConfigMap\n");
+        let err = load_resources(f.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("expected exactly one ProxmoxCluster, found 0"),
+            "{err}"
+        );
+        let f = write(
+            "apiVersion: proxmox-netbox.io/v1alpha1\nkind: ProxmoxCluster\nmetadata: {name: x}\nspec: {proxmox: {}}\n",
+        );
+        let err = load_resources(f.path()).unwrap_err().to_string();
+        assert!(err.contains("document 1 (ProxmoxCluster)"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+    }
+}
