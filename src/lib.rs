@@ -10,6 +10,7 @@ pub mod hardware;
 pub mod inventory;
 pub mod metrics;
 pub mod pipeline;
+pub mod pve;
 pub mod secret;
 pub mod secrets;
 pub mod server;

@@ -1,0 +1,311 @@
+"""Serve the third-party fake Proxmox VE API (PyPI `fakepve`) seeded from a topology file.
+
+    python serve.py --topology tests/topologies/demo.json --state-dir DIR [--port N]
+    python serve.py --generate nodes=3,guests=1000,seed=7 --state-dir DIR
+
+fakepve answers every path of the PVE 9 schema; where it only has placeholders for what the
+operator reads (node status, node network, disks, storage usage, guest-agent and LXC
+addresses, cluster node addresses, Ceph pools and OSDs), this launcher answers with the
+seeded data in the shapes real PVE uses (see shared/fixtures/pve). Faults from the topology:
+offline nodes (595 "No route to host", online=0), guests without a running agent (500),
+paths answering 403, the token's privileges, Ceph absent (500) or present.
+
+Writes to the state dir: ca.crt (verify TLS with it), env.json (url, token, ca file,
+expected file, pid) and expected.json (the seeded inventory, for tests to compare with).
+Listens on 127.0.0.1 only. Runs until SIGTERM/SIGINT.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import sys
+
+from fakepve import FakePve
+from fakepve.certs import make_cert
+from fakepve.server import ok, error
+
+GIB = 1024 ** 3
+API = '/api2/json'
+READ_PRIVILEGES = ['Sys.Audit', 'VM.Audit', 'Datastore.Audit', 'VM.GuestAgent.Audit', 'VM.Monitor']
+
+
+def mac(rng):
+    """A MAC in Proxmox's BC:24:11 prefix."""
+    return 'BC:24:11:{0:02X}:{1:02X}:{2:02X}'.format(rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+def node_network(index, ip):
+    """A realistic node: two NICs in an LACP bond under a VLAN-aware bridge, a storage NIC,
+    a VLAN interface on the bridge and one on a NIC."""
+    base = ip.rsplit('.', 1)[0]
+    host = ip.rsplit('.', 1)[1]
+    return [
+        {'iface': 'eno1', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+         'exists': 1, 'active': 1, 'priority': 3},
+        {'iface': 'eno2', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+         'exists': 1, 'active': 1, 'priority': 4},
+        {'iface': 'enp65s0f0', 'type': 'eth', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
+         'exists': 1, 'active': 1, 'autostart': 1, 'mtu': '9000', 'address': '172.16.10.{0}'.format(host),
+         'netmask': '24', 'cidr': '172.16.10.{0}/24'.format(host), 'comments': 'storage network\n', 'priority': 5},
+        {'iface': 'bond0', 'type': 'bond', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+         'slaves': 'eno1 eno2', 'bond_mode': '802.3ad', 'bond-xmit-hash-policy': 'layer3+4',
+         'active': 1, 'autostart': 1, 'priority': 6},
+        {'iface': 'vmbr0', 'type': 'bridge', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
+         'bridge_ports': 'bond0', 'bridge_stp': 'off', 'bridge_fd': '0', 'bridge_vlan_aware': 1,
+         'bridge_vids': '2-4094', 'address': ip, 'netmask': '24', 'cidr': ip + '/24',
+         'gateway': base + '.1', 'active': 1, 'autostart': 1, 'priority': 7},
+        {'iface': 'vmbr0.50', 'type': 'vlan', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
+         'vlan-id': '50', 'vlan-raw-device': 'vmbr0', 'address': '10.50.0.{0}'.format(host), 'netmask': '24',
+         'cidr': '10.50.0.{0}/24'.format(host), 'active': 1, 'autostart': 1, 'comments': 'management\n',
+         'priority': 8},
+        {'iface': 'vlan60', 'type': 'vlan', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+         'vlan-id': 60, 'vlan-raw-device': 'enp65s0f0', 'active': 1, 'autostart': 1, 'priority': 9},
+    ]
+
+
+def node_disks(index, rng):
+    """Physical disks as /nodes/{node}/disks/list answers."""
+    return [
+        {'devpath': '/dev/nvme0n1', 'model': 'SAMSUNG MZQL2960HCJR-00A07', 'serial': 'S64FNE0R{0:06d}'.format(index),
+         'size': 960197124096, 'type': 'nvme', 'health': 'PASSED', 'wearout': 98, 'used': 'LVM',
+         'vendor': 'unknown', 'gpt': 1, 'rpm': 0, 'wwn': 'eui.36344630529{0:05d}'.format(index), 'osdid': -1},
+        {'devpath': '/dev/sda', 'model': 'ST4000NM000A-2HZ100', 'serial': 'WS2{0:05d}'.format(index),
+         'size': 4000787030016, 'type': 'hdd', 'health': 'PASSED', 'wearout': 'N/A', 'used': 'ZFS',
+         'vendor': 'ATA     ', 'gpt': 1, 'rpm': 7200, 'wwn': '0x5000c500{0:08x}'.format(index), 'osdid': -1},
+        {'devpath': '/dev/sdb', 'model': 'INTEL SSDSC2KG480G8', 'serial': 'PHYG{0:08d}'.format(index),
+         'size': 480103981056, 'type': 'ssd', 'health': 'OK', 'wearout': 91, 'used': 'ceph osd',
+         'vendor': 'ATA     ', 'gpt': 0, 'rpm': 0, 'wwn': '0x55cd2e41{0:08x}'.format(index),
+         'osdid': index},
+    ]
+
+
+def generate(nodes, guests, seed):
+    """A deterministic topology of `nodes` nodes and `guests` guests."""
+    rng = random.Random(seed)
+    topo = {'cluster': 'gen{0}x{1}'.format(nodes, guests), 'ceph': 'installed', 'nodes': [], 'guests': [],
+            'storage': [
+                {'name': 'local', 'type': 'dir', 'content': 'iso,vztmpl,backup', 'shared': 0,
+                 'total': 100 * GIB, 'used': 20 * GIB},
+                {'name': 'local-lvm', 'type': 'lvmthin', 'content': 'images,rootdir', 'shared': 0,
+                 'total': 800 * GIB, 'used': 300 * GIB},
+                {'name': 'ceph-vm', 'type': 'rbd', 'content': 'images,rootdir', 'shared': 1,
+                 'total': 12000 * GIB, 'used': 4100 * GIB},
+                {'name': 'nfs-backup', 'type': 'nfs', 'content': 'backup', 'shared': 1,
+                 'total': 20000 * GIB, 'used': 9000 * GIB}]}
+    for i in range(nodes):
+        topo['nodes'].append({'name': 'pve{0}'.format(i + 1), 'ip': '10.10.0.{0}'.format(11 + i)})
+    for g in range(guests):
+        vmid = 100 + g
+        node = 'pve{0}'.format(g % nodes + 1)
+        kind = 'lxc' if g % 4 == 3 else 'qemu'
+        status = 'stopped' if g % 10 == 9 else 'running'
+        template = g % 50 == 49
+        name = '{0}-{1:04d}'.format('ct' if kind == 'lxc' else 'vm', g)
+        tags = ';'.join(sorted(rng.sample(['prod', 'web', 'db', 'k8s', 'backup'], rng.randrange(0, 3))))
+        ip = '10.{0}.{1}.{2}'.format(20 + g // 60000, (g // 250) % 250, g % 250 + 2)
+        if kind == 'qemu':
+            config = {'name': name, 'cores': rng.choice([1, 2, 4]), 'sockets': rng.choice([1, 1, 2]),
+                      'memory': str(rng.choice([1024, 2048, 4096, 8192])), 'ostype': rng.choice(['l26', 'l26', 'win11']),
+                      'agent': '1', 'scsihw': 'virtio-scsi-single', 'boot': 'order=scsi0',
+                      'scsi0': 'ceph-vm:vm-{0}-disk-0,iothread=1,size={1}G'.format(vmid, rng.choice([16, 32, 64])),
+                      'net0': 'virtio={0},bridge=vmbr0,firewall=1,tag={1}'.format(mac(rng), 100 + g % 5),
+                      'ipconfig0': 'ip={0}/24,gw=10.20.0.1'.format(ip)}
+            if g % 3 == 0:
+                config['virtio1'] = 'local-lvm:vm-{0}-disk-1,size=100G'.format(vmid)
+            if g % 7 == 0:
+                config['net1'] = 'e1000={0},bridge=vmbr0,link_down=1'.format(mac(rng))
+            if tags:
+                config['tags'] = tags
+            guest = {'vmid': vmid, 'type': 'qemu', 'node': node, 'name': name, 'status': status,
+                     'template': template, 'config': config}
+            if status == 'running' and not template and g % 5 != 4:
+                guest['agent'] = [{'name': 'eth0', 'hardware-address': config['net0'].split('=')[1].split(',')[0].lower(),
+                                   'ip-addresses': [{'ip-address': ip, 'ip-address-type': 'ipv4', 'prefix': 24}]}]
+        else:
+            config = {'hostname': name, 'cores': rng.choice([1, 2]), 'memory': rng.choice([512, 1024]),
+                      'swap': 512, 'ostype': 'debian', 'arch': 'amd64', 'unprivileged': 1,
+                      'rootfs': 'local-lvm:vm-{0}-disk-0,size=8G'.format(vmid),
+                      'net0': 'name=eth0,bridge=vmbr0,hwaddr={0},ip={1}/24,gw=10.20.0.1,type=veth'.format(mac(rng), ip)}
+            if tags:
+                config['tags'] = tags
+            guest = {'vmid': vmid, 'type': 'lxc', 'node': node, 'name': name, 'status': status,
+                     'template': template, 'config': config}
+        topo['guests'].append(guest)
+    return topo
+
+
+def parse_size(text):
+    m = re.search(r'size=(\d+(?:\.\d+)?)([KMGT])?', text)
+    if not m:
+        return None
+    return int(float(m.group(1)) * {'K': 1024, 'M': 1024 ** 2, 'G': GIB, 'T': 1024 ** 4}.get(m.group(2) or 'G'))
+
+
+def expected(topo):
+    """The inventory the operator should read, for tests."""
+    out = {'cluster': topo['cluster'], 'nodes': [], 'guests': []}
+    offline = set(topo.get('faults', {}).get('offline_nodes', []))
+    for i, n in enumerate(topo['nodes']):
+        out['nodes'].append({'name': n['name'], 'ip': n['ip'], 'online': n['name'] not in offline,
+                             'interfaces': sorted(x['iface'] for x in node_network(i, n['ip'])),
+                             'disks': len(node_disks(i + 1, random.Random(0)))})
+    for g in topo['guests']:
+        cfg = g['config']
+        nics = []
+        for key in sorted(k for k in cfg if re.fullmatch(r'net\d+', k)):
+            props = dict(p.split('=', 1) for p in cfg[key].split(',') if '=' in p)
+            model_mac = [v for k, v in props.items() if k in ('virtio', 'e1000', 'rtl8139', 'vmxnet3')]
+            nics.append({'slot': key, 'mac': (props.get('hwaddr') or (model_mac[0] if model_mac else '')).upper(),
+                         'bridge': props.get('bridge'), 'tag': int(props['tag']) if 'tag' in props else None,
+                         'linkDown': props.get('link_down') == '1'})
+        disks = []
+        for key in sorted(cfg):
+            if re.fullmatch(r'(scsi|virtio|sata|ide)\d+|efidisk0|tpmstate0|rootfs|mp\d+', key) and 'media=cdrom' not in cfg[key]:
+                disks.append({'slot': key, 'sizeBytes': parse_size(cfg[key])})
+        out['guests'].append({'vmid': g['vmid'], 'type': g['type'], 'node': g['node'], 'name': g['name'],
+                              'status': g['status'], 'template': bool(g.get('template')), 'nics': nics,
+                              'disks': disks, 'tags': sorted(t for t in cfg.get('tags', '').split(';') if t),
+                              'agentRunning': bool(g.get('agent'))})
+    out['guests'].sort(key=lambda x: x['vmid'])
+    return out
+
+
+class SeededPve(FakePve):
+    """fakepve with the operator's read paths answered from the topology."""
+
+    def __init__(self, topo, **kwargs):
+        super().__init__(**kwargs)
+        self.topo = topo
+        self.node_index = dict((n['name'], i) for i, n in enumerate(topo['nodes']))
+        self.forbidden = set(topo.get('faults', {}).get('forbidden', []))
+
+    def seeded(self, path):
+        """Data for a path the topology answers, or None to let fakepve answer."""
+        m = re.fullmatch(r'/nodes/([^/]+)/(status|network|disks/list)', path)
+        if m and m.group(1) in self.node_index:
+            name, what = m.group(1), m.group(2)
+            i = self.node_index[name]
+            node = self.topo['nodes'][i]
+            if what == 'network':
+                return node_network(i, node['ip'])
+            if what == 'disks/list':
+                return node_disks(i + 1, random.Random(i))
+            return {'cpu': 0.031, 'cpuinfo': {'cpus': 64, 'cores': 32, 'sockets': 2, 'model': 'AMD EPYC 7543 32-Core Processor',
+                                              'mhz': '2794.748', 'hvm': '1'},
+                    'memory': {'total': 512 * GIB, 'used': 190 * GIB, 'free': 322 * GIB},
+                    'uptime': 1209600 + i, 'kversion': 'Linux 6.14.11-4-pve #1 SMP PREEMPT_DYNAMIC PMX 6.14.11-4',
+                    'pveversion': 'pve-manager/9.1.3/7b3ab5a0b0b5c9a1', 'loadavg': ['0.31', '0.42', '0.40'],
+                    'rootfs': {'total': 100 * GIB, 'used': 12 * GIB}}
+        return None
+
+    async def _generic(self, request):
+        path = request.path[len(API):] if request.path.startswith(API) else request.path
+        data = self.seeded(path)
+        if data is not None:
+            return ok(data)
+        return await super()._generic(request)
+
+    async def _cluster_status(self, request):
+        offline = set(self.topo.get('faults', {}).get('offline_nodes', []))
+        data = [{'type': 'cluster', 'id': 'cluster', 'name': self.cluster_name, 'nodes': len(self.topo['nodes']),
+                 'quorate': 1, 'version': 7}]
+        for idx, n in enumerate(self.topo['nodes'], 1):
+            data.append({'type': 'node', 'id': 'node/' + n['name'], 'name': n['name'], 'nodeid': idx, 'level': '',
+                         'ip': n['ip'], 'online': 0 if n['name'] in offline else 1, 'local': 1 if idx == 1 else 0})
+        return ok(data)
+
+    async def _ceph_status(self, request):
+        if self.topo.get('ceph', 'absent') != 'installed':
+            return error(500, 'binary not installed: /usr/bin/ceph-mon')
+        return await super()._ceph_status(request)
+
+
+def seed(pve, topo):
+    pve.cluster_name = topo['cluster']
+    pve.version = topo.get('version', '9.1.3')
+    pve.release_version = pve.version.rsplit('.', 1)[0]
+    pve.nodes = {}
+    for n in topo['nodes']:
+        pve.add_node(n['name'])
+    pve.storages = {}
+    for s in topo.get('storage', []):
+        pve.storages[s['name']] = {'type': s['type'], 'active': 1, 'content': s['content'], 'files': set(),
+                                   'shared': s.get('shared', 0), 'avail': s['total'] - s['used'],
+                                   'path': '/mnt/pve/' + s['name']}
+    for g in topo['guests']:
+        if g['type'] == 'qemu':
+            vm = pve.add_vm(g['vmid'], g['name'], node=g['node'], status=g['status'], config=dict(g['config']),
+                            template=bool(g.get('template')))
+            vm.agent = {'interfaces': g['agent']} if g.get('agent') else None
+        else:
+            pve.add_ct(g['vmid'], g['name'], node=g['node'], status=g['status'], config=dict(g['config']),
+                       template=bool(g.get('template')), defaults=False)
+    for node in topo.get('faults', {}).get('offline_nodes', []):
+        pve.set_node_offline(node)
+    for path in topo.get('faults', {}).get('forbidden', []):
+        pve.fail('GET', path, 403, 'Permission check failed ({0}, Sys.Audit)'.format(path))
+
+
+async def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--topology')
+    ap.add_argument('--generate', help='nodes=N,guests=M[,seed=S]')
+    ap.add_argument('--state-dir', required=True)
+    ap.add_argument('--port', type=int, default=0)
+    ap.add_argument('--offline-node', action='append', default=[])
+    ap.add_argument('--forbid', action='append', default=[], help='GET path answering 403')
+    ap.add_argument('--privileges', help='comma-separated privileges of the token on / (default: read-only set)')
+    ap.add_argument('--no-ceph', action='store_true')
+    args = ap.parse_args()
+    if args.topology:
+        with open(args.topology) as f:
+            topo = json.load(f)
+    elif args.generate:
+        opts = dict(kv.split('=') for kv in args.generate.split(','))
+        topo = generate(int(opts['nodes']), int(opts['guests']), int(opts.get('seed', 7)))
+    else:
+        ap.error('--topology or --generate is required')
+    faults = topo.setdefault('faults', {})
+    faults.setdefault('offline_nodes', []).extend(args.offline_node)
+    faults.setdefault('forbidden', []).extend(args.forbid)
+    if args.no_ceph:
+        topo['ceph'] = 'absent'
+
+    os.makedirs(args.state_dir, exist_ok=True)
+    certfile, keyfile, _ = make_cert(args.state_dir, name='fakepve')
+    pve = SeededPve(topo, user='root@pam', password=secrets.token_urlsafe(16), host='127.0.0.1', port=args.port)
+    seed(pve, topo)
+    token_id = topo.get('token_id', 'netbox-sync@pve!operator')
+    token_secret = str(__import__('uuid').uuid4())
+    pve.apitokens[token_id] = token_secret
+    privileges = args.privileges.split(',') if args.privileges else topo.get('privileges', READ_PRIVILEGES)
+    pve.grant(token_id, '/', *privileges)
+    await pve.start(certfile, keyfile)
+
+    expected_file = os.path.join(args.state_dir, 'expected.json')
+    with open(expected_file, 'w') as f:
+        json.dump(expected(topo), f, indent=1, sort_keys=True)
+    env = {'PVE_URL': pve.url, 'PVE_TOKEN_ID': token_id, 'PVE_TOKEN_SECRET': token_secret,
+           'PVE_CA_FILE': certfile, 'PVE_EXPECTED_FILE': expected_file, 'PVE_PID': os.getpid()}
+    tmp = os.path.join(args.state_dir, 'env.json.tmp')
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
+        json.dump(env, f)
+    os.replace(tmp, os.path.join(args.state_dir, 'env.json'))
+    print('fakepve seeded with {0} nodes and {1} guests on {2}'.format(len(topo['nodes']), len(topo['guests']), pve.url),
+          file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await pve.stop()
+
+
+if __name__ == '__main__':
+    asyncio.run(main())

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# A real NetBox (PyPI `netbox`) with PostgreSQL and Redis from Debian, on loopback only.
+#
+#   netbox.sh setup   install + migrate once; cached outside the clone, keyed by version
+#   netbox.sh start   clean database from the template, gunicorn, admin user + API token
+#   netbox.sh stop    stop gunicorn, redis and postgres (by PID)
+#   netbox.sh env     print the variables of the running instance
+#
+# Cache: $PNBO_CACHE_DIR/netbox-<version>/ (venv, conf, PostgreSQL data with a migrated
+# template database). State of a running instance: $PNBO_HARNESS_DIR/netbox/.
+set -euo pipefail
+
+NETBOX_VERSION="${NETBOX_VERSION:-4.7.3}"
+CACHE="${PNBO_CACHE_DIR:-/var/cache/proxmox-netbox-operator}/netbox-${NETBOX_VERSION}"
+STATE="${PNBO_HARNESS_DIR:-/tmp/pnbo-harness}/netbox"
+PG_PORT="${PNBO_PG_PORT:-55432}"
+REDIS_PORT="${PNBO_REDIS_PORT:-56379}"
+NETBOX_PORT="${PNBO_NETBOX_PORT:-58000}"
+PG_BIN="/usr/lib/postgresql/15/bin"
+VENV="$CACHE/venv"
+ROOT="$CACHE/root"
+PGDATA="$CACHE/pgdata"
+
+log() { printf '[netbox] %s\n' "$*" >&2; }
+
+find_python() {
+  local root candidates p
+  root="$(pyenv root 2>/dev/null || echo /root/.pyenv)"
+  candidates=(python3.13 python3.12 "$root"/versions/3.13*/bin/python3 "$root"/versions/3.12*/bin/python3)
+  for p in "${candidates[@]}"; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+      command -v "$p"
+      return 0
+    fi
+  done
+  echo "netbox.sh: NetBox ${NETBOX_VERSION} needs Python >= 3.12; none found (looked for python3.12/3.13 and pyenv versions)" >&2
+  return 1
+}
+
+as_postgres() { runuser -u postgres -- "$@"; }
+
+pg_start() {
+  mkdir -p "$STATE"
+  if [ -f "$PGDATA/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    return 0
+  fi
+  rm -f "$PGDATA/postmaster.pid"
+  as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$CACHE/postgres.log" -w -t 60 \
+    -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >/dev/null
+}
+
+pg_stop() {
+  if [ -d "$PGDATA" ] && as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null || true
+  fi
+}
+
+psql_admin() { as_postgres psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+redis_start() {
+  mkdir -p "$STATE"
+  if [ -f "$STATE/redis.pid" ] && kill -0 "$(cat "$STATE/redis.pid")" 2>/dev/null; then
+    return 0
+  fi
+  redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE"
+  for _ in $(seq 50); do [ -f "$STATE/redis.pid" ] && break; sleep 0.1; done
+}
+
+redis_stop() {
+  if [ -f "$STATE/redis.pid" ]; then
+    kill "$(cat "$STATE/redis.pid")" 2>/dev/null || true
+    rm -f "$STATE/redis.pid"
+  fi
+}
+
+write_config() {
+  mkdir -p "$ROOT/conf"
+  local secret pepper
+  secret="$(cat "$CACHE/secret_key" 2>/dev/null || { head -c 64 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 60 > "$CACHE/secret_key"; cat "$CACHE/secret_key"; })"
+  pepper="$(cat "$CACHE/pepper" 2>/dev/null || { head -c 64 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 60 > "$CACHE/pepper"; cat "$CACHE/pepper"; })"
+  cat > "$ROOT/conf/configuration.py" <<EOF
+# Local throwaway NetBox for tests and the demo (loopback only).
+ALLOWED_HOSTS = ['127.0.0.1', 'localhost']
+DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', 'NAME': 'netbox', 'USER': 'postgres',
+                         'PASSWORD': '', 'HOST': '127.0.0.1', 'PORT': '$PG_PORT', 'CONN_MAX_AGE': 300}}
+REDIS = {
+    'tasks': {'HOST': '127.0.0.1', 'PORT': $REDIS_PORT, 'DATABASE': 0, 'SSL': False},
+    'caching': {'HOST': '127.0.0.1', 'PORT': $REDIS_PORT, 'DATABASE': 1, 'SSL': False},
+}
+SECRET_KEY = '$secret'
+API_TOKEN_PEPPERS = {1: '$pepper'}
+CENSUS_REPORTING_ENABLED = False
+RELEASE_CHECK_URL = None
+MAX_PAGE_SIZE = 1000
+LOGIN_REQUIRED = True
+EOF
+}
+
+cmd_setup() {
+  if [ -f "$CACHE/.ready" ]; then
+    log "cached: $CACHE"
+    return 0
+  fi
+  local t0 py
+  t0=$(date +%s)
+  py="$(find_python)"
+  mkdir -p "$CACHE"
+  if [ ! -x "$VENV/bin/netbox" ]; then
+    log "installing netbox==${NETBOX_VERSION} into $VENV ($py)"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q "netbox==${NETBOX_VERSION}" gunicorn
+  fi
+  if [ ! -f "$PGDATA/PG_VERSION" ]; then
+    log "initialising PostgreSQL in $PGDATA"
+    mkdir -p "$PGDATA"
+    chown -R postgres:postgres "$PGDATA"
+    chmod 700 "$PGDATA"
+    as_postgres "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  chown postgres:postgres "$CACHE"
+  pg_start
+  redis_start
+  write_config
+  psql_admin -c "DROP DATABASE IF EXISTS netbox WITH (FORCE)" >/dev/null
+  psql_admin -c "CREATE DATABASE netbox" >/dev/null
+  log "migrating (about 6-7 minutes on 2 cores)"
+  NETBOX_ROOT="$ROOT" "$VENV/bin/netbox" migrate --no-input >"$CACHE/migrate.log" 2>&1 || {
+    tail -30 "$CACHE/migrate.log" >&2
+    exit 1
+  }
+  NETBOX_ROOT="$ROOT" "$VENV/bin/netbox" collectstatic --no-input >/dev/null 2>&1 || true
+  psql_admin -c "DROP DATABASE IF EXISTS netbox_template WITH (FORCE)" >/dev/null
+  psql_admin -c "CREATE DATABASE netbox_template TEMPLATE netbox" >/dev/null
+  touch "$CACHE/.ready"
+  log "setup done in $(( $(date +%s) - t0 )) s"
+}
+
+cmd_start() {
+  cmd_setup
+  mkdir -p "$STATE"
+  cmd_stop_gunicorn
+  pg_start
+  redis_start
+  write_config
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" flushall >/dev/null
+  psql_admin -c "DROP DATABASE IF EXISTS netbox WITH (FORCE)" >/dev/null
+  psql_admin -c "CREATE DATABASE netbox TEMPLATE netbox_template" >/dev/null
+  local password
+  password="$(head -c 24 /dev/urandom | base64 -w0 | tr -dc 'A-Za-z0-9' | head -c 20)"
+  # One Django start creates the admin user and a v2 write token; the plaintext token is
+  # printed once, to a file readable by root only.
+  umask 077
+  NETBOX_ROOT="$ROOT" NB_ADMIN_PASSWORD="$password" "$VENV/bin/netbox" shell >"$STATE/token.out" 2>"$STATE/nbshell.log" <<'PYEOF'
+import os
+from users.models import User, Token
+u = User.objects.create_superuser('admin', 'admin@example.invalid', os.environ['NB_ADMIN_PASSWORD'])
+t = Token(user=u, version=2, write_enabled=True, description='proxmox-netbox-operator tests')
+t.save()
+print('TOKEN=nbt_%s.%s' % (t.key, t.token))
+PYEOF
+  local token
+  token="$(sed -n 's/^TOKEN=//p' "$STATE/token.out" | tail -1)"
+  [ -n "$token" ] || { cat "$STATE/nbshell.log" >&2; echo "netbox.sh: could not create the API token" >&2; exit 1; }
+  printf '%s' "$token" > "$STATE/token"
+  printf '%s' "$password" > "$STATE/admin_password"
+  rm -f "$STATE/token.out"
+  "$VENV/bin/gunicorn" --chdir "$ROOT" --bind "127.0.0.1:$NETBOX_PORT" \
+    --workers 2 --threads 3 --timeout 600 --preload --daemon --pid "$STATE/gunicorn.pid" \
+    --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" netbox.wsgi
+  for _ in $(seq 120); do
+    if curl -fs -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$NETBOX_PORT/api/status/" 2>/dev/null; then
+      log "ready on http://127.0.0.1:$NETBOX_PORT"
+      return 0
+    fi
+    sleep 0.5
+  done
+  tail -30 "$STATE/gunicorn.log" >&2
+  echo "netbox.sh: NetBox did not answer /api/status/ within 60 s" >&2
+  exit 1
+}
+
+cmd_stop_gunicorn() {
+  if [ -f "$STATE/gunicorn.pid" ]; then
+    local pid
+    pid="$(cat "$STATE/gunicorn.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$STATE/gunicorn.pid"
+  fi
+}
+
+cmd_stop() {
+  cmd_stop_gunicorn
+  redis_stop
+  pg_stop
+}
+
+cmd_env() {
+  cat <<EOF
+NETBOX_URL=http://127.0.0.1:$NETBOX_PORT
+NETBOX_TOKEN=$(cat "$STATE/token")
+NETBOX_ADMIN_USER=admin
+NETBOX_ADMIN_PASSWORD=$(cat "$STATE/admin_password")
+NETBOX_ROOT=$ROOT
+NETBOX_VENV=$VENV
+EOF
+}
+
+case "${1:-}" in
+  setup) cmd_setup ;;
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 setup|start|stop|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,115 @@
+//! Permission preflight: which read privileges the token lacks, and which write privileges
+//! it holds that an inventory reader does not need. Pure logic over `/access/permissions`.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+/// Privileges the reader needs on `/`. `VM.GuestAgent.Audit` (PVE 9) and `VM.Monitor`
+/// (PVE 8) are alternatives for reading guest-agent addresses.
+pub const REQUIRED: &[&str] = &["Sys.Audit", "VM.Audit", "Datastore.Audit"];
+/// Either of these lets the reader query the guest agent.
+pub const AGENT_ALTERNATIVES: &[&str] = &["VM.GuestAgent.Audit", "VM.Monitor"];
+
+/// Result of the preflight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PermissionReport {
+    /// Needed privileges the token does not hold on `/`.
+    pub missing: Vec<String>,
+    /// Privileges the token holds that an inventory reader never needs.
+    pub excess_write: Vec<String>,
+}
+
+/// True for privileges that allow changing something.
+fn is_write(privilege: &str) -> bool {
+    let read_only = privilege.ends_with(".Audit")
+        || matches!(
+            privilege,
+            "VM.Monitor"
+                | "Sys.Syslog"
+                | "VM.Console"
+                | "Sys.Console"
+                | "Datastore.AllocateSpace"
+                | "Mapping.Audit"
+                | "Pool.Audit"
+                | "SDN.Audit"
+        );
+    !read_only
+}
+
+/// Evaluates the answer of `GET /access/permissions` (`{path: {privilege: 1}}`).
+pub fn evaluate(permissions: &Value) -> PermissionReport {
+    let root: BTreeSet<String> = permissions["/"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_i64().unwrap_or(1) != 0)
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|p| !root.contains(**p))
+        .map(|p| p.to_string())
+        .collect();
+    if !AGENT_ALTERNATIVES.iter().any(|p| root.contains(*p)) {
+        missing.push(AGENT_ALTERNATIVES.join(" or "));
+    }
+    let mut excess: BTreeSet<String> = BTreeSet::new();
+    for privs in permissions.as_object().into_iter().flat_map(|m| m.values()) {
+        for (p, v) in privs.as_object().into_iter().flatten() {
+            if v.as_i64().unwrap_or(1) != 0 && is_write(p) {
+                excess.insert(p.clone());
+            }
+        }
+    }
+    PermissionReport {
+        missing,
+        excess_write: excess.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn least_privilege_token_passes_clean() {
+        let r = evaluate(
+            &json!({"/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.GuestAgent.Audit": 1}}),
+        );
+        assert_eq!(r, PermissionReport::default());
+    }
+
+    #[test]
+    fn missing_privileges_are_named() {
+        let r = evaluate(&json!({"/": {"VM.Audit": 1}}));
+        assert_eq!(
+            r.missing,
+            vec![
+                "Sys.Audit",
+                "Datastore.Audit",
+                "VM.GuestAgent.Audit or VM.Monitor"
+            ]
+        );
+        // PVE 8 names: VM.Monitor is enough for the agent.
+        let r = evaluate(
+            &json!({"/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.Monitor": 1}}),
+        );
+        assert!(r.missing.is_empty());
+    }
+
+    #[test]
+    fn write_privileges_anywhere_are_reported_as_excess() {
+        let r = evaluate(&json!({
+            "/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.GuestAgent.Audit": 1, "Sys.Modify": 1},
+            "/vms/100": {"VM.PowerMgmt": 1, "VM.Config.Disk": 1}
+        }));
+        assert_eq!(
+            r.excess_write,
+            vec!["Sys.Modify", "VM.Config.Disk", "VM.PowerMgmt"]
+        );
+    }
+}

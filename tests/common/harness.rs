@@ -1,0 +1,156 @@
+//! Access to the real-component harness (`scripts/harness/harness.sh up`): the NetBox,
+//! fake PVE and OpenSSH it started, and extra fake PVE instances with their own topology
+//! and faults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment written by `harness.sh up` to `$PNBO_HARNESS_DIR/env.json`.
+pub struct HarnessEnv {
+    vars: BTreeMap<String, String>,
+    /// NetBox base URL.
+    pub netbox_url: String,
+    /// NetBox API token (v2, write-enabled).
+    pub netbox_token: String,
+    /// Fake PVE URL.
+    pub pve_url: String,
+    /// PVE token id.
+    pub pve_token_id: String,
+    /// PVE token secret.
+    pub pve_token_secret: String,
+    /// CA bundle that verifies the fake PVE.
+    pub pve_ca_file: String,
+    /// The seeded inventory.
+    pub pve_expected_file: String,
+}
+
+/// Directory of the harness state.
+pub fn harness_dir() -> PathBuf {
+    PathBuf::from(std::env::var("PNBO_HARNESS_DIR").unwrap_or_else(|_| "/tmp/pnbo-harness".into()))
+}
+
+/// The shared fixtures directory (`../shared` next to the clone, or `$PNBO_SHARED_DIR`).
+pub fn shared_dir() -> PathBuf {
+    std::env::var("PNBO_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")))
+}
+
+impl HarnessEnv {
+    /// Reads env.json; panics with instructions when the harness is not up.
+    pub fn load() -> Self {
+        let path = harness_dir().join("env.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the test harness is not up ({}: {e}): run `scripts/harness/harness.sh up` or `scripts/test.sh`",
+                path.display()
+            )
+        });
+        let vars: BTreeMap<String, String> =
+            serde_json::from_str(&text).expect("env.json is valid JSON");
+        let get = |k: &str| {
+            vars.get(k)
+                .cloned()
+                .unwrap_or_else(|| panic!("env.json has no {k}"))
+        };
+        Self {
+            netbox_url: get("NETBOX_URL"),
+            netbox_token: get("NETBOX_TOKEN"),
+            pve_url: get("PVE_URL"),
+            pve_token_id: get("PVE_TOKEN_ID"),
+            pve_token_secret: get("PVE_TOKEN_SECRET"),
+            pve_ca_file: get("PVE_CA_FILE"),
+            pve_expected_file: get("PVE_EXPECTED_FILE"),
+            vars,
+        }
+    }
+
+    /// Any other variable (`SSH_PORT`, `NETBOX_VENV`, ...).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+}
+
+/// A fake PVE started for one test, stopped on drop.
+pub struct FakePve {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Base URL.
+    pub url: String,
+    /// Token id.
+    pub token_id: String,
+    /// Token secret.
+    pub token_secret: String,
+    /// CA bundle path.
+    pub ca_file: String,
+    /// Expected inventory (JSON) path.
+    pub expected_file: String,
+}
+
+impl FakePve {
+    /// Starts a fake PVE with launcher arguments, e.g. `["--topology", path]`,
+    /// `["--generate", "nodes=3,guests=1000"]`, `["--offline-node", "pve2"]`,
+    /// `["--forbid", "/nodes/pve1/disks/list"]`, `["--privileges", "VM.Audit"]`, `["--no-ceph"]`.
+    pub fn start(env: &HarnessEnv, args: &[&str]) -> Self {
+        let python = env
+            .get("FAKEPVE_PYTHON")
+            .expect("FAKEPVE_PYTHON in env.json")
+            .to_string();
+        let launcher = env
+            .get("FAKEPVE_LAUNCHER")
+            .expect("FAKEPVE_LAUNCHER in env.json")
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(python)
+            .arg(launcher)
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start fakepve");
+        let env_file = dir.path().join("env.json");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !env_file.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "fakepve did not start: {}",
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let vars: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&env_file).unwrap()).unwrap();
+        let s = |k: &str| vars[k].as_str().unwrap().to_string();
+        Self {
+            url: s("PVE_URL"),
+            token_id: s("PVE_TOKEN_ID"),
+            token_secret: s("PVE_TOKEN_SECRET"),
+            ca_file: s("PVE_CA_FILE"),
+            expected_file: s("PVE_EXPECTED_FILE"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The seeded inventory.
+    pub fn expected(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.expected_file).unwrap()).unwrap()
+    }
+}
+
+impl Drop for FakePve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Path of a topology file under tests/topologies.
+pub fn topology(name: &str) -> String {
+    format!("{}/tests/topologies/{name}", env!("CARGO_MANIFEST_DIR"))
+}
