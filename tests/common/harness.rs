@@ -83,6 +83,10 @@ pub struct FakePve {
     pub token_id: String,
     /// Token secret.
     pub token_secret: String,
+    /// User for ticket authentication.
+    pub username: String,
+    /// Its password.
+    pub password: String,
     /// CA bundle path.
     pub ca_file: String,
     /// Expected inventory (JSON) path.
@@ -130,6 +134,8 @@ impl FakePve {
             url: s("PVE_URL"),
             token_id: s("PVE_TOKEN_ID"),
             token_secret: s("PVE_TOKEN_SECRET"),
+            username: s("PVE_USERNAME"),
+            password: s("PVE_PASSWORD"),
             ca_file: s("PVE_CA_FILE"),
             expected_file: s("PVE_EXPECTED_FILE"),
             child,

@@ -285,13 +285,18 @@ async def main():
     pve.apitokens[token_id] = token_secret
     privileges = args.privileges.split(',') if args.privileges else topo.get('privileges', READ_PRIVILEGES)
     pve.grant(token_id, '/', *privileges)
+    # A user for ticket (user/password) authentication, with the same privileges.
+    username = 'netbox-sync@pve'
+    password = secrets.token_urlsafe(16)
+    pve.users[username] = password
+    pve.grant(username, '/', *privileges)
     await pve.start(certfile, keyfile)
 
     expected_file = os.path.join(args.state_dir, 'expected.json')
     with open(expected_file, 'w') as f:
         json.dump(expected(topo), f, indent=1, sort_keys=True)
     env = {'PVE_URL': pve.url, 'PVE_TOKEN_ID': token_id, 'PVE_TOKEN_SECRET': token_secret,
-           'PVE_CA_FILE': certfile, 'PVE_EXPECTED_FILE': expected_file, 'PVE_PID': os.getpid()}
+           'PVE_USERNAME': username, 'PVE_PASSWORD': password, 'PVE_CA_FILE': certfile, 'PVE_EXPECTED_FILE': expected_file, 'PVE_PID': os.getpid()}
     tmp = os.path.join(args.state_dir, 'env.json.tmp')
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
         json.dump(env, f)
