@@ -9,6 +9,7 @@ pub mod events;
 pub mod hardware;
 pub mod inventory;
 pub mod metrics;
+pub mod netbox;
 pub mod pipeline;
 pub mod pve;
 pub mod secret;

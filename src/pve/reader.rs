@@ -14,6 +14,9 @@ use crate::inventory::{
     ReadOutcome, ReadScope, StoragePool,
 };
 
+/// A guest and the outcomes of reading its parts.
+type GuestRead = (Option<Guest>, Vec<(ReadScope, ReadOutcome)>);
+
 /// What to read besides the essentials.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadOptions {
@@ -181,7 +184,7 @@ pub async fn read_inventory(api: &dyn PveApi, opts: &ReadOptions) -> Result<Inve
         }
     }
 
-    let results: Vec<(Option<Guest>, Vec<(ReadScope, ReadOutcome)>)> = stream::iter(guest_refs)
+    let results: Vec<GuestRead> = stream::iter(guest_refs)
         .map(|(node, kind, item)| read_guest(api, node, kind, item, opts, &ha))
         .buffer_unordered(opts.concurrency.max(1))
         .collect()
@@ -430,7 +433,7 @@ async fn read_guest(
     item: Value,
     opts: &ReadOptions,
     ha: &BTreeMap<u32, String>,
-) -> (Option<Guest>, Vec<(ReadScope, ReadOutcome)>) {
+) -> GuestRead {
     let mut parts = Vec::new();
     let Some(vmid) = as_u64(&item["vmid"]).and_then(|v| u32::try_from(v).ok()) else {
         return (None, parts);

@@ -3,6 +3,8 @@
 //! enabled) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
 //! tested with fakes; the live implementations are in [`live`].
 
+pub mod live;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -92,6 +94,58 @@ pub struct PipelineRun {
 pub struct RunOptions {
     /// Force dry-run whatever the spec says.
     pub force_dry_run: bool,
+}
+
+/// The pipeline made of three stages; with the live stages it is what the controller and
+/// the `sync` command run.
+pub struct StagedPipeline<R, H, W> {
+    /// Proxmox stage.
+    pub reader: R,
+    /// Hardware discovery stage.
+    pub prober: H,
+    /// NetBox stage.
+    pub writer: W,
+}
+
+impl<R, H, W> crate::controller::ClusterPipeline for StagedPipeline<R, H, W>
+where
+    R: ProxmoxReader + 'static,
+    H: HardwareProber + 'static,
+    W: NetBoxWriter + 'static,
+{
+    fn run<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        credentials: &'a [NodeSSHCredential],
+        secrets: &'a dyn SecretSource,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, PipelineOutcome> {
+        Box::pin(async move {
+            run_pipeline(
+                &self.reader,
+                &self.prober,
+                &self.writer,
+                cluster,
+                credentials,
+                secrets,
+                RunOptions::default(),
+                now,
+            )
+            .await
+            .outcome
+        })
+    }
+
+    fn delete_owned<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        secrets: &'a dyn SecretSource,
+    ) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let config = resolve(cluster, owner_key(cluster), secrets).await?;
+            self.writer.delete_owned(cluster, &config).await
+        })
+    }
 }
 
 /// `namespace/name` of a cluster, its owner key in NetBox.

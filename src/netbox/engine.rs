@@ -1,0 +1,2173 @@
+//! The sync engine: observe (read NetBox once per kind, owned objects only) -> plan (pure
+//! diff of desired and current values) -> apply (bulk writes of changed fields only).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use serde_json::{Map, Value, json};
+
+use super::client::{NetBoxApi, NetBoxError};
+use super::diff::changed_fields;
+use super::mapping::{
+    bytes_to_mib, guest_names, interface_type, platform_name, slugify, truncate, vm_status,
+};
+use super::report::{Collision, SyncReport};
+use crate::hardware::facts::NodeHardware;
+use crate::inventory::{GuestKind, Inventory, NodeInterfaceKind, ReadOutcome, ReadScope};
+
+/// Slug of the tag on every object the operator owns.
+pub const OWNER_TAG: &str = "proxmox-netbox-operator";
+/// Slug of the tag on owned objects whose Proxmox counterpart is gone (pruning).
+pub const STALE_TAG: &str = "proxmox-stale";
+/// Custom field holding the owning ProxmoxCluster (`namespace/name`).
+pub const CF_OWNER: &str = "proxmox_owner";
+/// Custom field holding a guest's vmid.
+pub const CF_VMID: &str = "proxmox_vmid";
+/// Custom field holding the guest type (`qemu` or `lxc`).
+pub const CF_GUEST_TYPE: &str = "proxmox_guest_type";
+/// Custom field holding the storage of a virtual disk.
+pub const CF_DISK_STORAGE: &str = "proxmox_disk_storage";
+/// Custom field holding when an object was first found gone from Proxmox.
+pub const CF_STALE_SINCE: &str = "proxmox_stale_since";
+
+/// What to sync and how; built from the ProxmoxCluster spec.
+#[derive(Clone, Debug)]
+pub struct SyncSettings {
+    /// `namespace/name` of the ProxmoxCluster.
+    pub owner: String,
+    /// Site slug or name.
+    pub site: String,
+    /// Tenant slug or name (must exist).
+    pub tenant: Option<String>,
+    /// NetBox cluster name.
+    pub cluster_name: String,
+    /// Cluster group name.
+    pub cluster_group: Option<String>,
+    /// Cluster type name.
+    pub cluster_type: String,
+    /// Device role of nodes.
+    pub device_role: String,
+    /// Role of QEMU VMs.
+    pub role_qemu: String,
+    /// Role of LXC containers.
+    pub role_lxc: String,
+    /// Role of templates.
+    pub role_template: String,
+    /// Extra tags on every object.
+    pub extra_tags: Vec<String>,
+    /// Sync templates (else skip them).
+    pub sync_templates: bool,
+    /// Sync nodes as devices.
+    pub nodes: bool,
+    /// Sync node interfaces.
+    pub node_interfaces: bool,
+    /// Sync guests as VMs.
+    pub virtual_machines: bool,
+    /// Sync guest NICs.
+    pub vm_interfaces: bool,
+    /// Sync guest disks.
+    pub virtual_disks: bool,
+    /// Sync IP addresses.
+    pub ip_addresses: bool,
+    /// Take over unowned objects with the same identity.
+    pub adopt_existing: bool,
+    /// Prune owned objects gone from Proxmox.
+    pub prune: bool,
+    /// How long an object stays stale before it is deleted.
+    pub grace_period: Duration,
+    /// Objects per bulk request.
+    pub batch_size: usize,
+    /// Bulk requests in flight.
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    name: &'static str,
+    endpoint: &'static str,
+}
+
+const DEVICE: Kind = Kind {
+    name: "dcim.device",
+    endpoint: "dcim/devices",
+};
+const INTERFACE: Kind = Kind {
+    name: "dcim.interface",
+    endpoint: "dcim/interfaces",
+};
+const MAC: Kind = Kind {
+    name: "dcim.macaddress",
+    endpoint: "dcim/mac-addresses",
+};
+const IP: Kind = Kind {
+    name: "ipam.ipaddress",
+    endpoint: "ipam/ip-addresses",
+};
+const VM: Kind = Kind {
+    name: "virtualization.virtualmachine",
+    endpoint: "virtualization/virtual-machines",
+};
+const VMIF: Kind = Kind {
+    name: "virtualization.vminterface",
+    endpoint: "virtualization/interfaces",
+};
+const VDISK: Kind = Kind {
+    name: "virtualization.virtualdisk",
+    endpoint: "virtualization/virtual-disks",
+};
+
+/// Owned kinds, children first (the order of deletion).
+const OWNED_KINDS: [Kind; 7] = [IP, MAC, VDISK, VMIF, VM, INTERFACE, DEVICE];
+
+/// (key, label, body) of one object to write.
+type WriteItem = (String, String, Value);
+/// Per key: the written object, or (label, reason).
+type WriteResult = (String, Result<Value, (String, String)>);
+
+/// References of a node interface to other interfaces.
+#[derive(Clone, Copy, Default)]
+struct InterfaceRefs {
+    parent: Option<u64>,
+    lag: Option<u64>,
+    bridge: Option<u64>,
+}
+
+struct Desired {
+    key: String,
+    label: String,
+    fields: Map<String, Value>,
+}
+
+/// Ids of the shared objects (tags, site, cluster, roles...).
+#[derive(Default)]
+struct Shared {
+    owner_tag: u64,
+    stale_tag: u64,
+    extra_tags: Vec<u64>,
+    pve_tags: BTreeMap<String, u64>,
+    site: u64,
+    tenant: Option<u64>,
+    cluster: u64,
+    device_role: u64,
+    role_qemu: u64,
+    role_lxc: u64,
+    role_template: u64,
+    device_types: BTreeMap<String, u64>,
+    platforms: BTreeMap<String, u64>,
+    vlans: BTreeMap<u16, u64>,
+    custom_fields_exist: bool,
+}
+
+struct Engine<'a> {
+    api: &'a dyn NetBoxApi,
+    s: &'a SyncSettings,
+    dry_run: bool,
+    now: DateTime<Utc>,
+    report: SyncReport,
+    placeholder: u64,
+    shared: Shared,
+    /// Owned objects by kind and key, kept up to date with what was written.
+    current: HashMap<&'static str, BTreeMap<String, Value>>,
+}
+
+fn id_of(v: &Value) -> Option<u64> {
+    v.get("id").and_then(Value::as_u64).or_else(|| v.as_u64())
+}
+
+fn fields(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn custom_field(obj: &Value, name: &str) -> Option<String> {
+    match &obj["custom_fields"][name] {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn current_key(kind: Kind, obj: &Value) -> Option<String> {
+    let nested = |f: &str| obj[f]["id"].as_u64();
+    match kind.name {
+        "dcim.device" => obj["name"].as_str().map(str::to_string),
+        "dcim.interface" => Some(format!("{}/{}", nested("device")?, obj["name"].as_str()?)),
+        "virtualization.virtualmachine" => custom_field(obj, CF_VMID),
+        "virtualization.vminterface" | "virtualization.virtualdisk" => Some(format!(
+            "{}/{}",
+            nested("virtual_machine")?,
+            obj["name"].as_str()?
+        )),
+        "dcim.macaddress" => Some(format!(
+            "{}/{}/{}",
+            obj["assigned_object_type"].as_str()?,
+            obj["assigned_object_id"].as_u64()?,
+            obj["mac_address"].as_str()?.to_ascii_uppercase()
+        )),
+        "ipam.ipaddress" => Some(format!(
+            "{}/{}/{}",
+            obj["assigned_object_type"].as_str()?,
+            obj["assigned_object_id"].as_u64()?,
+            obj["address"].as_str()?
+        )),
+        _ => None,
+    }
+}
+
+/// Syncs the inventory to NetBox. `Err` only when NetBox cannot be used at all (token,
+/// bootstrap objects, reads); failures of single objects are in the report.
+pub async fn sync(
+    api: &dyn NetBoxApi,
+    settings: &SyncSettings,
+    inventory: &Inventory,
+    hardware: &BTreeMap<String, NodeHardware>,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<SyncReport, NetBoxError> {
+    let mut e = Engine {
+        api,
+        s: settings,
+        dry_run,
+        now,
+        report: SyncReport {
+            dry_run,
+            ..Default::default()
+        },
+        placeholder: 1 << 48,
+        shared: Shared::default(),
+        current: HashMap::new(),
+    };
+    e.bootstrap(inventory, hardware).await?;
+    e.read_owned().await?;
+
+    let devices = e.sync_devices(inventory, hardware).await?;
+    let interfaces = e.sync_node_interfaces(inventory, hardware, &devices).await;
+    let vms = e.sync_vms(inventory).await?;
+    let vm_ifaces = e.sync_vm_interfaces(inventory, &vms).await;
+    let disks = e.sync_virtual_disks(inventory, &vms).await;
+    let macs = e
+        .sync_macs(inventory, hardware, &interfaces, &vm_ifaces)
+        .await;
+    e.sync_interface_refs(inventory, &interfaces, &vm_ifaces, &macs)
+        .await;
+    let ips = e.sync_ips(inventory, &interfaces, &vm_ifaces).await;
+    e.sync_primary_ips_and_disk_totals(inventory, &devices, &vms, &ips, &disks)
+        .await;
+    e.prune(inventory, &devices, &vms).await;
+
+    let (reads, writes) = api.request_counts();
+    e.report.read_requests = reads;
+    e.report.write_requests = writes;
+    Ok(e.report)
+}
+
+impl Engine<'_> {
+    fn next_placeholder(&mut self) -> u64 {
+        self.placeholder += 1;
+        self.placeholder
+    }
+
+    fn owned_tags(&self) -> Vec<u64> {
+        let mut t = vec![self.shared.owner_tag];
+        t.extend(&self.shared.extra_tags);
+        t
+    }
+
+    fn owner_cf(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(CF_OWNER.into(), Value::String(self.s.owner.clone()));
+        m
+    }
+
+    // ------------------------------------------------------------------ bootstrap
+
+    /// Finds an object by slug (or name), creating it when missing.
+    async fn ensure(
+        &mut self,
+        endpoint: &str,
+        kind: &str,
+        slug: &str,
+        name: &str,
+        extra: Value,
+    ) -> Result<u64, NetBoxError> {
+        let by_slug = [("slug".to_string(), slug.to_string())];
+        if let Some(found) = self.api.list(endpoint, &by_slug).await?.first() {
+            return id_of(found).ok_or_else(|| decode(endpoint));
+        }
+        let by_name = [("name".to_string(), name.to_string())];
+        if let Some(found) = self.api.list(endpoint, &by_name).await?.first() {
+            return id_of(found).ok_or_else(|| decode(endpoint));
+        }
+        let mut body = fields(extra);
+        body.insert("name".into(), json!(name));
+        body.insert("slug".into(), json!(slug));
+        self.report.counts(kind).created += 1;
+        self.report
+            .plan(kind, name, "create", body.keys().cloned().collect());
+        if self.dry_run {
+            return Ok(self.next_placeholder());
+        }
+        let created = self.api.create(endpoint, vec![Value::Object(body)]).await?;
+        created
+            .first()
+            .and_then(id_of)
+            .ok_or_else(|| decode(endpoint))
+    }
+
+    async fn ensure_custom_fields(&mut self) -> Result<(), NetBoxError> {
+        let owned_types = [
+            "dcim.device",
+            "dcim.interface",
+            "dcim.macaddress",
+            "ipam.ipaddress",
+            "virtualization.cluster",
+            "virtualization.virtualmachine",
+            "virtualization.vminterface",
+            "virtualization.virtualdisk",
+        ];
+        let specs: Vec<(&str, &str, &str, Vec<&str>, &str)> = vec![
+            (
+                CF_OWNER,
+                "Proxmox owner",
+                "text",
+                owned_types.to_vec(),
+                "ProxmoxCluster (namespace/name) that owns this object",
+            ),
+            (
+                CF_VMID,
+                "Proxmox VMID",
+                "integer",
+                vec!["virtualization.virtualmachine"],
+                "VM id in Proxmox VE",
+            ),
+            (
+                CF_GUEST_TYPE,
+                "Proxmox guest type",
+                "text",
+                vec!["virtualization.virtualmachine"],
+                "qemu or lxc",
+            ),
+            (
+                CF_DISK_STORAGE,
+                "Proxmox storage",
+                "text",
+                vec!["virtualization.virtualdisk"],
+                "Proxmox storage of the disk",
+            ),
+            (
+                CF_STALE_SINCE,
+                "Gone from Proxmox since",
+                "text",
+                vec!["dcim.device", "virtualization.virtualmachine"],
+                "When the operator found it gone (pruning grace period)",
+            ),
+            (
+                "hardware_chassis_serial",
+                "Chassis serial",
+                "text",
+                vec!["dcim.device"],
+                "dmidecode chassis serial",
+            ),
+            (
+                "hardware_chassis_manufacturer",
+                "Chassis manufacturer",
+                "text",
+                vec!["dcim.device"],
+                "dmidecode chassis manufacturer",
+            ),
+            (
+                "hardware_chassis_product",
+                "Chassis product",
+                "text",
+                vec!["dcim.device"],
+                "dmidecode system product name",
+            ),
+            (
+                "nic_speed_gbps",
+                "NIC speed (Gbps)",
+                "integer",
+                vec!["dcim.interface"],
+                "ethtool link speed",
+            ),
+            (
+                "nic_duplex",
+                "NIC duplex",
+                "text",
+                vec!["dcim.interface"],
+                "ethtool duplex",
+            ),
+            (
+                "nic_link",
+                "NIC link",
+                "boolean",
+                vec!["dcim.interface"],
+                "ethtool link detected",
+            ),
+        ];
+        let names = specs
+            .iter()
+            .map(|s| ("name".to_string(), s.0.to_string()))
+            .collect::<Vec<_>>();
+        let existing = self.api.list("extras/custom-fields", &names).await?;
+        let mut creates = Vec::new();
+        let mut patches = Vec::new();
+        for (name, label, type_, types, description) in &specs {
+            match existing.iter().find(|c| c["name"] == *name) {
+                Some(cf) => {
+                    let have: BTreeSet<&str> = cf["object_types"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if types.iter().any(|t| !have.contains(t)) {
+                        let mut all: BTreeSet<&str> = have.clone();
+                        all.extend(types.iter().copied());
+                        patches.push(json!({"id": cf["id"], "object_types": all}));
+                        self.report.plan(
+                            "extras.customfield",
+                            name,
+                            "update",
+                            vec!["object_types".into()],
+                        );
+                    }
+                }
+                None => {
+                    let filter = if *name == CF_OWNER || *name == CF_VMID {
+                        "exact"
+                    } else {
+                        "loose"
+                    };
+                    creates.push(json!({
+                        "name": name, "label": label, "type": type_, "object_types": types,
+                        "group_name": "Proxmox", "description": description, "filter_logic": filter,
+                        "ui_editable": if name.starts_with("proxmox_") { "no" } else { "yes" },
+                    }));
+                    self.report.counts("extras.customfield").created += 1;
+                    self.report.plan(
+                        "extras.customfield",
+                        name,
+                        "create",
+                        vec!["name".into(), "object_types".into()],
+                    );
+                }
+            }
+        }
+        self.shared.custom_fields_exist = creates.is_empty();
+        if self.dry_run {
+            return Ok(());
+        }
+        if !creates.is_empty() {
+            self.api.create("extras/custom-fields", creates).await?;
+            self.shared.custom_fields_exist = true;
+        }
+        if !patches.is_empty() {
+            self.api.update("extras/custom-fields", patches).await?;
+        }
+        Ok(())
+    }
+
+    async fn bootstrap(
+        &mut self,
+        inv: &Inventory,
+        hw: &BTreeMap<String, NodeHardware>,
+    ) -> Result<(), NetBoxError> {
+        const TAGS: &str = "extras/tags";
+        self.shared.owner_tag = self
+            .ensure(
+                TAGS,
+                "extras.tag",
+                OWNER_TAG,
+                OWNER_TAG,
+                json!({"color": "ff5722", "description": "Managed by proxmox-netbox-operator"}),
+            )
+            .await?;
+        self.shared.stale_tag = self
+            .ensure(TAGS, "extras.tag", STALE_TAG, STALE_TAG, json!({"color": "9e9e9e", "description": "Gone from Proxmox VE; deleted after the grace period"}))
+            .await?;
+        for t in self.s.extra_tags.clone() {
+            let id = self
+                .ensure(TAGS, "extras.tag", &slugify(&t), &t, json!({}))
+                .await?;
+            self.shared.extra_tags.push(id);
+        }
+        if self.s.virtual_machines {
+            let mut pve_tags: BTreeSet<String> = BTreeSet::new();
+            for g in &inv.guests {
+                pve_tags.extend(g.tags.iter().cloned());
+            }
+            for t in pve_tags {
+                let id = self
+                    .ensure(
+                        TAGS,
+                        "extras.tag",
+                        &format!("pve-{}", slugify(&t)),
+                        &format!("pve:{t}"),
+                        json!({"description": "Proxmox VE tag"}),
+                    )
+                    .await?;
+                self.shared.pve_tags.insert(t, id);
+            }
+        }
+        self.ensure_custom_fields().await?;
+        self.shared.site = self
+            .ensure(
+                "dcim/sites",
+                "dcim.site",
+                &slugify(&self.s.site),
+                &self.s.site.clone(),
+                json!({"status": "active"}),
+            )
+            .await?;
+        if let Some(t) = self.s.tenant.clone() {
+            let found = self
+                .api
+                .list("tenancy/tenants", &[("slug".into(), slugify(&t))])
+                .await?;
+            let found = if found.is_empty() {
+                self.api
+                    .list("tenancy/tenants", &[("name".into(), t.clone())])
+                    .await?
+            } else {
+                found
+            };
+            self.shared.tenant =
+                Some(
+                    found
+                        .first()
+                        .and_then(id_of)
+                        .ok_or_else(|| NetBoxError::Invalid {
+                            endpoint: "tenancy/tenants".into(),
+                            message: format!(
+                                "spec.netbox.tenant: tenant {t:?} does not exist in NetBox"
+                            ),
+                        })?,
+                );
+        }
+        let cluster_type = self
+            .ensure(
+                "virtualization/cluster-types",
+                "virtualization.clustertype",
+                &slugify(&self.s.cluster_type),
+                &self.s.cluster_type.clone(),
+                json!({}),
+            )
+            .await?;
+        let group = match self.s.cluster_group.clone() {
+            Some(g) => Some(
+                self.ensure(
+                    "virtualization/cluster-groups",
+                    "virtualization.clustergroup",
+                    &slugify(&g),
+                    &g,
+                    json!({}),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        self.shared.cluster = self.ensure_cluster(cluster_type, group).await?;
+        let role = |vm_role: bool, color: &str| json!({"vm_role": vm_role, "color": color});
+        self.shared.device_role = self
+            .ensure(
+                "dcim/device-roles",
+                "dcim.devicerole",
+                &slugify(&self.s.device_role),
+                &self.s.device_role.clone(),
+                role(false, "2196f3"),
+            )
+            .await?;
+        if self.s.virtual_machines {
+            self.shared.role_qemu = self
+                .ensure(
+                    "dcim/device-roles",
+                    "dcim.devicerole",
+                    &slugify(&self.s.role_qemu),
+                    &self.s.role_qemu.clone(),
+                    role(true, "4caf50"),
+                )
+                .await?;
+            self.shared.role_lxc = self
+                .ensure(
+                    "dcim/device-roles",
+                    "dcim.devicerole",
+                    &slugify(&self.s.role_lxc),
+                    &self.s.role_lxc.clone(),
+                    role(true, "009688"),
+                )
+                .await?;
+            if self.s.sync_templates {
+                self.shared.role_template = self
+                    .ensure(
+                        "dcim/device-roles",
+                        "dcim.devicerole",
+                        &slugify(&self.s.role_template),
+                        &self.s.role_template.clone(),
+                        role(true, "9e9e9e"),
+                    )
+                    .await?;
+            }
+            let os: BTreeSet<String> = inv
+                .guests
+                .iter()
+                .filter_map(|g| g.os_type.as_deref())
+                .map(platform_name)
+                .collect();
+            for name in os {
+                let id = self
+                    .ensure(
+                        "dcim/platforms",
+                        "dcim.platform",
+                        &slugify(&name),
+                        &name,
+                        json!({}),
+                    )
+                    .await?;
+                self.shared.platforms.insert(name, id);
+            }
+            // VLANs by vid, for untagged VLANs of guest NICs (only unambiguous matches).
+            let vids: BTreeSet<u16> = inv
+                .guests
+                .iter()
+                .flat_map(|g| g.nics.iter().filter_map(|n| n.vlan_tag))
+                .collect();
+            if self.s.vm_interfaces && !vids.is_empty() {
+                let q: Vec<(String, String)> = vids
+                    .iter()
+                    .map(|v| ("vid".to_string(), v.to_string()))
+                    .collect();
+                let vlans = self.api.list("ipam/vlans", &q).await?;
+                for vid in vids {
+                    let matching: Vec<&Value> = vlans
+                        .iter()
+                        .filter(|v| v["vid"].as_u64() == Some(u64::from(vid)))
+                        .collect();
+                    let site_scoped: Vec<&&Value> = matching
+                        .iter()
+                        .filter(|v| v["site"]["id"].as_u64() == Some(self.shared.site))
+                        .collect();
+                    let pick = if site_scoped.len() == 1 {
+                        Some(*site_scoped[0])
+                    } else if matching.len() == 1 {
+                        Some(matching[0])
+                    } else {
+                        None
+                    };
+                    if let Some(id) = pick.and_then(id_of) {
+                        self.shared.vlans.insert(vid, id);
+                    }
+                }
+            }
+        }
+        if self.s.nodes {
+            for node in &inv.nodes {
+                let (manufacturer, model) = device_model(hw.get(&node.name));
+                let key = format!("{manufacturer}/{model}");
+                if self.shared.device_types.contains_key(&key) {
+                    continue;
+                }
+                let m = self
+                    .ensure(
+                        "dcim/manufacturers",
+                        "dcim.manufacturer",
+                        &slugify(&manufacturer),
+                        &manufacturer,
+                        json!({}),
+                    )
+                    .await?;
+                let found = self
+                    .api
+                    .list(
+                        "dcim/device-types",
+                        &[
+                            ("manufacturer_id".into(), m.to_string()),
+                            ("model".into(), model.clone()),
+                        ],
+                    )
+                    .await?;
+                let id = match found.first().and_then(id_of) {
+                    Some(id) => id,
+                    None => {
+                        let body = json!({"manufacturer": m, "model": model, "slug": slugify(&format!("{manufacturer}-{model}")), "u_height": 1});
+                        self.report.counts("dcim.devicetype").created += 1;
+                        self.report
+                            .plan("dcim.devicetype", &model, "create", vec!["model".into()]);
+                        if self.dry_run {
+                            self.next_placeholder()
+                        } else {
+                            self.api
+                                .create("dcim/device-types", vec![body])
+                                .await?
+                                .first()
+                                .and_then(id_of)
+                                .ok_or_else(|| decode("dcim/device-types"))?
+                        }
+                    }
+                };
+                self.shared.device_types.insert(key, id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_cluster(
+        &mut self,
+        cluster_type: u64,
+        group: Option<u64>,
+    ) -> Result<u64, NetBoxError> {
+        const EP: &str = "virtualization/clusters";
+        let name = self.s.cluster_name.clone();
+        if let Some(found) = self
+            .api
+            .list(EP, &[("name".into(), name.clone())])
+            .await?
+            .first()
+        {
+            return id_of(found).ok_or_else(|| decode(EP));
+        }
+        let mut body = json!({
+            "name": name, "type": cluster_type, "status": "active", "scope_type": "dcim.site", "scope_id": self.shared.site,
+            "tags": self.owned_tags(),
+        });
+        if let Some(g) = group {
+            body["group"] = json!(g);
+        }
+        if let Some(t) = self.shared.tenant {
+            body["tenant"] = json!(t);
+        }
+        if self.shared.custom_fields_exist || !self.dry_run {
+            body["custom_fields"] = Value::Object(self.owner_cf());
+        }
+        self.report.counts("virtualization.cluster").created += 1;
+        self.report.plan(
+            "virtualization.cluster",
+            &name,
+            "create",
+            vec!["name".into(), "type".into()],
+        );
+        if self.dry_run {
+            return Ok(self.next_placeholder());
+        }
+        self.api
+            .create(EP, vec![body])
+            .await?
+            .first()
+            .and_then(id_of)
+            .ok_or_else(|| decode(EP))
+    }
+
+    // ------------------------------------------------------------------- observe
+
+    async fn read_owned(&mut self) -> Result<(), NetBoxError> {
+        if !self.shared.custom_fields_exist {
+            // No owner field yet: nothing can be owned.
+            for k in OWNED_KINDS {
+                self.current.insert(k.name, BTreeMap::new());
+            }
+            return Ok(());
+        }
+        let q = vec![
+            ("cf_proxmox_owner".to_string(), self.s.owner.clone()),
+            ("tag".to_string(), OWNER_TAG.to_string()),
+        ];
+        let api = self.api;
+        let results = stream::iter(OWNED_KINDS)
+            .map(|k| {
+                let q = q.clone();
+                async move { (k, api.list(k.endpoint, &q).await) }
+            })
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        for (k, r) in results {
+            let objs = r?;
+            let mut map = BTreeMap::new();
+            for o in objs {
+                // Both marks, checked again on the answer: the tag and the exact owner.
+                if custom_field(&o, CF_OWNER).as_deref() != Some(self.s.owner.as_str()) {
+                    continue;
+                }
+                if let Some(key) = current_key(k, &o) {
+                    map.insert(key, o);
+                }
+            }
+            self.current.insert(k.name, map);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------- apply
+
+    /// Creates or updates `desired` objects of `kind`; returns ids by key. Objects that
+    /// failed are reported and missing from the result.
+    async fn apply(&mut self, kind: Kind, desired: Vec<Desired>) -> BTreeMap<String, u64> {
+        let mut ids = BTreeMap::new();
+        let mut creates: Vec<Desired> = Vec::new();
+        let mut updates: Vec<(Desired, u64, Map<String, Value>)> = Vec::new();
+        let current = self.current.entry(kind.name).or_default();
+        for d in desired {
+            match current.get(&d.key) {
+                Some(obj) => {
+                    let id = id_of(obj).unwrap_or(0);
+                    let changed = changed_fields(&d.fields, obj);
+                    ids.insert(d.key.clone(), id);
+                    if changed.is_empty() {
+                        self.report.counts(kind.name).unchanged += 1;
+                    } else {
+                        updates.push((d, id, changed));
+                    }
+                }
+                None => creates.push(d),
+            }
+        }
+        for (d, _, changed) in &updates {
+            self.report.plan(
+                kind.name,
+                &d.label,
+                "update",
+                changed.keys().cloned().collect(),
+            );
+        }
+        for d in &creates {
+            self.report.plan(
+                kind.name,
+                &d.label,
+                "create",
+                d.fields.keys().cloned().collect(),
+            );
+        }
+        if self.dry_run {
+            self.report.counts(kind.name).updated += updates.len() as u64;
+            self.report.counts(kind.name).created += creates.len() as u64;
+            for d in creates {
+                let id = self.next_placeholder();
+                ids.insert(d.key, id);
+            }
+            return ids;
+        }
+        // Updates: bulk PATCH of changed fields only.
+        let patches: Vec<(String, String, Value)> = updates
+            .into_iter()
+            .map(|(d, id, mut changed)| {
+                changed.insert("id".into(), json!(id));
+                (d.key, d.label, Value::Object(changed))
+            })
+            .collect();
+        for (key, result) in self.write_batches(kind, patches, false).await {
+            match result {
+                Ok(obj) => {
+                    self.report.counts(kind.name).updated += 1;
+                    self.current.entry(kind.name).or_default().insert(key, obj);
+                }
+                Err((label, message)) => {
+                    ids.remove(&key);
+                    self.report.error(kind.name, &label, message);
+                }
+            }
+        }
+        let bodies: Vec<(String, String, Value)> = creates
+            .into_iter()
+            .map(|d| (d.key, d.label, Value::Object(d.fields)))
+            .collect();
+        for (key, result) in self.write_batches(kind, bodies, true).await {
+            match result {
+                Ok(obj) => {
+                    self.report.counts(kind.name).created += 1;
+                    if let Some(id) = id_of(&obj) {
+                        ids.insert(key.clone(), id);
+                    }
+                    self.current.entry(kind.name).or_default().insert(key, obj);
+                }
+                Err((label, message)) => {
+                    if message.contains("Duplicate IP address")
+                        || message.contains("already exists")
+                    {
+                        self.report.collisions.push(Collision {
+                            kind: kind.name.into(),
+                            object: label.clone(),
+                            existing_id: None,
+                            message: message.clone(),
+                        });
+                    }
+                    self.report.error(kind.name, &label, message);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Sends bulk creates or updates in batches, several in flight; a batch NetBox rejects
+    /// (400) is split until the bad objects fail alone. Returns per key the written object
+    /// or (label, reason).
+    async fn write_batches(
+        &mut self,
+        kind: Kind,
+        items: Vec<WriteItem>,
+        create: bool,
+    ) -> Vec<WriteResult> {
+        let mut out = Vec::new();
+        if items.is_empty() {
+            return out;
+        }
+        let size = self.s.batch_size.max(1);
+        let chunks: Vec<Vec<WriteItem>> = items.chunks(size).map(<[_]>::to_vec).collect();
+        let api = self.api;
+        let send = |chunk: Vec<WriteItem>| async move {
+            let bodies: Vec<Value> = chunk.iter().map(|c| c.2.clone()).collect();
+            let r = if create {
+                api.create(kind.endpoint, bodies).await
+            } else {
+                api.update(kind.endpoint, bodies).await
+            };
+            (chunk, r)
+        };
+        let first: Vec<_> = stream::iter(chunks)
+            .map(send)
+            .buffer_unordered(self.s.max_in_flight.max(1))
+            .collect()
+            .await;
+        let mut retry: Vec<Vec<WriteItem>> = Vec::new();
+        for (chunk, r) in first {
+            self.settle(kind, chunk, r, create, &mut out, &mut retry)
+                .await;
+        }
+        while let Some(chunk) = retry.pop() {
+            let (chunk, r) = send(chunk).await;
+            self.settle(kind, chunk, r, create, &mut out, &mut retry)
+                .await;
+        }
+        out
+    }
+
+    async fn settle(
+        &mut self,
+        kind: Kind,
+        chunk: Vec<WriteItem>,
+        result: Result<Vec<Value>, NetBoxError>,
+        create: bool,
+        out: &mut Vec<WriteResult>,
+        retry: &mut Vec<Vec<WriteItem>>,
+    ) {
+        match result {
+            Ok(objs) if objs.len() == chunk.len() => {
+                // NetBox answers bulk updates in its own order (by id), creates in request
+                // order: match by id, or by identity, never by position alone.
+                let mut by_match: BTreeMap<String, Value> = BTreeMap::new();
+                for obj in objs {
+                    let m = if create {
+                        current_key(kind, &obj)
+                    } else {
+                        id_of(&obj).map(|id| id.to_string())
+                    };
+                    if let Some(m) = m {
+                        by_match.insert(m, obj);
+                    }
+                }
+                for (key, label, body) in chunk {
+                    let m = if create {
+                        Some(key.clone())
+                    } else {
+                        id_of(&body).map(|id| id.to_string())
+                    };
+                    match m.and_then(|m| by_match.remove(&m)) {
+                        Some(obj) => out.push((key, Ok(obj))),
+                        None => out.push((
+                            key,
+                            Err((label, "NetBox's answer did not include this object".into())),
+                        )),
+                    }
+                }
+            }
+            Ok(_) => {
+                for (key, label, _) in chunk {
+                    out.push((
+                        key,
+                        Err((
+                            label,
+                            "NetBox answered with a different number of objects".into(),
+                        )),
+                    ));
+                }
+            }
+            Err(NetBoxError::Invalid { .. }) if chunk.len() > 1 => {
+                let mut a = chunk;
+                let b = a.split_off(a.len() / 2);
+                retry.push(a);
+                retry.push(b);
+            }
+            Err(NetBoxError::Invalid { message, .. }) => {
+                for (key, label, _) in chunk {
+                    out.push((key, Err((label, message.clone()))));
+                }
+            }
+            Err(NetBoxError::Transport { message, .. }) if create => {
+                // The answer was lost: the objects may exist now. Look them up by identity
+                // before anything is retried, so nothing is created twice.
+                let q = vec![("cf_proxmox_owner".to_string(), self.s.owner.clone())];
+                let found: BTreeMap<String, Value> = match self.api.list(kind.endpoint, &q).await {
+                    Ok(objs) => objs
+                        .into_iter()
+                        .filter_map(|o| current_key(kind, &o).map(|k| (k, o)))
+                        .collect(),
+                    Err(_) => BTreeMap::new(),
+                };
+                let mut missing = Vec::new();
+                for item in chunk {
+                    match found.get(&item.0) {
+                        Some(obj) => out.push((item.0.clone(), Ok(obj.clone()))),
+                        None => missing.push(item),
+                    }
+                }
+                for (key, label, _) in missing {
+                    out.push((key, Err((label, format!("no answer from NetBox ({message}); not created, will be retried next sync")))));
+                }
+            }
+            Err(e) => {
+                for (key, label, _) in chunk {
+                    out.push((key, Err((label, e.to_string()))));
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------- devices
+
+    async fn sync_devices(
+        &mut self,
+        inv: &Inventory,
+        hw: &BTreeMap<String, NodeHardware>,
+    ) -> Result<BTreeMap<String, u64>, NetBoxError> {
+        if !self.s.nodes {
+            return Ok(BTreeMap::new());
+        }
+        // Unowned devices with a node's name in the site are in the way.
+        let names: Vec<String> = inv
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .filter(|n| !self.current[DEVICE.name].contains_key(n))
+            .collect();
+        let unowned = self
+            .unowned_by_name(DEVICE, &names, ("site_id", self.shared.site))
+            .await?;
+        let mut desired = Vec::new();
+        for node in &inv.nodes {
+            let h = hw.get(&node.name);
+            let (manufacturer, model) = device_model(h);
+            let mut cf = self.owner_cf();
+            cf.insert(CF_STALE_SINCE.into(), Value::Null);
+            if let Some(h) = h {
+                let chassis = h.chassis.as_ref();
+                cf.insert(
+                    "hardware_chassis_serial".into(),
+                    json!(chassis.and_then(|c| c.serial_number.clone())),
+                );
+                cf.insert(
+                    "hardware_chassis_manufacturer".into(),
+                    json!(chassis.and_then(|c| c.manufacturer.clone())),
+                );
+                cf.insert(
+                    "hardware_chassis_product".into(),
+                    json!(h.system.as_ref().and_then(|s| s.product_name.clone())),
+                );
+            }
+            let mut f = fields(json!({
+                "name": node.name,
+                "device_type": self.shared.device_types.get(&format!("{manufacturer}/{model}")),
+                "role": self.shared.device_role,
+                "site": self.shared.site,
+                "cluster": self.shared.cluster,
+                "status": if node.online { "active" } else { "offline" },
+                "tenant": self.shared.tenant,
+                "custom_fields": cf,
+            }));
+            if let Some(serial) = h.and_then(|h| {
+                h.system
+                    .as_ref()
+                    .and_then(|s| s.serial_number.clone())
+                    .or_else(|| h.chassis.as_ref().and_then(|c| c.serial_number.clone()))
+            }) {
+                f.insert("serial".into(), json!(truncate(&serial, 50)));
+            }
+            let label = format!("node {}", node.name);
+            if let Some(existing) = unowned.get(&node.name)
+                && !self.adopt(DEVICE, &node.name, &label, existing)
+            {
+                continue;
+            }
+            let tags = self.merged_tags(DEVICE, &node.name, &[]);
+            f.insert("tags".into(), json!(tags));
+            desired.push(Desired {
+                key: node.name.clone(),
+                label,
+                fields: f,
+            });
+        }
+        Ok(self.apply(DEVICE, desired).await)
+    }
+
+    /// Unowned objects of `kind` with the given names in a scope (`site_id`, `cluster_id`).
+    async fn unowned_by_name(
+        &mut self,
+        kind: Kind,
+        names: &[String],
+        scope: (&str, u64),
+    ) -> Result<BTreeMap<String, Value>, NetBoxError> {
+        let mut out = BTreeMap::new();
+        for chunk in names.chunks(100) {
+            if chunk.is_empty() || scope.1 >= 1 << 48 {
+                continue;
+            }
+            let mut q: Vec<(String, String)> = vec![(scope.0.to_string(), scope.1.to_string())];
+            q.extend(chunk.iter().map(|n| ("name".to_string(), n.clone())));
+            for o in self.api.list(kind.endpoint, &q).await? {
+                let owned = custom_field(&o, CF_OWNER).as_deref() == Some(self.s.owner.as_str());
+                if !owned && let Some(name) = o["name"].as_str() {
+                    out.insert(name.to_lowercase(), o);
+                }
+            }
+        }
+        let mut by_name = BTreeMap::new();
+        for n in names {
+            if let Some(o) = out.get(&n.to_lowercase()) {
+                by_name.insert(n.clone(), o.clone());
+            }
+        }
+        Ok(by_name)
+    }
+
+    /// Handles an unowned object in the way: adopted (becomes current, owned by the next
+    /// write) when the spec allows it, else reported. Returns whether to go on with it.
+    fn adopt(&mut self, kind: Kind, key: &str, label: &str, existing: &Value) -> bool {
+        let id = id_of(existing);
+        let owner = custom_field(existing, CF_OWNER);
+        if self.s.adopt_existing && owner.is_none() {
+            self.report.plan(
+                kind.name,
+                label,
+                "adopt",
+                vec![CF_OWNER.into(), "tags".into()],
+            );
+            self.current
+                .entry(kind.name)
+                .or_default()
+                .insert(key.to_string(), existing.clone());
+            return true;
+        }
+        let message = match owner {
+            Some(o) => format!("a NetBox object with this name belongs to {o}"),
+            None => "a NetBox object with this name exists and is not managed by this operator (set spec.netbox.adoptExisting to take it over)".into(),
+        };
+        self.report.collisions.push(Collision {
+            kind: kind.name.into(),
+            object: label.into(),
+            existing_id: id,
+            message,
+        });
+        false
+    }
+
+    /// The tags an object should have: the human ones it has, plus ours, minus stale and
+    /// PVE tags that no longer apply.
+    fn merged_tags(&self, kind: Kind, key: &str, pve_tags: &[u64]) -> Vec<u64> {
+        let managed_pve: BTreeSet<u64> = self.shared.pve_tags.values().copied().collect();
+        let mut out: BTreeSet<u64> = BTreeSet::new();
+        if let Some(obj) = self.current.get(kind.name).and_then(|m| m.get(key)) {
+            for t in obj["tags"].as_array().into_iter().flatten() {
+                let Some(id) = t["id"].as_u64() else { continue };
+                let slug = t["slug"].as_str().unwrap_or_default();
+                let is_pve = managed_pve.contains(&id) || slug.starts_with("pve-");
+                if id != self.shared.stale_tag && !is_pve {
+                    out.insert(id);
+                }
+            }
+        }
+        out.extend(self.owned_tags());
+        out.extend(pve_tags);
+        out.into_iter().collect()
+    }
+
+    // ---------------------------------------------------------- node interfaces
+
+    async fn sync_node_interfaces(
+        &mut self,
+        inv: &Inventory,
+        hw: &BTreeMap<String, NodeHardware>,
+        devices: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        if !self.s.node_interfaces {
+            return BTreeMap::new();
+        }
+        let mut desired = Vec::new();
+        for node in &inv.nodes {
+            let Some(&device) = devices.get(&node.name) else {
+                continue;
+            };
+            let facts = hw.get(&node.name);
+            for iface in &node.interfaces {
+                let nic = facts.and_then(|h| h.nics.iter().find(|n| n.link.name == iface.name));
+                let ethtool = nic.and_then(|n| n.ethtool.as_ref());
+                let mut cf = self.owner_cf();
+                if let Some(e) = ethtool {
+                    cf.insert(
+                        "nic_speed_gbps".into(),
+                        json!(e.speed_mbps.map(|s| (s + 500) / 1000)),
+                    );
+                    cf.insert("nic_duplex".into(), json!(e.duplex));
+                    cf.insert("nic_link".into(), json!(e.link_detected));
+                }
+                let key = format!("{device}/{}", iface.name);
+                let mut f = fields(json!({
+                    "device": device,
+                    "name": iface.name,
+                    "type": interface_type(&iface.kind, ethtool),
+                    "enabled": iface.active || iface.kind == NodeInterfaceKind::Physical && nic.is_some_and(|n| n.link.state.as_deref() == Some("UP")),
+                    "mtu": iface.mtu,
+                    "description": truncate(iface.comments.as_deref().unwrap_or_default(), 200),
+                    "custom_fields": cf,
+                    "tags": self.merged_tags(INTERFACE, &key, &[]),
+                }));
+                if let Some(e) = ethtool {
+                    f.insert(
+                        "speed".into(),
+                        json!(e.speed_mbps.map(|s| u64::from(s) * 1000)),
+                    );
+                    f.insert(
+                        "duplex".into(),
+                        json!(
+                            e.duplex
+                                .as_deref()
+                                .filter(|d| matches!(*d, "full" | "half"))
+                        ),
+                    );
+                }
+                desired.push(Desired {
+                    key,
+                    label: format!("node {} interface {}", node.name, iface.name),
+                    fields: f,
+                });
+            }
+        }
+        self.apply(INTERFACE, desired).await
+    }
+
+    // ------------------------------------------------------------------------ VMs
+
+    fn synced_guests<'i>(
+        &self,
+        inv: &'i Inventory,
+    ) -> impl Iterator<Item = &'i crate::inventory::Guest> + use<'i> {
+        let templates = self.s.sync_templates;
+        inv.guests.iter().filter(move |g| templates || !g.template)
+    }
+
+    async fn sync_vms(&mut self, inv: &Inventory) -> Result<BTreeMap<String, u64>, NetBoxError> {
+        if !self.s.virtual_machines {
+            return Ok(BTreeMap::new());
+        }
+        let names = guest_names(self.synced_guests(inv));
+        let node_devices: BTreeMap<String, u64> = self.current[DEVICE.name]
+            .iter()
+            .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+            .collect();
+        let wanted: Vec<String> = self
+            .synced_guests(inv)
+            .filter(|g| !self.current[VM.name].contains_key(&g.vmid.to_string()))
+            .map(|g| names[&g.vmid].clone())
+            .collect();
+        let unowned = self
+            .unowned_by_name(VM, &wanted, ("cluster_id", self.shared.cluster))
+            .await?;
+        let mut desired = Vec::new();
+        for g in self.synced_guests(inv).collect::<Vec<_>>() {
+            let key = g.vmid.to_string();
+            let name = names[&g.vmid].clone();
+            let label = format!("vm {} ({})", g.vmid, g.name);
+            if let Some(existing) = unowned.get(&name)
+                && !self.adopt(VM, &key, &label, existing)
+            {
+                continue;
+            }
+            let role = match (g.template, g.kind) {
+                (true, _) => self.shared.role_template,
+                (false, GuestKind::Qemu) => self.shared.role_qemu,
+                (false, GuestKind::Lxc) => self.shared.role_lxc,
+            };
+            let mut cf = self.owner_cf();
+            cf.insert(CF_VMID.into(), json!(g.vmid));
+            cf.insert(
+                CF_GUEST_TYPE.into(),
+                json!(match g.kind {
+                    GuestKind::Qemu => "qemu",
+                    GuestKind::Lxc => "lxc",
+                }),
+            );
+            cf.insert(CF_STALE_SINCE.into(), Value::Null);
+            let pve_tags: Vec<u64> = g
+                .tags
+                .iter()
+                .filter_map(|t| self.shared.pve_tags.get(t).copied())
+                .collect();
+            let f = fields(json!({
+                "name": name,
+                "status": vm_status(g),
+                "cluster": self.shared.cluster,
+                "device": node_devices.get(&g.node),
+                "role": role,
+                "tenant": self.shared.tenant,
+                "platform": g.os_type.as_deref().map(platform_name).and_then(|p| self.shared.platforms.get(&p).copied()),
+                "vcpus": g.vcpus,
+                "memory": g.memory_mib,
+                "description": truncate(g.description.as_deref().unwrap_or_default().lines().next().unwrap_or_default(), 200),
+                "custom_fields": cf,
+                "tags": self.merged_tags(VM, &key, &pve_tags),
+            }));
+            desired.push(Desired {
+                key,
+                label,
+                fields: f,
+            });
+        }
+        Ok(self.apply(VM, desired).await)
+    }
+
+    async fn sync_vm_interfaces(
+        &mut self,
+        inv: &Inventory,
+        vms: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        if !self.s.vm_interfaces {
+            return BTreeMap::new();
+        }
+        let mut desired = Vec::new();
+        for g in self.synced_guests(inv).collect::<Vec<_>>() {
+            let Some(&vm) = vms.get(&g.vmid.to_string()) else {
+                continue;
+            };
+            for nic in &g.nics {
+                let key = format!("{vm}/{}", nic.slot);
+                let vlan = nic
+                    .vlan_tag
+                    .and_then(|t| self.shared.vlans.get(&t).copied());
+                let description = match (&nic.model, &nic.bridge) {
+                    (Some(m), Some(b)) => format!("{m} on {b}"),
+                    (None, Some(b)) => format!("on {b}"),
+                    _ => String::new(),
+                };
+                let f = fields(json!({
+                    "virtual_machine": vm,
+                    "name": nic.slot,
+                    "enabled": !nic.link_down,
+                    "mtu": nic.mtu,
+                    "description": description,
+                    "mode": vlan.map(|_| "access"),
+                    "untagged_vlan": vlan,
+                    "custom_fields": self.owner_cf(),
+                    "tags": self.merged_tags(VMIF, &key, &[]),
+                }));
+                desired.push(Desired {
+                    key,
+                    label: format!("vm {} interface {}", g.vmid, nic.slot),
+                    fields: f,
+                });
+            }
+        }
+        self.apply(VMIF, desired).await
+    }
+
+    async fn sync_virtual_disks(
+        &mut self,
+        inv: &Inventory,
+        vms: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        if !self.s.virtual_disks {
+            return BTreeMap::new();
+        }
+        let mut desired = Vec::new();
+        for g in self.synced_guests(inv).collect::<Vec<_>>() {
+            let Some(&vm) = vms.get(&g.vmid.to_string()) else {
+                continue;
+            };
+            for d in &g.disks {
+                let key = format!("{vm}/{}", d.slot);
+                let mut cf = self.owner_cf();
+                cf.insert(CF_DISK_STORAGE.into(), json!(d.storage));
+                let f = fields(json!({
+                    "virtual_machine": vm,
+                    "name": d.slot,
+                    "size": bytes_to_mib(d.size_bytes.unwrap_or(0)),
+                    "description": truncate(&d.volume, 200),
+                    "custom_fields": cf,
+                    "tags": self.merged_tags(VDISK, &key, &[]),
+                }));
+                desired.push(Desired {
+                    key,
+                    label: format!("vm {} disk {}", g.vmid, d.slot),
+                    fields: f,
+                });
+            }
+        }
+        self.apply(VDISK, desired).await
+    }
+
+    // ------------------------------------------------------------- MACs and refs
+
+    async fn sync_macs(
+        &mut self,
+        inv: &Inventory,
+        hw: &BTreeMap<String, NodeHardware>,
+        interfaces: &BTreeMap<String, u64>,
+        vm_ifaces: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        let mut desired = Vec::new();
+        let mut add =
+            |e: &mut Self, object_type: &str, object_id: u64, mac: &str, label: String| {
+                let key = format!("{object_type}/{object_id}/{mac}");
+                let f = fields(json!({
+                    "mac_address": mac,
+                    "assigned_object_type": object_type,
+                    "assigned_object_id": object_id,
+                    "custom_fields": e.owner_cf(),
+                    "tags": e.merged_tags(MAC, &key, &[]),
+                }));
+                desired.push(Desired {
+                    key,
+                    label,
+                    fields: f,
+                });
+            };
+        if self.s.node_interfaces {
+            let devices: BTreeMap<String, u64> = self.current[DEVICE.name]
+                .iter()
+                .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+                .collect();
+            for node in &inv.nodes {
+                let (Some(device), Some(h)) = (devices.get(&node.name), hw.get(&node.name)) else {
+                    continue;
+                };
+                for nic in &h.nics {
+                    let (Some(mac), Some(&iface)) = (
+                        nic.link.mac.as_deref(),
+                        interfaces.get(&format!("{device}/{}", nic.link.name)),
+                    ) else {
+                        continue;
+                    };
+                    add(
+                        self,
+                        "dcim.interface",
+                        iface,
+                        mac,
+                        format!("node {} interface {} MAC {mac}", node.name, nic.link.name),
+                    );
+                }
+            }
+        }
+        if self.s.vm_interfaces {
+            let vms: BTreeMap<String, u64> = self.current[VM.name]
+                .iter()
+                .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+                .collect();
+            for g in self.synced_guests(inv).collect::<Vec<_>>() {
+                let Some(vm) = vms.get(&g.vmid.to_string()) else {
+                    continue;
+                };
+                for nic in &g.nics {
+                    let (Some(mac), Some(&iface)) = (
+                        nic.mac.as_deref(),
+                        vm_ifaces.get(&format!("{vm}/{}", nic.slot)),
+                    ) else {
+                        continue;
+                    };
+                    add(
+                        self,
+                        "virtualization.vminterface",
+                        iface,
+                        mac,
+                        format!("vm {} {} MAC {mac}", g.vmid, nic.slot),
+                    );
+                }
+            }
+        }
+        self.apply(MAC, desired).await
+    }
+
+    /// Second pass over interfaces: references to other objects (parent, LAG, bridge,
+    /// primary MAC), known only once everything exists.
+    async fn sync_interface_refs(
+        &mut self,
+        inv: &Inventory,
+        interfaces: &BTreeMap<String, u64>,
+        vm_ifaces: &BTreeMap<String, u64>,
+        macs: &BTreeMap<String, u64>,
+    ) {
+        let mut desired = Vec::new();
+        let mac_of = |object_type: &str, id: u64| -> Option<u64> {
+            let prefix = format!("{object_type}/{id}/");
+            macs.iter()
+                .find(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, v)| *v)
+        };
+        if self.s.node_interfaces {
+            let devices: BTreeMap<String, u64> = self.current[DEVICE.name]
+                .iter()
+                .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+                .collect();
+            for node in &inv.nodes {
+                let Some(device) = devices.get(&node.name) else {
+                    continue;
+                };
+                let id_of_iface = |name: &str| interfaces.get(&format!("{device}/{name}")).copied();
+                let mut refs: BTreeMap<&str, InterfaceRefs> = BTreeMap::new();
+                for iface in &node.interfaces {
+                    refs.entry(&iface.name).or_default().parent =
+                        iface.vlan_parent.as_deref().and_then(id_of_iface);
+                    for member in &iface.bond_slaves {
+                        refs.entry(member).or_default().lag = id_of_iface(&iface.name);
+                    }
+                    for port in &iface.bridge_ports {
+                        refs.entry(port).or_default().bridge = id_of_iface(&iface.name);
+                    }
+                }
+                for iface in &node.interfaces {
+                    let key = format!("{device}/{}", iface.name);
+                    let Some(&id) = interfaces.get(&key) else {
+                        continue;
+                    };
+                    let r = refs.get(iface.name.as_str()).copied().unwrap_or_default();
+                    let f = fields(json!({
+                        "parent": r.parent, "lag": r.lag, "bridge": r.bridge,
+                        "primary_mac_address": mac_of("dcim.interface", id),
+                    }));
+                    desired.push(Desired {
+                        key,
+                        label: format!("node {} interface {}", node.name, iface.name),
+                        fields: f,
+                    });
+                }
+            }
+            self.apply_refs(INTERFACE, desired).await;
+        }
+        if self.s.vm_interfaces {
+            let mut desired = Vec::new();
+            for (key, &id) in vm_ifaces {
+                let f = fields(
+                    json!({"primary_mac_address": mac_of("virtualization.vminterface", id)}),
+                );
+                desired.push(Desired {
+                    key: key.clone(),
+                    label: format!("vm interface {key}"),
+                    fields: f,
+                });
+            }
+            self.apply_refs(VMIF, desired).await;
+        }
+    }
+
+    /// Like [`Engine::apply`] for objects that already exist: only updates, counted once.
+    async fn apply_refs(&mut self, kind: Kind, desired: Vec<Desired>) {
+        let before = self.report.counts(kind.name).clone();
+        let existing: Vec<Desired> = desired
+            .into_iter()
+            .filter(|d| {
+                self.current
+                    .get(kind.name)
+                    .is_some_and(|m| m.contains_key(&d.key))
+            })
+            .collect();
+        self.apply(kind, existing).await;
+        // The object was already counted in the first pass: keep one count per object.
+        let after = self.report.counts(kind.name);
+        let extra_updates = after.updated - before.updated;
+        after.unchanged = before.unchanged;
+        // An object updated here that was unchanged in the first pass moves to updated.
+        let moved = extra_updates.min(before.unchanged);
+        after.updated = before.updated + moved;
+        after.unchanged = before.unchanged - moved;
+    }
+
+    // ------------------------------------------------------------------------ IPs
+
+    async fn sync_ips(
+        &mut self,
+        inv: &Inventory,
+        interfaces: &BTreeMap<String, u64>,
+        vm_ifaces: &BTreeMap<String, u64>,
+    ) -> BTreeMap<String, u64> {
+        if !self.s.ip_addresses {
+            return BTreeMap::new();
+        }
+        let mut desired = Vec::new();
+        let mut push = |e: &Self,
+                        object_type: &str,
+                        object_id: u64,
+                        cidr: &str,
+                        label: String,
+                        description: &str| {
+            let key = format!("{object_type}/{object_id}/{cidr}");
+            let f = fields(json!({
+                "address": cidr,
+                "status": "active",
+                "assigned_object_type": object_type,
+                "assigned_object_id": object_id,
+                "tenant": e.shared.tenant,
+                "description": description,
+                "custom_fields": e.owner_cf(),
+                "tags": e.merged_tags(IP, &key, &[]),
+            }));
+            desired.push(Desired {
+                key,
+                label,
+                fields: f,
+            });
+        };
+        let devices: BTreeMap<String, u64> = self
+            .current
+            .get(DEVICE.name)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for node in &inv.nodes {
+            let Some(device) = devices.get(&node.name) else {
+                continue;
+            };
+            for iface in &node.interfaces {
+                let Some(&id) = interfaces.get(&format!("{device}/{}", iface.name)) else {
+                    continue;
+                };
+                for cidr in [&iface.cidr, &iface.cidr6].into_iter().flatten() {
+                    if let Some(c) = normalize_cidr(cidr) {
+                        push(
+                            self,
+                            "dcim.interface",
+                            id,
+                            &c,
+                            format!("node {} {} {c}", node.name, iface.name),
+                            "",
+                        );
+                    }
+                }
+            }
+        }
+        let vms: BTreeMap<String, u64> = self
+            .current
+            .get(VM.name)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| id_of(v).map(|id| (k.clone(), id)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for g in self.synced_guests(inv).collect::<Vec<_>>() {
+            let Some(vm) = vms.get(&g.vmid.to_string()) else {
+                continue;
+            };
+            for a in &g.addresses {
+                let Some(slot) = &a.nic_slot else { continue };
+                let Some(&iface) = vm_ifaces.get(&format!("{vm}/{slot}")) else {
+                    continue;
+                };
+                if let Some(c) = normalize_cidr(&a.cidr) {
+                    let source = match a.source {
+                        crate::inventory::AddressSource::Agent => "from the QEMU guest agent",
+                        crate::inventory::AddressSource::LxcRuntime => "from the running container",
+                        crate::inventory::AddressSource::LxcConfig => "from the container config",
+                        crate::inventory::AddressSource::CloudInit => "from cloud-init ipconfig",
+                    };
+                    push(
+                        self,
+                        "virtualization.vminterface",
+                        iface,
+                        &c,
+                        format!("vm {} {slot} {c}", g.vmid),
+                        source,
+                    );
+                }
+            }
+        }
+        self.apply(IP, desired).await
+    }
+
+    async fn sync_primary_ips_and_disk_totals(
+        &mut self,
+        inv: &Inventory,
+        devices: &BTreeMap<String, u64>,
+        vms: &BTreeMap<String, u64>,
+        ips: &BTreeMap<String, u64>,
+        disks: &BTreeMap<String, u64>,
+    ) {
+        let ip_id = |object_type: &str, iface: u64, cidr: &str| {
+            ips.get(&format!("{object_type}/{iface}/{cidr}")).copied()
+        };
+        if self.s.nodes && self.s.ip_addresses {
+            let interfaces = self
+                .current
+                .get(INTERFACE.name)
+                .cloned()
+                .unwrap_or_default();
+            let mut desired = Vec::new();
+            for node in &inv.nodes {
+                let Some(&device) = devices.get(&node.name) else {
+                    continue;
+                };
+                // Prefer the interface with the default gateway, then the node's cluster address.
+                let mut candidates: Vec<&crate::inventory::NodeInterface> =
+                    node.interfaces.iter().collect();
+                candidates.sort_by_key(|i| {
+                    (
+                        i.gateway.is_none(),
+                        i.cidr.as_deref().map(|c| {
+                            !c.starts_with(&format!(
+                                "{}/",
+                                node.address.clone().unwrap_or_default()
+                            ))
+                        }),
+                        i.name.clone(),
+                    )
+                });
+                let mut p4 = None;
+                let mut p6 = None;
+                for iface in candidates {
+                    let Some(id) = interfaces
+                        .get(&format!("{device}/{}", iface.name))
+                        .and_then(id_of)
+                    else {
+                        continue;
+                    };
+                    if p4.is_none() {
+                        p4 = iface
+                            .cidr
+                            .as_deref()
+                            .and_then(normalize_cidr)
+                            .and_then(|c| ip_id("dcim.interface", id, &c));
+                    }
+                    if p6.is_none() {
+                        p6 = iface
+                            .cidr6
+                            .as_deref()
+                            .and_then(normalize_cidr)
+                            .and_then(|c| ip_id("dcim.interface", id, &c));
+                    }
+                }
+                let f = fields(json!({"primary_ip4": p4, "primary_ip6": p6}));
+                desired.push(Desired {
+                    key: node.name.clone(),
+                    label: format!("node {}", node.name),
+                    fields: f,
+                });
+            }
+            self.apply_refs(DEVICE, desired).await;
+        }
+        if self.s.virtual_machines {
+            let vm_ifaces = self.current.get(VMIF.name).cloned().unwrap_or_default();
+            let mut desired = Vec::new();
+            for g in self.synced_guests(inv).collect::<Vec<_>>() {
+                let key = g.vmid.to_string();
+                let Some(&vm) = vms.get(&key) else { continue };
+                let mut p4 = None;
+                let mut p6 = None;
+                if self.s.ip_addresses {
+                    // Deterministic: lowest NIC slot first, then the address order.
+                    let mut addrs: Vec<&crate::inventory::GuestAddress> =
+                        g.addresses.iter().collect();
+                    addrs.sort_by_key(|a| {
+                        (
+                            a.nic_slot
+                                .as_deref()
+                                .and_then(|s| s.trim_start_matches("net").parse::<u32>().ok())
+                                .unwrap_or(u32::MAX),
+                            a.cidr.clone(),
+                        )
+                    });
+                    for a in addrs {
+                        let (Some(slot), Some(c)) = (&a.nic_slot, normalize_cidr(&a.cidr)) else {
+                            continue;
+                        };
+                        let Some(iface) = vm_ifaces.get(&format!("{vm}/{slot}")).and_then(id_of)
+                        else {
+                            continue;
+                        };
+                        let id = ip_id("virtualization.vminterface", iface, &c);
+                        if c.contains(':') {
+                            p6 = p6.or(id);
+                        } else {
+                            p4 = p4.or(id);
+                        }
+                    }
+                }
+                let mut f = fields(json!({"primary_ip4": p4, "primary_ip6": p6}));
+                if self.s.virtual_disks {
+                    let total: u64 = g
+                        .disks
+                        .iter()
+                        .filter(|d| disks.contains_key(&format!("{vm}/{}", d.slot)))
+                        .map(|d| bytes_to_mib(d.size_bytes.unwrap_or(0)))
+                        .sum();
+                    f.insert(
+                        "disk".into(),
+                        if total > 0 { json!(total) } else { Value::Null },
+                    );
+                }
+                desired.push(Desired {
+                    key,
+                    label: format!("vm {} ({})", g.vmid, g.name),
+                    fields: f,
+                });
+            }
+            self.apply_refs(VM, desired).await;
+        }
+    }
+
+    // --------------------------------------------------------------------- prune
+
+    async fn prune(
+        &mut self,
+        inv: &Inventory,
+        devices: &BTreeMap<String, u64>,
+        vms: &BTreeMap<String, u64>,
+    ) {
+        let complete = |scope: ReadScope| inv.completeness.is_complete(&scope);
+        let addresses_read = |vmid: u32| {
+            matches!(
+                inv.completeness.outcome(&ReadScope::GuestAddresses(vmid)),
+                Some(ReadOutcome::Complete)
+            )
+        };
+        let device_ids: BTreeMap<u64, String> =
+            devices.iter().map(|(k, v)| (*v, k.clone())).collect();
+        let vm_ids: BTreeMap<u64, u32> = vms
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|vmid| (*v, vmid)))
+            .collect();
+        let iface_ids: BTreeSet<u64> = self
+            .current
+            .get(INTERFACE.name)
+            .map(|m| m.values().filter_map(id_of).collect())
+            .unwrap_or_default();
+
+        // Children of objects that still exist: deleted at once when their scope was read.
+        let mut deletes: Vec<(Kind, u64, String)> = Vec::new();
+        let wanted_keys = self.desired_child_keys(inv, devices, vms);
+        for kind in [IP, MAC, VDISK, VMIF, INTERFACE] {
+            let objs: Vec<(String, Value)> = self
+                .current
+                .get(kind.name)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            for (key, obj) in objs {
+                if wanted_keys.contains(&(kind.name, key.clone())) {
+                    continue;
+                }
+                let Some(id) = id_of(&obj) else { continue };
+                // Which scope must have been read for the absence to mean deletion.
+                let scope_ok = match kind.name {
+                    "dcim.interface" => obj["device"]["id"]
+                        .as_u64()
+                        .and_then(|d| device_ids.get(&d))
+                        .is_some_and(|n| complete(ReadScope::NodeNetwork(n.clone()))),
+                    "virtualization.vminterface" | "virtualization.virtualdisk" => {
+                        obj["virtual_machine"]["id"]
+                            .as_u64()
+                            .and_then(|v| vm_ids.get(&v))
+                            .is_some_and(|vmid| complete(ReadScope::GuestConfig(*vmid)))
+                    }
+                    "dcim.macaddress" | "ipam.ipaddress" => {
+                        let parent = obj["assigned_object_id"].as_u64();
+                        match obj["assigned_object_type"].as_str() {
+                            Some("virtualization.vminterface") => parent
+                                .and_then(|p| {
+                                    self.current[VMIF.name]
+                                        .values()
+                                        .find(|v| id_of(v) == Some(p))
+                                })
+                                .and_then(|v| v["virtual_machine"]["id"].as_u64())
+                                .and_then(|v| vm_ids.get(&v))
+                                .is_some_and(|vmid| {
+                                    complete(ReadScope::GuestConfig(*vmid))
+                                        && (kind.name == "dcim.macaddress" || addresses_read(*vmid))
+                                }),
+                            Some("dcim.interface") => {
+                                parent.is_some_and(|p| iface_ids.contains(&p))
+                                    && kind.name == "ipam.ipaddress"
+                            }
+                            _ => false,
+                        }
+                    }
+                    _ => false,
+                };
+                let parent_gone = match kind.name {
+                    "dcim.interface" => obj["device"]["id"]
+                        .as_u64()
+                        .is_none_or(|d| !device_ids.contains_key(&d)),
+                    "virtualization.vminterface" | "virtualization.virtualdisk" => {
+                        obj["virtual_machine"]["id"]
+                            .as_u64()
+                            .is_none_or(|v| !vm_ids.contains_key(&v))
+                    }
+                    _ => false,
+                };
+                if parent_gone {
+                    // Goes with its parent (stale, then deleted by NetBox's cascade).
+                    continue;
+                }
+                if self.s.prune && scope_ok {
+                    deletes.push((kind, id, key));
+                } else {
+                    self.report.counts(kind.name).orphaned += 1;
+                }
+            }
+        }
+        for (kind, id, key) in deletes {
+            self.delete_one(kind, id, &key).await;
+        }
+
+        // Devices and VMs: stale first, deleted after the grace period.
+        let node_names: BTreeSet<&str> = inv.nodes.iter().map(|n| n.name.as_str()).collect();
+        let guest_ids: BTreeSet<String> = self
+            .synced_guests(inv)
+            .map(|g| g.vmid.to_string())
+            .collect();
+        for (kind, set_complete) in [
+            (DEVICE, inv.node_set_complete()),
+            (VM, inv.guest_set_complete()),
+        ] {
+            let objs: Vec<(String, Value)> = self
+                .current
+                .get(kind.name)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            for (key, obj) in objs {
+                let present = match kind.name {
+                    "dcim.device" => node_names.contains(key.as_str()) && self.s.nodes,
+                    _ => guest_ids.contains(&key) && self.s.virtual_machines,
+                };
+                if present {
+                    continue;
+                }
+                if !(self.s.prune && set_complete) {
+                    self.report.counts(kind.name).orphaned += 1;
+                    continue;
+                }
+                let Some(id) = id_of(&obj) else { continue };
+                let label = format!(
+                    "{} {}",
+                    if kind.name == "dcim.device" {
+                        "node"
+                    } else {
+                        "vm"
+                    },
+                    key
+                );
+                let since = custom_field(&obj, CF_STALE_SINCE)
+                    .and_then(|s| DateTime::parse_from_rfc3339(&s).ok());
+                match since {
+                    Some(since)
+                        if (self.now - since.with_timezone(&Utc))
+                            .to_std()
+                            .unwrap_or_default()
+                            >= self.s.grace_period =>
+                    {
+                        self.delete_one(kind, id, &label).await;
+                    }
+                    Some(_) => self.report.counts(kind.name).stale += 1,
+                    None => {
+                        let mut tags: BTreeSet<u64> = obj["tags"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|t| t["id"].as_u64())
+                            .collect();
+                        tags.insert(self.shared.stale_tag);
+                        let mut cf = Map::new();
+                        cf.insert(
+                            CF_STALE_SINCE.into(),
+                            json!(self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        );
+                        let patch = json!({"id": id, "status": "offline", "tags": tags, "custom_fields": cf});
+                        self.report.plan(
+                            kind.name,
+                            &label,
+                            "markStale",
+                            vec!["status".into(), "tags".into(), CF_STALE_SINCE.into()],
+                        );
+                        if self.dry_run {
+                            self.report.counts(kind.name).stale += 1;
+                            continue;
+                        }
+                        match self.api.update(kind.endpoint, vec![patch]).await {
+                            Ok(_) => self.report.counts(kind.name).stale += 1,
+                            Err(e) => self.report.error(kind.name, &label, e.to_string()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn delete_one(&mut self, kind: Kind, id: u64, label: &str) {
+        self.report.plan(kind.name, label, "delete", Vec::new());
+        if self.dry_run {
+            self.report.counts(kind.name).deleted += 1;
+            return;
+        }
+        match self.api.delete(kind.endpoint, vec![id]).await {
+            Ok(()) => self.report.counts(kind.name).deleted += 1,
+            Err(e) => self.report.error(kind.name, label, e.to_string()),
+        }
+    }
+
+    /// Keys of every child object this sync wanted (so the rest are candidates for pruning).
+    fn desired_child_keys(
+        &self,
+        inv: &Inventory,
+        devices: &BTreeMap<String, u64>,
+        vms: &BTreeMap<String, u64>,
+    ) -> BTreeSet<(&'static str, String)> {
+        let mut out = BTreeSet::new();
+        let ifaces = self
+            .current
+            .get(INTERFACE.name)
+            .cloned()
+            .unwrap_or_default();
+        let vmifs = self.current.get(VMIF.name).cloned().unwrap_or_default();
+        for node in &inv.nodes {
+            let Some(d) = devices.get(&node.name) else {
+                continue;
+            };
+            for i in &node.interfaces {
+                let key = format!("{d}/{}", i.name);
+                out.insert((INTERFACE.name, key.clone()));
+                if let Some(id) = ifaces.get(&key).and_then(id_of) {
+                    for c in [&i.cidr, &i.cidr6]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| normalize_cidr(c))
+                    {
+                        out.insert((IP.name, format!("dcim.interface/{id}/{c}")));
+                    }
+                }
+            }
+        }
+        // MACs of node interfaces come from hardware discovery, which may not run: keep them.
+        for (key, _) in self.current.get(MAC.name).into_iter().flatten() {
+            if key.starts_with("dcim.interface/") {
+                out.insert((MAC.name, key.clone()));
+            }
+        }
+        for g in self.synced_guests(inv) {
+            let Some(vm) = vms.get(&g.vmid.to_string()) else {
+                continue;
+            };
+            for d in &g.disks {
+                out.insert((VDISK.name, format!("{vm}/{}", d.slot)));
+            }
+            for n in &g.nics {
+                let key = format!("{vm}/{}", n.slot);
+                out.insert((VMIF.name, key.clone()));
+                if let (Some(id), Some(mac)) = (vmifs.get(&key).and_then(id_of), &n.mac) {
+                    out.insert((MAC.name, format!("virtualization.vminterface/{id}/{mac}")));
+                }
+            }
+            for a in &g.addresses {
+                let (Some(slot), Some(c)) = (&a.nic_slot, normalize_cidr(&a.cidr)) else {
+                    continue;
+                };
+                if let Some(id) = vmifs.get(&format!("{vm}/{slot}")).and_then(id_of) {
+                    out.insert((IP.name, format!("virtualization.vminterface/{id}/{c}")));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Canonical `address/prefix` (NetBox stores the canonical form).
+fn normalize_cidr(cidr: &str) -> Option<String> {
+    let (ip, prefix) = cidr.split_once('/')?;
+    let ip: std::net::IpAddr = ip.trim().parse().ok()?;
+    let prefix: u8 = prefix.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then(|| format!("{ip}/{prefix}"))
+}
+
+fn decode(endpoint: &str) -> NetBoxError {
+    NetBoxError::Decode {
+        endpoint: endpoint.into(),
+        message: "no id in the answer".into(),
+    }
+}
+
+/// Manufacturer and model of a node: from dmidecode when known, else generic.
+fn device_model(hw: Option<&NodeHardware>) -> (String, String) {
+    let sys = hw.and_then(|h| h.system.as_ref());
+    let manufacturer = sys
+        .and_then(|s| s.manufacturer.clone())
+        .unwrap_or_else(|| "Generic".into());
+    let model = sys
+        .and_then(|s| s.product_name.clone())
+        .unwrap_or_else(|| "Proxmox VE node".into());
+    (truncate(&manufacturer, 100), truncate(&model, 100))
+}
+
+/// Deletes every object owned by `owner` (deletion policy `Delete`), children first.
+/// Returns how many were deleted.
+pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBoxError> {
+    let q = vec![
+        ("cf_proxmox_owner".to_string(), owner.to_string()),
+        ("tag".to_string(), OWNER_TAG.to_string()),
+    ];
+    let mut deleted = 0;
+    for kind in OWNED_KINDS {
+        let ids: Vec<u64> = api
+            .list(kind.endpoint, &q)
+            .await?
+            .iter()
+            .filter(|o| custom_field(o, CF_OWNER).as_deref() == Some(owner))
+            .filter_map(id_of)
+            .collect();
+        for chunk in ids.chunks(200) {
+            api.delete(kind.endpoint, chunk.to_vec()).await?;
+            deleted += chunk.len() as u64;
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_are_canonical() {
+        assert_eq!(
+            normalize_cidr("2001:DB8:0::10/64").as_deref(),
+            Some("2001:db8::10/64")
+        );
+        assert_eq!(normalize_cidr("10.0.0.1/33"), None);
+        assert_eq!(normalize_cidr("dhcp"), None);
+    }
+
+    #[test]
+    fn keys_of_netbox_objects() {
+        let vmif = json!({"id": 5, "name": "net0", "virtual_machine": {"id": 9}});
+        assert_eq!(current_key(VMIF, &vmif).as_deref(), Some("9/net0"));
+        let vm = json!({"id": 9, "custom_fields": {"proxmox_vmid": 101}});
+        assert_eq!(current_key(VM, &vm).as_deref(), Some("101"));
+        let ip = json!({"address": "10.0.0.5/24", "assigned_object_type": "virtualization.vminterface", "assigned_object_id": 5});
+        assert_eq!(
+            current_key(IP, &ip).as_deref(),
+            Some("virtualization.vminterface/5/10.0.0.5/24")
+        );
+        let mac = json!({"mac_address": "bc:24:11:00:00:01", "assigned_object_type": "dcim.interface", "assigned_object_id": 3});
+        assert_eq!(
+            current_key(MAC, &mac).as_deref(),
+            Some("dcim.interface/3/BC:24:11:00:00:01")
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The live stages: the PVE API over HTTPS, SSH to the nodes, the NetBox REST API.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use super::{NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
+use crate::conditions::reasons;
+use crate::config::{PveCredentials, ResolvedCluster};
+use crate::crd::{ProxmoxCluster, SyncKind, TemplatePolicy};
+use crate::hardware::facts::NodeHardware;
+use crate::inventory::{Inventory, ReadOutcome, ReadScope};
+use crate::netbox::client::{NetBoxClient, NetBoxConnection, NetBoxError};
+use crate::netbox::engine::{SyncSettings, delete_owned, sync};
+use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
+use crate::pve::permissions;
+use crate::pve::reader::{ReadOptions, read_inventory};
+use crate::status::StageError;
+
+/// Reads Proxmox VE over its HTTPS API.
+pub struct LiveReader;
+
+fn pve_stage_error(e: &PveError) -> StageError {
+    let reason = match e {
+        PveError::Unauthorized { .. } => reasons::PROXMOX_UNAUTHORIZED,
+        PveError::Tls { .. } => reasons::TLS_VERIFICATION_FAILED,
+        PveError::Config(_) => reasons::INVALID_SPEC,
+        PveError::Forbidden { .. } => reasons::MISSING_PRIVILEGES,
+        _ => reasons::PROXMOX_UNREACHABLE,
+    };
+    StageError {
+        reason,
+        message: e.to_string(),
+    }
+}
+
+impl ProxmoxReader for LiveReader {
+    fn read<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+    ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+        Box::pin(async move {
+            let auth = match &config.pve_credentials {
+                PveCredentials::Token { token_id, secret } => PveAuth::Token {
+                    token_id: token_id.clone(),
+                    secret: secret.clone(),
+                },
+                PveCredentials::Ticket { username, password } => PveAuth::Ticket {
+                    username: username.clone(),
+                    password: password.clone(),
+                },
+            };
+            let client = PveClient::new(PveConnection {
+                endpoints: config.pve_endpoints.clone(),
+                auth,
+                tls: config.pve_tls.clone(),
+                timeout: config.pve_timeout,
+                max_concurrency: config.pve_concurrency,
+                retries: 2,
+            })
+            .map_err(|e| pve_stage_error(&e))?;
+            let opts = ReadOptions {
+                guest_agent: cluster.spec.proxmox.read_guest_agent,
+                ceph: cluster.spec.proxmox.read_ceph,
+                concurrency: config.pve_concurrency,
+            };
+            let mut inventory = read_inventory(&client, &opts)
+                .await
+                .map_err(|e| pve_stage_error(&e))?;
+            let permission_warning = match client.get("/access/permissions").await {
+                Ok(p) => {
+                    inventory
+                        .completeness
+                        .record(ReadScope::Permissions, ReadOutcome::Complete);
+                    let report = permissions::evaluate(&p);
+                    if !report.missing.is_empty() {
+                        Some(StageError {
+                            reason: reasons::MISSING_PRIVILEGES,
+                            message: format!(
+                                "the PVE token lacks {} on / (see docs/proxmox-setup.md)",
+                                report.missing.join(", ")
+                            ),
+                        })
+                    } else if !report.excess_write.is_empty() {
+                        Some(StageError {
+                            reason: reasons::EXCESS_PRIVILEGES,
+                            message: format!(
+                                "the PVE token holds write privileges an inventory reader does not need: {}",
+                                report.excess_write.join(", ")
+                            ),
+                        })
+                    } else {
+                        None
+                    }
+                }
+                Err(e) => {
+                    inventory.completeness.record(
+                        ReadScope::Permissions,
+                        ReadOutcome::NotApplicable {
+                            reason: e.read_failure(),
+                            message: format!("permission preflight skipped: {e}"),
+                        },
+                    );
+                    None
+                }
+            };
+            Ok(ProxmoxRead {
+                inventory,
+                permission_warning,
+            })
+        })
+    }
+}
+
+/// Writes to NetBox over its REST API.
+pub struct LiveWriter;
+
+/// The engine settings of a cluster.
+pub fn sync_settings(
+    cluster: &ProxmoxCluster,
+    config: &ResolvedCluster,
+    pve_cluster_name: Option<&str>,
+) -> SyncSettings {
+    let nb = &cluster.spec.netbox;
+    let kinds = &cluster.spec.sync.kinds;
+    SyncSettings {
+        owner: config.owner.clone(),
+        site: nb.site.clone(),
+        tenant: nb.tenant.clone(),
+        cluster_name: nb
+            .cluster_name
+            .clone()
+            .or_else(|| pve_cluster_name.map(str::to_string))
+            .unwrap_or_else(|| cluster.metadata.name.clone().unwrap_or_default()),
+        cluster_group: nb.cluster_group.clone(),
+        cluster_type: nb.cluster_type.clone(),
+        device_role: nb.device_role.clone(),
+        role_qemu: nb.vm_roles.qemu.clone(),
+        role_lxc: nb.vm_roles.lxc.clone(),
+        role_template: nb.vm_roles.template.clone(),
+        extra_tags: nb.tags.clone(),
+        sync_templates: cluster.spec.sync.templates == TemplatePolicy::Sync,
+        nodes: kinds.contains(&SyncKind::Nodes),
+        node_interfaces: kinds.contains(&SyncKind::Nodes)
+            && kinds.contains(&SyncKind::NodeInterfaces),
+        virtual_machines: kinds.contains(&SyncKind::VirtualMachines),
+        vm_interfaces: kinds.contains(&SyncKind::VirtualMachines)
+            && kinds.contains(&SyncKind::VmInterfaces),
+        virtual_disks: kinds.contains(&SyncKind::VirtualMachines)
+            && kinds.contains(&SyncKind::VirtualDisks),
+        ip_addresses: kinds.contains(&SyncKind::IpAddresses),
+        adopt_existing: nb.adopt_existing,
+        prune: cluster.spec.sync.prune.enabled,
+        grace_period: config.prune_grace_period,
+        batch_size: 100,
+        max_in_flight: usize::try_from(nb.max_in_flight).unwrap_or(4).max(1),
+    }
+}
+
+fn netbox_client(
+    cluster: &ProxmoxCluster,
+    config: &ResolvedCluster,
+) -> Result<NetBoxClient, StageError> {
+    NetBoxClient::new(NetBoxConnection {
+        url: cluster.spec.netbox.url.clone(),
+        token: config.netbox_token.clone(),
+        tls: config.netbox_tls.clone(),
+        timeout: config.netbox_timeout,
+        max_in_flight: usize::try_from(cluster.spec.netbox.max_in_flight)
+            .unwrap_or(4)
+            .max(1),
+        retries: 3,
+    })
+    .map_err(|e| netbox_stage_error(&e))
+}
+
+fn netbox_stage_error(e: &NetBoxError) -> StageError {
+    StageError {
+        reason: reasons::NETBOX_FAILED,
+        message: e.to_string(),
+    }
+}
+
+impl NetBoxWriter for LiveWriter {
+    fn sync<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        hardware: &'a BTreeMap<String, NodeHardware>,
+        dry_run: bool,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+        Box::pin(async move {
+            let client = netbox_client(cluster, config)?;
+            let settings = sync_settings(cluster, config, inventory.cluster.name.as_deref());
+            let report = sync(&client, &settings, inventory, hardware, dry_run, now)
+                .await
+                .map_err(|e| netbox_stage_error(&e))?;
+            Ok(NetBoxResult {
+                summary: report.summary(),
+                report: serde_json::to_value(&report).unwrap_or_default(),
+            })
+        })
+    }
+
+    fn delete_owned<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        config: &'a ResolvedCluster,
+    ) -> BoxFuture<'a, Result<String, StageError>> {
+        Box::pin(async move {
+            let client = netbox_client(cluster, config)?;
+            let n = delete_owned(&client, &config.owner)
+                .await
+                .map_err(|e| netbox_stage_error(&e))?;
+            Ok(format!(
+                "deleted {n} NetBox object(s) owned by {}",
+                config.owner
+            ))
+        })
+    }
+}
