@@ -248,22 +248,18 @@ impl NetBoxClient {
                 message: e.to_string(),
             });
         }
-        let message = {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).to_string();
-            match serde_json::from_str::<Value>(&text) {
-                Ok(v) => v
-                    .get("detail")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-                Err(_) => text
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect(),
-            }
+        let message = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => match (v.get("detail").and_then(Value::as_str), v.get("errors")) {
+                // Bulk writes: the per-object field errors say what is wrong.
+                (Some(_), Some(errors)) => field_errors(errors),
+                (Some(detail), None) => detail.to_string(),
+                _ => v.to_string(),
+            },
+            Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         };
         Err(match status.as_u16() {
             401 | 403 => NetBoxError::Auth {
