@@ -41,6 +41,68 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crdgen(CrdgenArgs),
+    /// Run one sync from a ProxmoxCluster YAML file, without Kubernetes.
+    Sync(crate::sync_cmd::SyncArgs),
+    /// Work with hardware facts.
+    Facts {
+        /// What to do.
+        #[command(subcommand)]
+        command: FactsCommand,
+    },
+}
+
+/// Subcommands of `facts`.
+#[derive(Debug, Subcommand)]
+pub enum FactsCommand {
+    /// Print what the operator extracts from a command's output, as JSON.
+    Parse {
+        /// Which command produced the file.
+        #[arg(long, value_enum)]
+        kind: FactsKind,
+        /// The output file (`-` for standard input).
+        file: std::path::PathBuf,
+    },
+}
+
+/// Kinds of command output `facts parse` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FactsKind {
+    /// `dmidecode`, `dmidecode -t 1` or `dmidecode -t 3`.
+    Dmidecode,
+    /// `ip -o link show` (or `ip link show`, `ip -d link`, `ip -j link`).
+    Iplink,
+    /// `ethtool <iface>`.
+    Ethtool,
+}
+
+/// Parses a command output into the facts JSON printed by `facts parse`.
+pub fn parse_facts(kind: FactsKind, text: &str) -> serde_json::Value {
+    use crate::hardware::parse;
+    match kind {
+        FactsKind::Dmidecode => {
+            let (system, chassis) = parse::dmidecode(text);
+            let mut out = serde_json::Map::new();
+            if let Some(s) = system {
+                out.insert("system".into(), serde_json::to_value(s).unwrap_or_default());
+            }
+            if let Some(c) = chassis {
+                out.insert(
+                    "chassis".into(),
+                    serde_json::to_value(c).unwrap_or_default(),
+                );
+            }
+            serde_json::Value::Object(out)
+        }
+        FactsKind::Iplink => serde_json::to_value(parse::ip_link(text)).unwrap_or_default(),
+        FactsKind::Ethtool => {
+            let (info, problems) = parse::ethtool(text);
+            let mut out = serde_json::to_value(info).unwrap_or_default();
+            if !problems.errors.is_empty() {
+                out["errors"] = serde_json::json!(problems.errors);
+            }
+            out
+        }
+    }
 }
 
 /// Options of `crdgen`.
@@ -90,6 +152,20 @@ pub enum CliError {
     /// Rendering the CRDs failed.
     #[error("cannot render CRDs: {0}")]
     Crdgen(String),
+    /// The `sync` input could not be used.
+    #[error("{0}")]
+    SyncFile(#[from] crate::sync_cmd::SyncFileError),
+    /// The sync ran but did not fully succeed (details were printed).
+    #[error("the sync did not fully succeed")]
+    SyncIncomplete,
+    /// The facts file could not be read.
+    #[error("cannot read {path}: {message}")]
+    FactsFile {
+        /// File.
+        path: String,
+        /// Cause.
+        message: String,
+    },
 }
 
 impl CliError {
@@ -100,6 +176,9 @@ impl CliError {
             Self::Server(_) => "MetricsServer",
             Self::LeaderElection(_) => "LeaderElection",
             Self::Crdgen(_) => "Crdgen",
+            Self::SyncFile(e) => e.metric_label(),
+            Self::SyncIncomplete => "SyncIncomplete",
+            Self::FactsFile { .. } => "FactsFile",
         }
     }
 }
@@ -112,6 +191,55 @@ pub fn crdgen(args: &CrdgenArgs) -> Result<(), CliError> {
     }
     let yaml = crate::crd::crds_yaml().map_err(|e| CliError::Crdgen(e.to_string()))?;
     print!("{yaml}");
+    Ok(())
+}
+
+/// Runs `sync` with the live stages and prints the result.
+pub async fn sync(args: crate::sync_cmd::SyncArgs) -> Result<(), CliError> {
+    use crate::sync_cmd::{OutputFormat, render_text, run_sync};
+    let out = run_sync(
+        &args,
+        &crate::pipeline::live::LiveReader,
+        &crate::hardware::discovery::SshProber,
+        &crate::pipeline::live::LiveWriter,
+        chrono::Utc::now(),
+    )
+    .await?;
+    match args.output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default())
+        }
+        OutputFormat::Text => print!("{}", render_text(&out)),
+    }
+    if out.success {
+        Ok(())
+    } else {
+        Err(CliError::SyncIncomplete)
+    }
+}
+
+/// Runs `facts parse`.
+pub fn facts(command: FactsCommand) -> Result<(), CliError> {
+    let FactsCommand::Parse { kind, file } = command;
+    let bytes = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), 16 * 1024 * 1024),
+            &mut buf,
+        )
+        .map(|_| buf)
+    } else {
+        std::fs::read(&file)
+    }
+    .map_err(|e| CliError::FactsFile {
+        path: file.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&parse_facts(kind, &text)).unwrap_or_default()
+    );
     Ok(())
 }
 

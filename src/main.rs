@@ -1,3 +1,35 @@
-fn main() {
-    print!("{}", proxmox_netbox_operator::crd::crds_yaml().unwrap());
+//! Thin entry point: parse the command line and hand over to the library.
+
+use clap::Parser;
+use proxmox_netbox_operator::cli::{self, Cli, Command};
+use proxmox_netbox_operator::hardware::discovery::SshProber;
+use proxmox_netbox_operator::pipeline::StagedPipeline;
+use proxmox_netbox_operator::pipeline::live::{LiveReader, LiveWriter};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    proxmox_netbox_operator::telemetry::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Crdgen(args) => cli::crdgen(&args),
+        Command::Facts { command } => cli::facts(command),
+        Command::Sync(args) => cli::sync(args).await,
+        Command::Run(args) => {
+            let pipeline = StagedPipeline {
+                reader: LiveReader,
+                prober: SshProber,
+                writer: LiveWriter,
+            };
+            cli::run(args, pipeline).await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, kind = e.metric_label(), "stopped");
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

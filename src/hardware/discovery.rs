@@ -1,0 +1,179 @@
+//! Discovery of one node: resolve its NodeSSHCredential, open one SSH connection, run the
+//! allowlisted commands, parse their output. Failures become warning codes.
+
+use futures::future::BoxFuture;
+
+use super::facts::{LinkKind, NicFacts, NodeHardware};
+use super::parse;
+use super::ssh::{
+    InterfaceName, RemoteCommand, SshAuth, SshError, SshSession, SshTarget, check_private_key,
+};
+use crate::config::ResolvedCluster;
+use crate::crd::{NodeSSHCredential, NodeWarning};
+use crate::pipeline::HardwareProber;
+use crate::secrets::SecretSource;
+
+/// Largest output accepted from one command (a full `dmidecode` is about 40 KiB).
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// Warning codes of hardware discovery (condition reasons, Event reasons, metric labels).
+pub mod codes {
+    /// No address is known for the node.
+    pub const NO_ADDRESS: &str = "NoAddress";
+    /// No NodeSSHCredential for the node.
+    pub const NO_CREDENTIAL: &str = "NoCredential";
+    /// The Secret or key is unusable.
+    pub const CREDENTIAL_INVALID: &str = "CredentialInvalid";
+    /// Connecting or a command timed out.
+    pub const TIMEOUT: &str = "Timeout";
+    /// The node refused the credential.
+    pub const AUTH_FAILED: &str = "AuthFailed";
+    /// The host key did not match: no credential was sent.
+    pub const HOST_KEY_MISMATCH: &str = "HostKeyMismatch";
+    /// A command exited non-zero.
+    pub const COMMAND_FAILED: &str = "CommandFailed";
+    /// Anything else.
+    pub const FAILED: &str = "Failed";
+}
+
+/// The warning for an SSH failure.
+pub fn warning_for(e: &SshError) -> NodeWarning {
+    let code = match e {
+        SshError::CredentialInvalid(_) => codes::CREDENTIAL_INVALID,
+        SshError::Timeout { .. } => codes::TIMEOUT,
+        SshError::AuthFailed { .. } => codes::AUTH_FAILED,
+        SshError::HostKeyMismatch { .. } => codes::HOST_KEY_MISMATCH,
+        SshError::CommandFailed { .. } => codes::COMMAND_FAILED,
+        SshError::Connect { .. } | SshError::OutputTooLarge { .. } | SshError::Protocol(_) => {
+            codes::FAILED
+        }
+    };
+    NodeWarning {
+        code: code.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Runs every command on one connection and parses the facts. `ethtool` runs only for
+/// physical NICs, and its failure on a NIC leaves that NIC without link facts.
+pub async fn collect(target: &SshTarget) -> Result<NodeHardware, SshError> {
+    let mut session = SshSession::connect(target).await?;
+    let result = async {
+        let system = session.run(&RemoteCommand::DmidecodeSystem).await?;
+        let chassis = session.run(&RemoteCommand::DmidecodeChassis).await?;
+        let links = parse::ip_link(&session.run(&RemoteCommand::IpLink).await?);
+        let mut nics = Vec::new();
+        for link in links {
+            if matches!(
+                link.kind,
+                LinkKind::Loopback | LinkKind::Tap | LinkKind::Veth | LinkKind::FirewallBridge
+            ) {
+                continue;
+            }
+            let ethtool = match (link.kind, InterfaceName::new(&link.name)) {
+                (LinkKind::Physical, Some(name)) => match session
+                    .run(&RemoteCommand::Ethtool(name))
+                    .await
+                {
+                    Ok(out) => Some(parse::ethtool(&out).0),
+                    Err(e @ (SshError::Timeout { .. } | SshError::Protocol(_))) => return Err(e),
+                    Err(_) => None,
+                },
+                _ => None,
+            };
+            nics.push(NicFacts { link, ethtool });
+        }
+        nics.sort_by(|a, b| a.link.name.cmp(&b.link.name));
+        Ok(NodeHardware {
+            system: parse::dmidecode(&system).0,
+            chassis: parse::dmidecode(&chassis).1,
+            nics,
+        })
+    }
+    .await;
+    session.close().await;
+    result
+}
+
+/// Hardware discovery over SSH with NodeSSHCredentials and their Secrets.
+pub struct SshProber;
+
+fn invalid(message: String) -> NodeWarning {
+    NodeWarning {
+        code: codes::CREDENTIAL_INVALID.into(),
+        message,
+    }
+}
+
+async fn resolve_target(
+    address: &str,
+    cred: &NodeSSHCredential,
+    config: &ResolvedCluster,
+    secrets: &dyn SecretSource,
+) -> Result<SshTarget, NodeWarning> {
+    let spec = &cred.spec;
+    let auth =
+        match (&spec.private_key_secret_ref, &spec.password_secret_ref) {
+            (Some(k), None) => {
+                let pem = secrets
+                    .get(&k.name, &k.key)
+                    .await
+                    .map_err(|e| invalid(format!("spec.privateKeySecretRef: {e}")))?;
+                let passphrase = match &k.passphrase_key {
+                    Some(pk) => Some(secrets.get(&k.name, pk).await.map_err(|e| {
+                        invalid(format!("spec.privateKeySecretRef.passphraseKey: {e}"))
+                    })?),
+                    None => None,
+                };
+                check_private_key(&pem, passphrase.as_ref())
+                    .map_err(|e| invalid(format!("spec.privateKeySecretRef: {e}")))?;
+                SshAuth::PrivateKey { pem, passphrase }
+            }
+            (None, Some(p)) => SshAuth::Password(
+                secrets
+                    .get(&p.name, &p.key)
+                    .await
+                    .map_err(|e| invalid(format!("spec.passwordSecretRef: {e}")))?,
+            ),
+            _ => return Err(invalid(
+                "exactly one of spec.privateKeySecretRef and spec.passwordSecretRef must be set"
+                    .into(),
+            )),
+        };
+    Ok(SshTarget {
+        address: address.to_string(),
+        port: u16::try_from(spec.port)
+            .map_err(|_| invalid(format!("spec.port: {} is not a port", spec.port)))?,
+        username: spec.username.clone(),
+        auth,
+        host_key_fingerprint: spec.host_key_fingerprint.clone(),
+        sudo: spec.sudo,
+        connect_timeout: config.ssh_connect_timeout,
+        command_timeout: config.ssh_command_timeout,
+        max_output_bytes: MAX_OUTPUT_BYTES,
+    })
+}
+
+impl HardwareProber for SshProber {
+    fn probe<'a>(
+        &'a self,
+        node: &'a str,
+        address: &'a str,
+        credential: &'a NodeSSHCredential,
+        config: &'a ResolvedCluster,
+        secrets: &'a dyn SecretSource,
+    ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>> {
+        Box::pin(async move {
+            let target = resolve_target(address, credential, config, secrets).await?;
+            let started = std::time::Instant::now();
+            let result = collect(&target).await.map_err(|e| warning_for(&e));
+            tracing::info!(
+                node,
+                ok = result.is_ok(),
+                millis = started.elapsed().as_millis() as u64,
+                "hardware discovery"
+            );
+            result
+        })
+    }
+}
