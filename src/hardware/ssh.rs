@@ -397,10 +397,8 @@ impl SshSession {
                         }
                         stdout.extend_from_slice(&data);
                     }
-                    ChannelMsg::ExtendedData { data, .. } => {
-                        if stderr.len() < 4096 {
-                            stderr.extend_from_slice(&data[..data.len().min(4096 - stderr.len())]);
-                        }
+                    ChannelMsg::ExtendedData { data, .. } if stderr.len() < 4096 => {
+                        stderr.extend_from_slice(&data[..data.len().min(4096 - stderr.len())]);
                     }
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     ChannelMsg::Close => break,
