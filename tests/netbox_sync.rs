@@ -1,6 +1,6 @@
 //! The sync engine against the harness's real NetBox, with inventories read from the
-//! seeded fake PVE. Each test uses its own owner, site and cluster, so tests run in
-//! parallel without seeing each other's objects.
+//! seeded fake PVE. Tests in this file take turns (a shared lock), so NetBox's change log
+//! counts only their own writes; each uses its own owner, site and cluster.
 
 mod common;
 
@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::harness::{FakePve, HarnessEnv, topology};
-use proxmox_netbox_operator::inventory::Inventory;
+use proxmox_netbox_operator::hardware::facts::{
+    ChassisInfo, EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware, SystemInfo,
+};
+use proxmox_netbox_operator::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection};
 use proxmox_netbox_operator::netbox::engine::{SyncSettings, sync};
 use proxmox_netbox_operator::netbox::report::SyncReport;
@@ -17,7 +20,11 @@ use proxmox_netbox_operator::pve::client::{PveAuth, PveClient, PveConnection};
 use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
 use proxmox_netbox_operator::secret::SecretString;
 use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+/// One NetBox-writing test at a time.
+static NETBOX: Mutex<()> = Mutex::const_new(());
 
 async fn inventory(pve: &FakePve) -> Inventory {
     install_crypto_provider();
@@ -39,6 +46,11 @@ async fn inventory(pve: &FakePve) -> Inventory {
     read_inventory(&c, &ReadOptions::default()).await.unwrap()
 }
 
+async fn demo_inventory(env: &HarnessEnv) -> Inventory {
+    let pve = FakePve::start(env, &["--topology", &topology("demo.json")]);
+    inventory(&pve).await
+}
+
 fn netbox(env: &HarnessEnv) -> NetBoxClient {
     install_crypto_provider();
     NetBoxClient::new(NetBoxConnection {
@@ -52,14 +64,13 @@ fn netbox(env: &HarnessEnv) -> NetBoxClient {
     .unwrap()
 }
 
-/// Names unique to this test run, so reruns against the same NetBox never collide.
+/// Settings with names unique to this test run, so reruns against the same NetBox never collide.
 fn settings(test: &str) -> SyncSettings {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     let test = format!("{test}-{}-{nanos:x}", std::process::id());
-    let test = test.as_str();
     SyncSettings {
         owner: format!("tests/{test}"),
         site: format!("site-{test}"),
@@ -71,7 +82,7 @@ fn settings(test: &str) -> SyncSettings {
         role_qemu: "Virtual Machine".into(),
         role_lxc: "Container".into(),
         role_template: "Template".into(),
-        extra_tags: vec![],
+        extra_tags: vec!["proxmox".into()],
         sync_templates: false,
         nodes: true,
         node_interfaces: true,
@@ -87,40 +98,304 @@ fn settings(test: &str) -> SyncSettings {
     }
 }
 
-fn now() -> DateTime<Utc> {
-    Utc::now()
-}
-
-async fn run(nb: &NetBoxClient, s: &SyncSettings, inv: &Inventory, dry_run: bool) -> SyncReport {
+async fn run_at(
+    nb: &NetBoxClient,
+    s: &SyncSettings,
+    inv: &Inventory,
+    hw: &BTreeMap<String, NodeHardware>,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> SyncReport {
     let before = nb.request_counts();
-    let mut r = sync(nb, s, inv, &BTreeMap::new(), dry_run, now())
-        .await
-        .unwrap();
+    let mut r = sync(nb, s, inv, hw, dry_run, now).await.unwrap();
     r.read_requests -= before.0;
     r.write_requests -= before.1;
     r
 }
 
-#[tokio::test]
-async fn first_sync_creates_everything_and_second_writes_nothing() {
-    let env = HarnessEnv::load();
-    let pve = FakePve::start(&env, &["--topology", &topology("demo.json")]);
-    let inv = inventory(&pve).await;
-    let nb = netbox(&env);
-    let s = settings("firstsync");
-    let first = run(&nb, &s, &inv, false).await;
-    eprintln!("{}", serde_json::to_string_pretty(&first.kinds).unwrap());
-    assert!(first.errors.is_empty(), "{:?}", first.errors);
-    let vms = &first.kinds["virtualization.virtualmachine"];
-    assert_eq!(vms.created, 10, "6 VMs + 4 containers, templates skipped");
-    for p in first
-        .plan
-        .iter()
-        .filter(|p| p.kind == "ipam.ipaddress" || p.kind == "virtualization.vminterface")
-    {
-        eprintln!("FIRST {} {} {:?}", p.object, p.action, p.fields);
+async fn run(nb: &NetBoxClient, s: &SyncSettings, inv: &Inventory, dry_run: bool) -> SyncReport {
+    run_at(nb, s, inv, &BTreeMap::new(), dry_run, Utc::now()).await
+}
+
+/// Plain REST reads and writes for checking NetBox itself.
+struct Rest {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Rest {
+    fn new(env: &HarnessEnv) -> Self {
+        install_crypto_provider();
+        Self {
+            http: reqwest::Client::new(),
+            url: env.netbox_url.clone(),
+            token: env.netbox_token.clone(),
+        }
     }
-    let second = run(&nb, &s, &inv, false).await;
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/api/{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+    async fn list(&self, path: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.get(&format!("{path}{sep}limit=1000")).await["results"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+    async fn one(&self, path: &str) -> Value {
+        let all = self.list(path).await;
+        assert_eq!(all.len(), 1, "{path}: {all:?}");
+        all[0].clone()
+    }
+    async fn write(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/api/{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{path}: {}",
+            r.text().await.unwrap()
+        );
+        r.json().await.unwrap_or(Value::Null)
+    }
+    async fn changes(&self) -> u64 {
+        self.get("core/object-changes/?limit=1").await["count"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+fn tag_slugs(obj: &Value) -> Vec<String> {
+    obj["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["slug"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn hardware() -> BTreeMap<String, NodeHardware> {
+    let nic = |name: &str, mac: &str, kind: LinkKind, speed: Option<u32>| NicFacts {
+        link: LinkInfo {
+            name: name.into(),
+            mac: Some(mac.into()),
+            kind,
+            state: Some("UP".into()),
+            ..Default::default()
+        },
+        ethtool: speed.map(|s| EthtoolInfo {
+            speed_mbps: Some(s),
+            duplex: Some("full".into()),
+            link_detected: Some(true),
+            port: Some("Twisted Pair".into()),
+            ..Default::default()
+        }),
+    };
+    let hw = NodeHardware {
+        system: Some(SystemInfo {
+            manufacturer: Some("Dell Inc.".into()),
+            product_name: Some("PowerEdge R640".into()),
+            serial_number: Some("2RJF153".into()),
+            ..Default::default()
+        }),
+        chassis: Some(ChassisInfo {
+            manufacturer: Some("Dell Inc.".into()),
+            serial_number: Some("CHS-2RJF153".into()),
+            chassis_type: Some("Rack Mount Chassis".into()),
+            ..Default::default()
+        }),
+        nics: vec![
+            nic("eno1", "3C:EC:EF:10:00:01", LinkKind::Physical, Some(1000)),
+            nic("vmbr0", "3C:EC:EF:10:00:01", LinkKind::Bridge, None),
+        ],
+    };
+    BTreeMap::from([("pve1".to_string(), hw)])
+}
+
+#[tokio::test]
+async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let s = settings("full");
+    let hw = hardware();
+
+    let first = run_at(&nb, &s, &inv, &hw, false, Utc::now()).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert!(first.collisions.is_empty());
+    assert_eq!(
+        first.kinds["virtualization.virtualmachine"].created, 10,
+        "6 VMs + 4 containers, templates skipped"
+    );
+
+    let cluster = rest
+        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+        .await;
+    let cid = cluster["id"].as_u64().unwrap();
+    // Nodes -> devices with hardware facts.
+    let pve1 = rest
+        .one(&format!("dcim/devices/?cluster_id={cid}&name=pve1"))
+        .await;
+    assert_eq!(pve1["serial"], "2RJF153");
+    assert_eq!(pve1["device_type"]["model"], "PowerEdge R640");
+    assert_eq!(pve1["role"]["name"], "Proxmox Node");
+    assert_eq!(
+        pve1["custom_fields"]["hardware_chassis_serial"],
+        "CHS-2RJF153"
+    );
+    assert_eq!(pve1["custom_fields"]["proxmox_owner"], s.owner.as_str());
+    assert_eq!(
+        pve1["primary_ip4"]["address"], "10.10.0.11/24",
+        "the interface with the gateway"
+    );
+    assert!(tag_slugs(&pve1).contains(&"proxmox-netbox-operator".to_string()));
+    assert!(
+        tag_slugs(&pve1).contains(&"proxmox".to_string()),
+        "extra tags from the spec"
+    );
+    let dev = pve1["id"].as_u64().unwrap();
+    let ifaces = rest
+        .list(&format!("dcim/interfaces/?device_id={dev}"))
+        .await;
+    let by_name = |n: &str| {
+        ifaces
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap_or_else(|| panic!("interface {n}"))
+            .clone()
+    };
+    assert_eq!(by_name("bond0")["type"]["value"], "lag");
+    assert_eq!(by_name("eno1")["lag"]["id"], by_name("bond0")["id"]);
+    assert_eq!(
+        by_name("eno1")["type"]["value"],
+        "1000base-t",
+        "from ethtool"
+    );
+    assert_eq!(by_name("eno1")["speed"], 1_000_000);
+    assert_eq!(by_name("eno1")["custom_fields"]["nic_speed_gbps"], 1);
+    assert_eq!(by_name("eno1")["custom_fields"]["nic_link"], true);
+    assert_eq!(
+        by_name("eno1")["primary_mac_address"]["mac_address"],
+        "3C:EC:EF:10:00:01"
+    );
+    assert_eq!(by_name("bond0")["bridge"]["id"], by_name("vmbr0")["id"]);
+    assert_eq!(by_name("vmbr0")["type"]["value"], "bridge");
+    assert_eq!(by_name("vmbr0.50")["type"]["value"], "virtual");
+    assert_eq!(by_name("vmbr0.50")["parent"]["id"], by_name("vmbr0")["id"]);
+    assert_eq!(by_name("enp65s0f0")["mtu"], 9000);
+    assert_eq!(by_name("enp65s0f0")["description"], "storage network");
+
+    // Guests -> VMs.
+    let web = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
+        ))
+        .await;
+    assert_eq!(web["name"], "web01");
+    assert_eq!(web["status"]["value"], "active");
+    assert_eq!(web["device"]["id"].as_u64(), Some(dev));
+    assert_eq!(web["role"]["name"], "Virtual Machine");
+    assert_eq!(web["platform"]["name"], "Linux");
+    let vcpus = web["vcpus"]
+        .as_f64()
+        .or_else(|| web["vcpus"].as_str().and_then(|v| v.parse().ok()));
+    assert_eq!(vcpus, Some(2.0));
+    assert_eq!(web["memory"], 4096);
+    assert_eq!(web["disk"], 32768, "sum of its virtual disks, MiB");
+    assert_eq!(web["description"], "Public web frontend");
+    assert_eq!(web["custom_fields"]["proxmox_guest_type"], "qemu");
+    assert_eq!(web["primary_ip4"]["address"], "10.100.0.10/24");
+    assert_eq!(web["primary_ip6"]["address"], "2001:db8:100::10/64");
+    let tags = tag_slugs(&web);
+    assert!(
+        tags.contains(&"pve-prod".to_string()) && tags.contains(&"pve-web".to_string()),
+        "{tags:?}"
+    );
+    let wid = web["id"].as_u64().unwrap();
+    let net0 = rest
+        .one(&format!(
+            "virtualization/interfaces/?virtual_machine_id={wid}&name=net0"
+        ))
+        .await;
+    assert_eq!(
+        net0["primary_mac_address"]["mac_address"],
+        "BC:24:11:A0:00:64"
+    );
+    assert_eq!(net0["enabled"], true);
+    let disk = rest
+        .one(&format!(
+            "virtualization/virtual-disks/?virtual_machine_id={wid}&name=scsi0"
+        ))
+        .await;
+    assert_eq!(disk["size"], 32768);
+    assert_eq!(disk["custom_fields"]["proxmox_disk_storage"], "ceph-vm");
+    let ips = rest
+        .list(&format!("ipam/ip-addresses/?vminterface_id={}", net0["id"]))
+        .await;
+    assert_eq!(ips.len(), 2);
+    // link_down=1 -> disabled interface.
+    let app = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=103"
+        ))
+        .await;
+    assert_eq!(app["status"]["value"], "offline");
+    let app_net0 = rest
+        .one(&format!(
+            "virtualization/interfaces/?virtual_machine_id={}&name=net0",
+            app["id"]
+        ))
+        .await;
+    assert_eq!(app_net0["enabled"], false);
+    // Same name twice: deterministic suffix on the higher vmid.
+    let k8s = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=105"
+        ))
+        .await;
+    assert_eq!(k8s["name"], "k8s-node-1 (105)");
+    // LXC with a mount point.
+    let proxy = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=201"
+        ))
+        .await;
+    assert_eq!(proxy["role"]["name"], "Container");
+    let mp = rest
+        .one(&format!(
+            "virtualization/virtual-disks/?virtual_machine_id={}&name=mp0",
+            proxy["id"]
+        ))
+        .await;
+    assert_eq!(mp["size"], 16384);
+    // Templates skipped by default.
+    assert!(
+        rest.list(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=9000"
+        ))
+        .await
+        .is_empty()
+    );
+
+    // Second sync: no write request, no change-log row.
+    let changes = rest.changes().await;
+    let second = run_at(&nb, &s, &inv, &hw, false, Utc::now()).await;
     assert_eq!(
         second.write_requests,
         0,
@@ -131,7 +406,241 @@ async fn first_sync_creates_everything_and_second_writes_nothing() {
         second
             .kinds
             .values()
-            .all(|k| k.created == 0 && k.updated == 0)
+            .all(|k| k.created == 0 && k.updated == 0 && k.deleted == 0)
     );
-    let _: Value = Value::Null;
+    assert_eq!(
+        rest.changes().await,
+        changes,
+        "a no-op resync wrote ObjectChange rows"
+    );
+
+    // A managed field changed by hand is put back; a human tag on the object stays.
+    let human = rest.write(reqwest::Method::POST, "extras/tags/", json!({"name": format!("human-{}", s.cluster_name), "slug": format!("human-{}", s.cluster_name)})).await;
+    let mut tag_ids: Vec<Value> = web["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    tag_ids.push(human["id"].clone());
+    rest.write(
+        reqwest::Method::PATCH,
+        &format!("virtualization/virtual-machines/{wid}/"),
+        json!({"memory": 1, "tags": tag_ids}),
+    )
+    .await;
+    let third = run_at(&nb, &s, &inv, &hw, false, Utc::now()).await;
+    assert_eq!(third.kinds["virtualization.virtualmachine"].updated, 1);
+    let fix = third
+        .plan
+        .iter()
+        .find(|p| p.kind == "virtualization.virtualmachine" && p.action == "update")
+        .unwrap();
+    assert_eq!(
+        fix.fields,
+        vec!["memory".to_string()],
+        "only the drifted field is sent"
+    );
+    let web_after = rest
+        .get(&format!("virtualization/virtual-machines/{wid}/"))
+        .await;
+    assert_eq!(web_after["memory"], 4096);
+    assert!(tag_slugs(&web_after).contains(&format!("human-{}", s.cluster_name)));
+}
+
+#[tokio::test]
+async fn dry_run_plans_everything_and_writes_nothing() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let s = settings("dryrun");
+    let changes = rest.changes().await;
+    let r = run(&nb, &s, &inv, true).await;
+    assert!(r.dry_run);
+    assert_eq!(r.write_requests, 0);
+    assert_eq!(rest.changes().await, changes);
+    assert_eq!(r.kinds["virtualization.virtualmachine"].created, 10);
+    assert!(
+        r.plan
+            .iter()
+            .any(|p| p.action == "create" && p.object == "vm 100 (web01)")
+    );
+    assert!(
+        rest.list(&format!("virtualization/clusters/?name={}", s.cluster_name))
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn unowned_device_with_a_node_name_is_left_alone_unless_adoption_is_allowed() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let s = settings("collide");
+    // A node documented by hand before the operator came.
+    let site = rest
+        .write(
+            reqwest::Method::POST,
+            "dcim/sites/",
+            json!({"name": s.site, "slug": s.site}),
+        )
+        .await;
+    let mfr = rest
+        .write(
+            reqwest::Method::POST,
+            "dcim/manufacturers/",
+            json!({"name": format!("m-{}", s.site), "slug": format!("m-{}", s.site)}),
+        )
+        .await;
+    let dt = rest.write(reqwest::Method::POST, "dcim/device-types/", json!({"manufacturer": mfr["id"], "model": format!("t-{}", s.site), "slug": format!("t-{}", s.site)})).await;
+    let role = rest.write(reqwest::Method::POST, "dcim/device-roles/", json!({"name": format!("r-{}", s.site), "slug": format!("r-{}", s.site), "color": "ff0000"})).await;
+    let manual = rest
+        .write(reqwest::Method::POST, "dcim/devices/", json!({"name": "pve2", "site": site["id"], "device_type": dt["id"], "role": role["id"], "serial": "HAND-WRITTEN", "comments": "documented by hand"}))
+        .await;
+    let r = run(&nb, &s, &inv, false).await;
+    assert_eq!(r.collisions.len(), 1, "{:?}", r.collisions);
+    assert_eq!(r.collisions[0].existing_id, manual["id"].as_u64());
+    assert!(r.collisions[0].message.contains("adoptExisting"));
+    let untouched = rest.get(&format!("dcim/devices/{}/", manual["id"])).await;
+    assert_eq!(untouched["serial"], "HAND-WRITTEN");
+    assert_eq!(
+        untouched["last_updated"], manual["last_updated"],
+        "not written at all"
+    );
+    assert!(untouched["custom_fields"]["proxmox_owner"].is_null());
+    // The other nodes are synced.
+    assert_eq!(r.kinds["dcim.device"].created, 2);
+
+    let mut adopt = s.clone();
+    adopt.adopt_existing = true;
+    let r = run(&nb, &adopt, &inv, false).await;
+    assert!(r.collisions.is_empty());
+    assert!(
+        r.plan
+            .iter()
+            .any(|p| p.action == "adopt" && p.object == "node pve2")
+    );
+    let adopted = rest.get(&format!("dcim/devices/{}/", manual["id"])).await;
+    assert_eq!(adopted["custom_fields"]["proxmox_owner"], s.owner.as_str());
+    assert_eq!(
+        adopted["comments"], "documented by hand",
+        "fields the operator does not manage are kept"
+    );
+}
+
+#[tokio::test]
+async fn deleted_guest_is_kept_then_marked_stale_then_deleted_after_the_grace_period() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("prune");
+    let t0 = Utc::now();
+    run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
+    let cid = rest
+        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let vm103 = format!("virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=103");
+
+    let mut gone = inv.clone();
+    gone.guests.retain(|g| g.vmid != 103);
+
+    // Pruning off (the default): kept as it is, reported as orphaned.
+    let r = run_at(&nb, &s, &gone, &BTreeMap::new(), false, t0).await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].orphaned, 1);
+    assert_eq!(rest.one(&vm103).await["status"]["value"], "offline");
+    assert!(!tag_slugs(&rest.one(&vm103).await).contains(&"proxmox-stale".to_string()));
+
+    // A failed read of one node's guests: nothing is pruned even with pruning on.
+    s.prune = true;
+    let mut partial = gone.clone();
+    partial
+        .completeness
+        .parts
+        .retain(|p| p.scope != ReadScope::NodeGuests("pve2".into()));
+    partial.completeness.record(
+        ReadScope::NodeGuests("pve2".into()),
+        ReadOutcome::Failed {
+            reason: ReadFailure::NodeOffline,
+            message: "node pve2 is offline".into(),
+        },
+    );
+    partial.guests.retain(|g| g.node != "pve2");
+    let r = run_at(&nb, &s, &partial, &BTreeMap::new(), false, t0).await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].stale, 0);
+    assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 0);
+    assert!(!tag_slugs(&rest.one(&vm103).await).contains(&"proxmox-stale".to_string()));
+
+    // A complete read without vm 103: marked stale, not deleted.
+    let r = run_at(&nb, &s, &gone, &BTreeMap::new(), false, t0).await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].stale, 1);
+    let stale = rest.one(&vm103).await;
+    assert!(tag_slugs(&stale).contains(&"proxmox-stale".to_string()));
+    assert!(stale["custom_fields"]["proxmox_stale_since"].is_string());
+
+    // Within the grace period: still there.
+    let r = run_at(
+        &nb,
+        &s,
+        &gone,
+        &BTreeMap::new(),
+        false,
+        t0 + chrono::TimeDelta::minutes(30),
+    )
+    .await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 0);
+    assert_eq!(
+        r.write_requests, 0,
+        "waiting out the grace period writes nothing"
+    );
+
+    // After it: deleted.
+    let r = run_at(
+        &nb,
+        &s,
+        &gone,
+        &BTreeMap::new(),
+        false,
+        t0 + chrono::TimeDelta::hours(2),
+    )
+    .await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 1);
+    assert!(rest.list(&vm103).await.is_empty());
+}
+
+#[tokio::test]
+async fn one_object_netbox_rejects_fails_alone() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let mut inv = demo_inventory(&env).await;
+    // A disk larger than NetBox's size field allows (2^31 - 1 MB).
+    let db = inv.guests.iter_mut().find(|g| g.vmid == 101).unwrap();
+    db.disks[0].size_bytes = Some(1 << 62);
+    let nb = netbox(&env);
+    let s = settings("reject");
+    let r = run(&nb, &s, &inv, false).await;
+    assert_eq!(
+        r.kinds["virtualization.virtualdisk"].failed, 1,
+        "{:?}",
+        r.errors
+    );
+    let err = &r.errors[0];
+    assert_eq!(err.kind, "virtualization.virtualdisk");
+    assert_eq!(err.object, "vm 101 disk scsi0");
+    assert!(
+        err.message.contains("size"),
+        "NetBox's message: {}",
+        err.message
+    );
+    // Every other disk made it, in the same batch as the bad one.
+    assert_eq!(r.kinds["virtualization.virtualdisk"].created, 14);
+    assert_eq!(r.summary().failed, 1);
 }

@@ -237,7 +237,7 @@ pub async fn sync(
             dry_run,
             ..Default::default()
         },
-        placeholder: 1 << 48,
+        placeholder: PLACEHOLDER_BASE,
         shared: Shared::default(),
         current: HashMap::new(),
     };
@@ -679,16 +679,20 @@ impl Engine<'_> {
                         json!({}),
                     )
                     .await?;
-                let found = self
-                    .api
-                    .list(
-                        "dcim/device-types",
-                        &[
-                            ("manufacturer_id".into(), m.to_string()),
-                            ("model".into(), model.clone()),
-                        ],
-                    )
-                    .await?;
+                // In dry-run a manufacturer to be created has no real id: nothing to look up.
+                let found = if is_placeholder(m) {
+                    Vec::new()
+                } else {
+                    self.api
+                        .list(
+                            "dcim/device-types",
+                            &[
+                                ("manufacturer_id".into(), m.to_string()),
+                                ("model".into(), model.clone()),
+                            ],
+                        )
+                        .await?
+                };
                 let id = match found.first().and_then(id_of) {
                     Some(id) => id,
                     None => {
@@ -1119,7 +1123,7 @@ impl Engine<'_> {
     ) -> Result<BTreeMap<String, Value>, NetBoxError> {
         let mut out = BTreeMap::new();
         for chunk in names.chunks(100) {
-            if chunk.is_empty() || scope.1 >= 1 << 48 {
+            if chunk.is_empty() || is_placeholder(scope.1) {
                 continue;
             }
             let mut q: Vec<(String, String)> = vec![(scope.0.to_string(), scope.1.to_string())];
@@ -2094,6 +2098,14 @@ fn normalize_cidr(cidr: &str) -> Option<String> {
     let prefix: u8 = prefix.trim().parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     (prefix <= max).then(|| format!("{ip}/{prefix}"))
+}
+
+/// First id handed out for objects a dry-run would create.
+const PLACEHOLDER_BASE: u64 = 1 << 48;
+
+/// True for ids of objects that a dry-run would create (they do not exist in NetBox).
+fn is_placeholder(id: u64) -> bool {
+    id > PLACEHOLDER_BASE
 }
 
 fn decode(endpoint: &str) -> NetBoxError {
