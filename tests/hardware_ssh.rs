@@ -1,15 +1,20 @@
 //! Hardware discovery against a real OpenSSH server: pinned host keys, every auth method,
-//! timeouts that leave nothing running, output caps.
+//! timeouts that leave nothing running (node side, client side, under sudo), output caps,
+//! interface names made of shell code, and the forced-command wrapper of the docs.
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::sshd::Sshd;
-use proxmox_netbox_operator::hardware::discovery::{collect, warning_for};
-use proxmox_netbox_operator::hardware::facts::LinkKind;
+use proxmox_netbox_operator::hardware::discovery::{collect, collect_node, warning_for};
+use proxmox_netbox_operator::hardware::facts::{LinkKind, NodeHardware};
 use proxmox_netbox_operator::hardware::ssh::{SshAuth, SshError, SshTarget};
 use proxmox_netbox_operator::secret::SecretString;
+
+/// The physical NICs of the stub node, by name.
+const PHYSICAL: [&str; 4] = ["eno1", "eno2", "enp65s0f0", "enp65s0f1"];
 
 fn target(sshd: &Sshd, auth: SshAuth, user: &str) -> SshTarget {
     SshTarget {
@@ -44,17 +49,17 @@ async fn key_auth_gathers_system_chassis_and_nic_facts() {
     .await
     .unwrap();
     eprintln!(
-        "discovery of one node (3 physical NICs) took {:?}",
+        "discovery of one node (4 physical NICs) took {:?}",
         started.elapsed()
     );
-    let system = hw.system.unwrap();
+    let system = hw.system.as_ref().unwrap();
     assert_eq!(
         system.product_name.as_deref(),
         Some("PowerEdge R640"),
         "dmidecode ran through sudo -n"
     );
     assert_eq!(
-        hw.chassis.unwrap().chassis_type.as_deref(),
+        hw.chassis.as_ref().unwrap().chassis_type.as_deref(),
         Some("Rack Mount Chassis")
     );
     let names: Vec<&str> = hw.nics.iter().map(|n| n.link.name.as_str()).collect();
@@ -65,6 +70,7 @@ async fn key_auth_gathers_system_chassis_and_nic_facts() {
             "eno1",
             "eno2",
             "enp65s0f0",
+            "enp65s0f1",
             "vlan60",
             "vmbr0",
             "vmbr0.50"
@@ -76,14 +82,52 @@ async fn key_auth_gathers_system_chassis_and_nic_facts() {
     assert_eq!(eno1.ethtool.as_ref().unwrap().speed_mbps, Some(1000));
     let fibre = hw.nics.iter().find(|n| n.link.name == "enp65s0f0").unwrap();
     assert_eq!(fibre.ethtool.as_ref().unwrap().speed_mbps, Some(10000));
-    // ethtool runs only for physical NICs.
+    // The second SFP+ port has no link: its speed is unknown, not invented.
+    let unplugged = hw.nics.iter().find(|n| n.link.name == "enp65s0f1").unwrap();
+    assert_eq!(unplugged.link.state.as_deref(), Some("DOWN"));
+    let e = unplugged.ethtool.as_ref().unwrap();
+    assert_eq!(
+        (
+            e.speed_mbps,
+            e.duplex.as_deref(),
+            e.link_detected,
+            e.port.as_deref()
+        ),
+        (None, None, Some(false), Some("FIBRE"))
+    );
+    assert_eq!(physical_names(&hw), PHYSICAL);
+    // ethtool runs only for physical NICs, once each.
     assert!(
         hw.nics
             .iter()
             .filter(|n| n.link.kind != LinkKind::Physical)
             .all(|n| n.ethtool.is_none())
     );
+    assert_eq!(
+        ethtool_runs(&sshd),
+        PHYSICAL.map(|n| format!("ethtool [{n}]"))
+    );
     assert!(sshd.log().contains("Accepted publickey for pnbo-key"));
+}
+
+fn physical_names(hw: &NodeHardware) -> Vec<&str> {
+    hw.nics
+        .iter()
+        .filter(|n| n.link.kind == LinkKind::Physical)
+        .map(|n| n.link.name.as_str())
+        .collect()
+}
+
+/// The ethtool stub's log lines, sorted.
+fn ethtool_runs(sshd: &Sshd) -> Vec<String> {
+    let mut runs: Vec<String> = sshd
+        .stub_log()
+        .lines()
+        .filter(|l| l.starts_with("ethtool"))
+        .map(str::to_string)
+        .collect();
+    runs.sort();
+    runs
 }
 
 #[tokio::test]
@@ -109,7 +153,8 @@ async fn passphrase_key_and_password_auth() {
     );
     t.sudo = false;
     let hw = collect(&t).await.unwrap();
-    assert!(hw.nics.len() > 3);
+    assert_eq!(hw.nics.len(), 8);
+    assert_eq!(physical_names(&hw), PHYSICAL);
     assert!(sshd.log().contains("Accepted password for pnbo-pass"));
 }
 
@@ -169,33 +214,214 @@ async fn unknown_key_is_auth_failed() {
     assert!(!pw.to_string().contains("not-the-password"));
 }
 
-fn stub_processes() -> usize {
-    let out = std::process::Command::new("pgrep")
-        .args(["-u", "pnbo-key", "-f", "sleep 3600"])
+/// How many processes of `user` run `command` (`pgrep -f`).
+async fn processes(user: &str, command: &str) -> usize {
+    let out = tokio::process::Command::new("pgrep")
+        .args(["-u", user, "-f", command])
         .output()
+        .await
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
+/// The largest number of `user`'s processes running `command` seen during `window`.
+async fn watch(user: &str, command: &str, window: Duration) -> usize {
+    let end = Instant::now() + window;
+    let mut most = 0;
+    while Instant::now() < end {
+        most = most.max(processes(user, command).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    most
+}
+
+/// Waits until no process of `user` runs `command`; fails after `limit`.
+async fn assert_none_left(user: &str, command: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = processes(user, command).await;
+        if n == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} `{command}` of {user} still running on the node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn hanging_command_times_out_and_leaves_no_process() {
+    // The stubs ignore SIGTERM: the node's `timeout -k 2` must send SIGKILL.
     let sshd = Sshd::start("hang");
+    let hung = sshd.hung_command();
     let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
     t.sudo = false;
     t.command_timeout = Duration::from_secs(2);
     let started = Instant::now();
-    let err = collect(&t).await.unwrap_err();
+    let (result, seen) = tokio::join!(
+        collect(&t),
+        watch("pnbo-key", &hung, Duration::from_millis(1500))
+    );
+    let err = result.unwrap_err();
+    assert_eq!(seen, 3, "dmidecode -t 1, -t 3 and ip were hung at once");
     assert!(matches!(err, SshError::Timeout { .. }), "{err}");
     assert_eq!(warning_for(&err).code, "Timeout");
-    assert!(started.elapsed() < Duration::from_secs(15));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stub_processes() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the hung command is still running on the node"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM at 2 s, SIGKILL at 4 s, well before the client's own limit (7 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_none_left("pnbo-key", &hung, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn client_side_timeout_kills_the_command_when_the_node_does_not() {
+    // `timeout` on this node enforces nothing: only the operator can end the hung commands,
+    // by signalling them over the channel, closing it and disconnecting.
+    let sshd = Sshd::start("no-remote-timeout");
+    let hung = sshd.hung_command();
+    let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+    t.sudo = false;
+    t.command_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let (result, seen) = tokio::join!(
+        collect(&t),
+        watch("pnbo-key", &hung, Duration::from_secs(3))
+    );
+    let elapsed = started.elapsed();
+    let err = result.unwrap_err();
+    assert!(matches!(err, SshError::Timeout { .. }), "{err}");
+    assert_eq!(warning_for(&err).code, "Timeout");
+    assert_eq!(seen, 3, "the three first commands hung");
+    assert!(
+        sshd.stub_log().contains("timeout (not enforced) -k 2 2"),
+        "the node-side timeout was bypassed: {}",
+        sshd.stub_log()
+    );
+    // The client gives up after the command timeout + 5 s of grace, not later.
+    assert!(
+        elapsed >= Duration::from_secs(7) && elapsed < Duration::from_secs(12),
+        "{elapsed:?}"
+    );
+    // Every one of the three, not only the first to time out.
+    assert_none_left("pnbo-key", &hung, Duration::from_secs(5)).await;
+    let log = sshd.log();
+    assert!(log.contains("Received disconnect"), "{log}");
+}
+
+#[tokio::test]
+async fn hung_root_command_under_sudo_is_killed_on_the_node() {
+    // dmidecode runs as root through `sudo -n` and ignores SIGTERM. A `timeout` running as
+    // pnbo-key could only signal sudo (SIGKILL kills sudo, not its root child), so the
+    // operator puts `timeout` behind `sudo -n`, where it runs as root.
+    let sshd = Sshd::start("hang");
+    let hung = sshd.hung_command();
+    let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+    assert!(t.sudo);
+    t.command_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let (result, seen) = tokio::join!(
+        collect(&t),
+        watch("root", &hung, Duration::from_millis(1500))
+    );
+    let err = result.unwrap_err();
+    assert_eq!(seen, 2, "dmidecode -t 1 and -t 3 hung as root");
+    assert!(matches!(err, SshError::Timeout { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_none_left("root", &hung, Duration::from_secs(5)).await;
+    assert_none_left("pnbo-key", &hung, Duration::from_secs(5)).await;
+}
+
+/// Captures what the operator logs at WARN and above on this thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
+    }
+}
+
+#[tokio::test]
+async fn interface_names_with_shell_code_never_reach_the_node() {
+    let sshd = Sshd::start("metachar");
+    // What the two names would create in pnbo-key's home if they reached a shell.
+    let home = std::path::PathBuf::from(sshd.var("SSH_KEY_HOME"));
+    let side_effects = [home.join("pw"), home.join("p")];
+    for f in &side_effects {
+        let _ = std::fs::remove_file(f);
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hw = collect_node(
+        "pve-meta",
+        &target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key"),
+    )
+    .await
+    .expect("the node is discovered");
+
+    let evil = ["a;touch${IFS}pw", "$(touch${IFS}p)"];
+    for name in evil {
+        let nic = hw
+            .nics
+            .iter()
+            .find(|n| n.link.name == name)
+            .unwrap_or_else(|| panic!("{name} is kept"));
+        assert_eq!(nic.link.kind, LinkKind::Physical);
+        assert!(nic.ethtool.is_none(), "{name} has no ethtool facts");
+    }
+    // ethtool ran for the real NICs, never for the two others.
+    assert_eq!(
+        ethtool_runs(&sshd),
+        PHYSICAL.map(|n| format!("ethtool [{n}]"))
+    );
+    assert!(!sshd.stub_log().contains("touch"), "{}", sshd.stub_log());
+    assert!(
+        hw.nics
+            .iter()
+            .filter(|n| PHYSICAL.contains(&n.link.name.as_str()))
+            .all(|n| n.ethtool.is_some())
+    );
+    for f in &side_effects {
+        assert!(!f.exists(), "{} was created on the node", f.display());
+    }
+    let warnings = logs.text();
+    for name in evil {
+        assert!(
+            warnings
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains("pve-meta") && l.contains(name)),
+            "no warning naming the node and {name}: {warnings}"
+        );
+    }
+    assert!(
+        !warnings.contains("BEGIN OPENSSH"),
+        "no key material in logs"
+    );
 }
 
 #[tokio::test]
@@ -229,4 +455,119 @@ async fn command_refused_by_sudo_is_command_failed_with_status() {
         other => panic!("{other}"),
     }
     assert_eq!(warning_for(&err).code, "CommandFailed");
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The body of the first fenced block of `lang` after `heading` in a Markdown text.
+fn fenced_block_after(markdown: &str, heading: &str, lang: &str) -> String {
+    let rest = &markdown[markdown.find(heading).expect("heading") + heading.len()..];
+    let open = format!("\n```{lang}\n");
+    let start = rest.find(&open).expect("opening fence") + open.len();
+    let end = start + rest[start..].find("\n```\n").expect("closing fence") + 1;
+    rest[start..end].to_string()
+}
+
+#[test]
+fn the_documented_wrapper_and_sudoers_rule_are_the_tested_ones() {
+    let doc = repo_file("docs/hardware-discovery.md");
+    let documented = fenced_block_after(&doc, "## The forced-command wrapper", "sh");
+    let tested = repo_file("scripts/harness/stubs/netbox-discovery-wrapper");
+    assert!(tested.starts_with("#!/bin/sh\n"));
+    assert_eq!(
+        documented, tested,
+        "docs/hardware-discovery.md and scripts/harness/stubs/netbox-discovery-wrapper differ"
+    );
+    // The sudoers rule of the docs is the one sshd.sh installs for the harness user.
+    let rule = "NOPASSWD: /usr/bin/timeout ^-k 2 [0-9]+ dmidecode -t [13]$";
+    assert!(
+        doc.contains(&format!("netbox-discovery ALL=(root) {rule}")),
+        "the documented sudoers rule changed"
+    );
+    let _sshd = Sshd::start("wrapper");
+    let installed = std::fs::read_to_string("/etc/sudoers.d/pnbo-harness").unwrap();
+    assert!(
+        installed.contains(&format!("pnbo-key ALL=(root) {rule}")),
+        "{installed}"
+    );
+    // And so is the authorized_keys line (from= aside).
+    assert!(doc.contains(
+        "restrict,from=\"10.0.0.0/8\",command=\"/usr/local/sbin/netbox-discovery-wrapper\" ssh-ed25519"
+    ));
+}
+
+/// Runs `command` as pnbo-key with the OpenSSH client; returns (exit status, stderr).
+fn ssh_client(sshd: &Sshd, command: &str) -> (i32, String) {
+    let out = std::process::Command::new("ssh")
+        .args([
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-i",
+        ])
+        .arg(sshd.var("SSH_KEY_FILE"))
+        .args([
+            "-p",
+            &sshd.port().to_string(),
+            "pnbo-key@127.0.0.1",
+            command,
+        ])
+        .output()
+        .expect("run ssh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn discovery_runs_through_the_documented_forced_command_wrapper() {
+    let sshd = Sshd::start("wrapper");
+    let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+    let hw = collect(&t).await.expect("every command passes the wrapper");
+    assert_eq!(
+        hw.system.as_ref().unwrap().product_name.as_deref(),
+        Some("PowerEdge R640"),
+        "sudo -n timeout ... dmidecode passed the wrapper and sudoers"
+    );
+    assert!(hw.chassis.is_some());
+    assert_eq!(physical_names(&hw), PHYSICAL);
+    assert!(
+        hw.nics
+            .iter()
+            .filter(|n| n.link.kind == LinkKind::Physical)
+            .all(|n| n.ethtool.is_some())
+    );
+    // sudo: false sends dmidecode without `sudo -n`: allowed too.
+    t.sudo = false;
+    assert!(collect(&t).await.unwrap().system.is_some());
+
+    // The key can run nothing else: the wrapper is in force.
+    for refused in [
+        "id",
+        "timeout -k 2 30 ethtool eno1;id",
+        "timeout -k 2 30 ethtool 'eno1'",
+        "timeout -k 2 30 ethtool -i eno1",
+        "timeout -k 2 30 sh -c id",
+        "sudo -n timeout -k 2 30 ip -o link show",
+        "sudo -n timeout -k 2 30 dmidecode -t 2",
+        "timeout -k 9 30 dmidecode -t 1",
+    ] {
+        let (status, stderr) = ssh_client(&sshd, refused);
+        assert_eq!(status, 126, "{refused}: {stderr}");
+        assert!(
+            stderr.contains("netbox-discovery-wrapper: command refused"),
+            "{refused}: {stderr}"
+        );
+    }
+    let (status, stderr) = ssh_client(&sshd, "timeout -k 2 30 ip -o link show");
+    assert_eq!(status, 0, "{stderr}");
 }

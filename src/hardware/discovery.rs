@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use super::facts::{LinkKind, NicFacts, NodeHardware};
+use super::facts::{EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware};
 use super::parse;
 use super::ssh::{
     InterfaceName, RemoteCommand, SshAuth, SshError, SshSession, SshTarget, check_private_key,
@@ -54,35 +54,82 @@ pub fn warning_for(e: &SshError) -> NodeWarning {
     }
 }
 
-/// Runs every command on one connection and parses the facts. `ethtool` runs only for
-/// physical NICs, and its failure on a NIC leaves that NIC without link facts.
+/// `ethtool` facts of a physical NIC; `None` for other kinds, when `ethtool` failed on it,
+/// or when its name is not a safe interface name (then `ethtool` is not run at all, and a
+/// warning naming the node is logged: the node may have been tampered with).
+async fn ethtool_facts(
+    session: &SshSession,
+    node: &str,
+    link: &LinkInfo,
+) -> Result<Option<EthtoolInfo>, SshError> {
+    if link.kind != LinkKind::Physical {
+        return Ok(None);
+    }
+    let Some(name) = InterfaceName::new(&link.name) else {
+        tracing::warn!(
+            node,
+            interface = ?link.name,
+            "hardware discovery: not running ethtool on a NIC whose name is not a safe interface \
+             name; the NIC is kept without link facts"
+        );
+        return Ok(None);
+    };
+    match session.run(&RemoteCommand::Ethtool(name)).await {
+        Ok(out) => Ok(Some(parse::ethtool(&out).0)),
+        Err(e @ (SshError::Timeout { .. } | SshError::Protocol(_))) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Commands run at once on one connection (OpenSSH allows 10 sessions per connection by
+/// default, `MaxSessions`).
+const PARALLEL_CHANNELS: usize = 4;
+
+/// [`collect_node`] with the target's address as the node's name in logs.
 pub async fn collect(target: &SshTarget) -> Result<NodeHardware, SshError> {
-    let mut session = SshSession::connect(target).await?;
+    collect_node(&target.address, target).await
+}
+
+/// Runs every command on one connection and parses the facts: the two `dmidecode` and
+/// `ip link` at once, then `ethtool` for the physical NICs, a few at once (one channel each).
+/// `ethtool` runs only for physical NICs, and its failure on a NIC leaves that NIC without
+/// link facts. `node` names the node in logs.
+///
+/// Commands running at once are all awaited to the end even when one fails: each one stops
+/// its own remote process on a timeout, which a dropped (cancelled) command would not do.
+pub async fn collect_node(node: &str, target: &SshTarget) -> Result<NodeHardware, SshError> {
+    let session = SshSession::connect(target).await?;
     let result = async {
-        let system = session.run(&RemoteCommand::DmidecodeSystem).await?;
-        let chassis = session.run(&RemoteCommand::DmidecodeChassis).await?;
-        let links = parse::ip_link(&session.run(&RemoteCommand::IpLink).await?);
-        let mut nics = Vec::new();
-        for link in links {
-            if matches!(
-                link.kind,
-                LinkKind::Loopback | LinkKind::Tap | LinkKind::Veth | LinkKind::FirewallBridge
-            ) {
-                continue;
+        let (system, chassis, links) = tokio::join!(
+            session.run(&RemoteCommand::DmidecodeSystem),
+            session.run(&RemoteCommand::DmidecodeChassis),
+            session.run(&RemoteCommand::IpLink),
+        );
+        let (system, chassis, links) = (system?, chassis?, links?);
+        let links: Vec<_> = parse::ip_link(&links)
+            .into_iter()
+            .filter(|l| {
+                !matches!(
+                    l.kind,
+                    LinkKind::Loopback | LinkKind::Tap | LinkKind::Veth | LinkKind::FirewallBridge
+                )
+            })
+            .collect();
+        let mut ethtools = Vec::with_capacity(links.len());
+        for chunk in links.chunks(PARALLEL_CHANNELS) {
+            let runs: Vec<_> = chunk
+                .iter()
+                .map(|l| ethtool_facts(&session, node, l))
+                .collect();
+            for r in futures::future::join_all(runs).await {
+                ethtools.push(r?);
             }
-            let ethtool = match (link.kind, InterfaceName::new(&link.name)) {
-                (LinkKind::Physical, Some(name)) => match session
-                    .run(&RemoteCommand::Ethtool(name))
-                    .await
-                {
-                    Ok(out) => Some(parse::ethtool(&out).0),
-                    Err(e @ (SshError::Timeout { .. } | SshError::Protocol(_))) => return Err(e),
-                    Err(_) => None,
-                },
-                _ => None,
-            };
-            nics.push(NicFacts { link, ethtool });
         }
+        let mut nics: Vec<NicFacts> = links
+            .into_iter()
+            .zip(ethtools)
+            .map(|(link, ethtool)| NicFacts { link, ethtool })
+            .collect();
         nics.sort_by(|a, b| a.link.name.cmp(&b.link.name));
         Ok(NodeHardware {
             system: parse::dmidecode(&system).0,
@@ -166,7 +213,9 @@ impl HardwareProber for SshProber {
         Box::pin(async move {
             let target = resolve_target(address, credential, config, secrets).await?;
             let started = std::time::Instant::now();
-            let result = collect(&target).await.map_err(|e| warning_for(&e));
+            let result = collect_node(node, &target)
+                .await
+                .map_err(|e| warning_for(&e));
             tracing::info!(
                 node,
                 ok = result.is_ok(),

@@ -2,8 +2,9 @@
 //!
 //! The server's host key must match the pinned SHA-256 fingerprint before any credential is
 //! sent. Commands come from an allowlist, are built as argv and quoted for the remote shell,
-//! run with a timeout (enforced on the node too, with coreutils `timeout`) and an output cap.
-//! Every path ends with a disconnect.
+//! run with a timeout (enforced on the node too, with coreutils `timeout`, which runs as root
+//! under `sudo -n` so it can kill a root command) and an output cap. Every path ends with a
+//! disconnect.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -164,19 +165,29 @@ impl RemoteCommand {
         matches!(self, Self::DmidecodeSystem | Self::DmidecodeChassis)
     }
 
-    /// The command line sent to the remote shell: argv quoted, `sudo -n` when the credential
-    /// asks for it and the command needs root, and a remote `timeout` so a hung command is
-    /// killed on the node even if the session is lost.
+    /// The command line sent to the remote shell: argv quoted, a remote `timeout` so a hung
+    /// command is killed on the node even if the session is lost, and `sudo -n` in front when
+    /// the credential asks for it and the command needs root:
+    ///
+    /// - `sudo -n timeout -k 2 N dmidecode -t 1` (and `-t 3`): `timeout` runs as root, so it
+    ///   can kill a root `dmidecode` (a non-root `timeout` in front of `sudo` could only
+    ///   signal `sudo`, and a root command that ignores SIGTERM would outlive it);
+    /// - `timeout -k 2 N ip -o link show`, `timeout -k 2 N ethtool IFACE`, and the
+    ///   `dmidecode` lines without `sudo -n` when the credential says `sudo: false`.
+    ///
+    /// N is the command timeout in whole seconds (at least 1); `-k 2` sends SIGKILL 2 s after
+    /// SIGTERM. docs/hardware-discovery.md has a forced-command wrapper allowing exactly these.
     pub fn command_line(&self, sudo: bool, timeout: Duration) -> String {
-        let mut argv: Vec<String> = vec![
-            "timeout".into(),
-            "-k".into(),
-            "2".into(),
-            format!("{}", timeout.as_secs().max(1)),
-        ];
+        let mut argv: Vec<String> = Vec::with_capacity(9);
         if sudo && self.needs_root() {
             argv.extend(["sudo".into(), "-n".into()]);
         }
+        argv.extend([
+            "timeout".into(),
+            "-k".into(),
+            KILL_AFTER_SECS.to_string(),
+            format!("{}", timeout.as_secs().max(1)),
+        ]);
         argv.extend(self.argv());
         argv.iter()
             .map(|a| shell_quote(a))
@@ -189,6 +200,13 @@ impl RemoteCommand {
         self.argv().join(" ")
     }
 }
+
+/// Seconds between the remote `timeout`'s SIGTERM and its SIGKILL (`timeout -k`).
+pub const KILL_AFTER_SECS: u64 = 2;
+
+/// Extra time the client waits beyond the command timeout before it gives up on a command
+/// itself (the remote `timeout` should have ended it by then, SIGKILL included).
+const CLIENT_GRACE: Duration = Duration::from_secs(KILL_AFTER_SECS + 3);
 
 /// Quotes one argument for a POSIX shell.
 pub fn shell_quote(arg: &str) -> String {
@@ -369,8 +387,9 @@ impl SshSession {
         }
     }
 
-    /// Runs one allowlisted command; returns its stdout.
-    pub async fn run(&mut self, command: &RemoteCommand) -> Result<String, SshError> {
+    /// Runs one allowlisted command on its own channel; returns its stdout. Several may
+    /// run at once on one session.
+    pub async fn run(&self, command: &RemoteCommand) -> Result<String, SshError> {
         let line = command.command_line(self.sudo, self.command_timeout);
         let mut channel = self
             .handle
@@ -385,6 +404,7 @@ impl SshSession {
         let mut stdout: Vec<u8> = Vec::new();
         let mut stderr: Vec<u8> = Vec::new();
         let mut status = None;
+        let mut signal = None;
         let read = async {
             while let Some(msg) = channel.wait().await {
                 match msg {
@@ -401,14 +421,17 @@ impl SshSession {
                         stderr.extend_from_slice(&data[..data.len().min(4096 - stderr.len())]);
                     }
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => signal = Some(signal_name),
                     ChannelMsg::Close => break,
                     _ => {}
                 }
             }
             Ok(())
         };
-        // A little longer than the remote `timeout`, which kills the command on the node.
-        let limit_time = self.command_timeout + Duration::from_secs(3);
+        // Longer than the remote `timeout` and its SIGKILL grace: normally the node ends a
+        // hung command itself. This client-side limit covers a node where that did not
+        // happen (no coreutils `timeout`, a process holding the channel open).
+        let limit_time = self.command_timeout + CLIENT_GRACE;
         let outcome = match tokio::time::timeout(limit_time, read).await {
             Err(_) => Err(SshError::Timeout {
                 stage: format!("`{}`", command.display()),
@@ -417,18 +440,27 @@ impl SshSession {
             Ok(r) => r,
         };
         if let Err(e) = outcome {
-            // Stop the command on the node: signal it, close the channel.
+            // Stop the command on the node: SIGKILL to its process group (OpenSSH delivers
+            // it as the login user, and refuses it for forced-command sessions; the remote
+            // `timeout` covers those), then close the channel. The caller disconnects.
             let _ = channel.signal(Sig::KILL).await;
             let _ = channel.close().await;
             return Err(e);
         }
-        match status {
-            Some(0) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
-            Some(124) | Some(137) => Err(SshError::Timeout {
-                stage: format!("`{}`", command.display()),
-                seconds: secs(self.command_timeout),
-            }),
-            Some(s) => {
+        let timed_out = || SshError::Timeout {
+            stage: format!("`{}`", command.display()),
+            seconds: secs(self.command_timeout),
+        };
+        match (status, signal) {
+            (Some(0), _) => Ok(String::from_utf8_lossy(&stdout).into_owned()),
+            // `timeout` exits 124 after SIGTERM worked, 137 (or dies of SIGKILL, which the
+            // server reports as an exit signal) after `-k`.
+            (Some(124) | Some(137), _) | (None, Some(Sig::KILL)) => Err(timed_out()),
+            (None, Some(sig)) => Err(SshError::Protocol(format!(
+                "`{}` was killed by signal {sig:?}",
+                command.display()
+            ))),
+            (Some(s), _) => {
                 let err = String::from_utf8_lossy(&stderr);
                 let first = err
                     .lines()
@@ -445,7 +477,7 @@ impl SshSession {
                     },
                 })
             }
-            None => Err(SshError::Protocol(format!(
+            (None, None) => Err(SshError::Protocol(format!(
                 "`{}` ended without an exit status",
                 command.display()
             ))),
@@ -491,7 +523,11 @@ mod tests {
         let t = Duration::from_secs(30);
         assert_eq!(
             RemoteCommand::DmidecodeSystem.command_line(true, t),
-            "timeout -k 2 30 sudo -n dmidecode -t 1"
+            "sudo -n timeout -k 2 30 dmidecode -t 1"
+        );
+        assert_eq!(
+            RemoteCommand::DmidecodeChassis.command_line(true, Duration::from_millis(1500)),
+            "sudo -n timeout -k 2 1 dmidecode -t 3"
         );
         assert_eq!(
             RemoteCommand::DmidecodeChassis.command_line(false, t),

@@ -20,7 +20,8 @@ fn free_port() -> u16 {
 }
 
 impl Sshd {
-    /// Starts sshd with stub mode `normal`, `hang` or `huge`.
+    /// Starts sshd with a stub mode of scripts/harness/sshd.sh: `normal`, `hang`, `huge`,
+    /// `metachar`, `no-remote-timeout` or `wrapper`.
     pub fn start(mode: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/harness/sshd.sh");
@@ -70,6 +71,16 @@ impl Sshd {
     /// The sshd log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.var("SSH_LOG")).unwrap_or_default()
+    }
+
+    /// What the stubs logged so far (the ethtool stub's argv, one line per run).
+    pub fn stub_log(&self) -> String {
+        std::fs::read_to_string(self.var("SSH_STUB_LOG")).unwrap_or_default()
+    }
+
+    /// The command line of this server's hung stubs (`sleep N`, N unique per server).
+    pub fn hung_command(&self) -> String {
+        format!("sleep {}", self.var("SSH_STUB_SLEEP"))
     }
 }
 
