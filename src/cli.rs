@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 
-use crate::controller::{ClusterPipeline, Context, run_controller};
+use crate::controller::{AbortSignal, AbortTrigger, ClusterPipeline, Context, run_controller};
 use crate::metrics::Metrics;
 use crate::server::{ServerState, serve};
 use crate::telemetry::LogFormat;
@@ -265,6 +265,29 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Resolves when the controller must stop, and says why: `false` on `stop` (SIGTERM:
+/// running reconciles may finish), `true` when `leader` turns false or its watcher ends
+/// (leadership lost: `abort` fires first, so running reconciles stop at once and no
+/// sync of this replica overlaps with the new leader's).
+pub async fn stop_or_lose_leadership(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
+    abort: AbortTrigger,
+) -> bool {
+    let Some(mut leader) = leader else {
+        let _ = stop.wait_for(|s| *s).await;
+        return false;
+    };
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        _ = leader.wait_for(|l| !*l) => {
+            abort.abort();
+            tracing::error!("lost leadership: aborting running reconciles and stopping");
+            true
+        }
+    }
+}
+
 /// Runs the controller with the given pipeline until SIGTERM (or loss of leadership).
 pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), CliError> {
     let client = kube::Client::try_default().await?;
@@ -298,7 +321,10 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         controller: "proxmox-netbox-operator".into(),
         instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(client.clone(), pipeline, metrics, reporter));
+    let (abort, abort_signal) = AbortSignal::new();
+    let mut ctx = Context::new(client.clone(), pipeline, metrics, reporter);
+    ctx.abort = abort_signal;
+    let ctx = Arc::new(ctx);
 
     let mut leadership = None;
     if args.leader_election {
@@ -343,23 +369,12 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
 
     let lost_leadership = Arc::new(AtomicBool::new(false));
     let controller_stop = {
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let lost = lost_leadership.clone();
         let leader_rx = leadership.as_ref().map(|(rx, _)| rx.clone());
         async move {
-            match leader_rx {
-                Some(mut rx) => {
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => {},
-                        _ = rx.wait_for(|leader| !*leader) => {
-                            lost.store(true, Ordering::Relaxed);
-                            tracing::error!("lost leadership: stopping");
-                        },
-                    }
-                }
-                None => {
-                    let _ = stop.wait_for(|s| *s).await;
-                }
+            if stop_or_lose_leadership(stop, leader_rx, abort).await {
+                lost.store(true, Ordering::Relaxed);
             }
         }
     };
@@ -374,4 +389,49 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         return Err(CliError::LeaderElection("leadership lost".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn losing_leadership_fires_the_abort_and_sigterm_does_not() {
+        // Leadership lost: the abort fires, the stop future says so.
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+        let (trigger, signal) = AbortSignal::new();
+        let guard = tokio::spawn(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!guard.is_finished(), "still leader: keeps running");
+        assert!(!signal.is_aborted());
+        leader_tx.send_replace(false);
+        let lost = tokio::time::timeout(Duration::from_secs(2), guard)
+            .await
+            .expect("stops promptly")
+            .unwrap();
+        assert!(lost);
+        assert!(signal.is_aborted());
+        tokio::time::timeout(Duration::from_secs(1), signal.aborted())
+            .await
+            .expect("running reconciles see the abort");
+
+        // SIGTERM: a graceful stop, no abort.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+        let (trigger, signal) = AbortSignal::new();
+        let guard = tokio::spawn(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger));
+        stop_tx.send_replace(true);
+        assert!(!guard.await.unwrap());
+        assert!(!signal.is_aborted());
+
+        // The lease watcher dying counts as lost leadership.
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+        let (trigger, signal) = AbortSignal::new();
+        drop(leader_tx);
+        assert!(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger).await);
+        assert!(signal.is_aborted());
+    }
 }

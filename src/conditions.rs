@@ -25,10 +25,15 @@ pub mod reasons {
     pub const DRY_RUN: &str = "DryRun";
     /// `spec.sync.suspend` is true.
     pub const SUSPENDED: &str = "Suspended";
-    /// Work is in progress (first reconcile).
+    /// A pass over a new generation (or the first pass) is under way: Proxmox was read,
+    /// the NetBox sync has not finished. Used with status `Unknown` on `Ready` and
+    /// `NetBoxSynced` in the status written between the two stages.
     pub const RECONCILING: &str = "Reconciling";
     /// A referenced Secret does not exist.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret exists (or may exist) but cannot be read, e.g. the operator's
+    /// RBAC does not allow it (403).
+    pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// A referenced Secret lacks the key.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     /// A spec value cannot be used (the message names the field).
@@ -63,4 +68,12 @@ pub mod reasons {
     pub const HEALTHY: &str = "Healthy";
     /// The token holds write privileges an inventory reader does not need.
     pub const EXCESS_PRIVILEGES: &str = "ExcessPrivileges";
+    /// The QEMU guest agent did not answer on some running guests: their addresses come
+    /// from the configuration only (Event reason; the count is in the `ProxmoxReachable`
+    /// message).
+    pub const GUEST_AGENT_NOT_RUNNING: &str = "GuestAgentNotRunning";
+    /// The guest agent answers again on every running guest that has it enabled.
+    pub const GUEST_AGENTS_RUNNING: &str = "GuestAgentsRunning";
+    /// `spec.sync.suspend` became false again (Event reason).
+    pub const RESUMED: &str = "Resumed";
 }

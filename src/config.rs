@@ -57,6 +57,29 @@ pub struct ResolvedCluster {
     pub ssh_connect_timeout: Duration,
     /// SSH per-command timeout.
     pub ssh_command_timeout: Duration,
+    /// Time between two syncs (`spec.sync.interval`, at least [`MIN_SYNC_INTERVAL`]).
+    pub sync_interval: Duration,
+}
+
+/// Shortest `spec.sync.interval` accepted; a shorter one is a spec error naming the field.
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// `spec.sync.interval` of a cluster, validated: a Go duration of at least
+/// [`MIN_SYNC_INTERVAL`].
+pub fn sync_interval(cluster: &ProxmoxCluster) -> Result<Duration, StageError> {
+    let field = "spec.sync.interval";
+    let value = &cluster.spec.sync.interval;
+    let d = duration(field, value)?;
+    if d < MIN_SYNC_INTERVAL {
+        return Err(StageError {
+            reason: reasons::INVALID_SPEC,
+            message: format!(
+                "{field}: {value:?} is shorter than the minimum of {}s",
+                MIN_SYNC_INTERVAL.as_secs()
+            ),
+        });
+    }
+    Ok(d)
 }
 
 fn secret_error(field: &str, e: SecretError) -> StageError {
@@ -176,7 +199,10 @@ pub async fn resolve(
             message: "spec.proxmox.endpoints: at least one endpoint is required".into(),
         });
     }
+    // Checked before any Secret is read: a spec error is reported as such.
+    let sync_interval = sync_interval(cluster)?;
     Ok(ResolvedCluster {
+        sync_interval,
         owner,
         pve_endpoints: spec.proxmox.endpoints.clone(),
         pve_credentials: pve_credentials(secrets, &spec.proxmox.credentials_secret_ref.name)
@@ -286,6 +312,32 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[tokio::test]
+    async fn sync_interval_below_the_minimum_is_a_spec_error_naming_the_field() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "pve", "tokenId", "sync@pve!op");
+        write(d.path(), "pve", "tokenSecret", "x");
+        write(d.path(), "pve-ca", "ca.crt", "pem");
+        write(d.path(), "nb", "token", "t");
+        let mut c = cluster();
+        c.spec.sync.interval = "10s".into();
+        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(
+            err.message,
+            "spec.sync.interval: \"10s\" is shorter than the minimum of 30s"
+        );
+        c.spec.sync.interval = "30s".into();
+        let ok = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap();
+        assert_eq!(ok.sync_interval, Duration::from_secs(30));
+        c.spec.sync.interval = "1h30m".into();
+        assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(5400));
     }
 
     #[tokio::test]

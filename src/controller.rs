@@ -1,5 +1,10 @@
 //! The Kubernetes controller: watches ProxmoxClusters, their NodeSSHCredentials and the
 //! Secrets they reference, runs the pipeline and writes status, Events and metrics.
+//!
+//! One reconcile: list the cluster's NodeSSHCredentials -> run the pipeline (config,
+//! Proxmox read, hardware discovery) -> write the intermediate status and the credential
+//! statuses ([`StatusObserver`]) -> NetBox sync -> write the final status, publish Events,
+//! record metrics, requeue.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,14 +29,19 @@ use serde_json::json;
 
 use crate::conditions::{reasons, types};
 use crate::crd::{
-    DeletionPolicy, NodeSSHCredential, NodeSSHCredentialStatus, ProxmoxCluster,
+    API_GROUP, DeletionPolicy, NodeSSHCredential, NodeSSHCredentialStatus, ProxmoxCluster,
     ProxmoxClusterStatus,
 };
-use crate::events::{EventSpec, events_for};
-use crate::metrics::{ClusterLabels, ErrorLabels, Metrics, ObjectLabels};
+use crate::events::{EventSpec, events_for, suspend_event};
+use crate::inventory::Inventory;
+use crate::metrics::{
+    CallLabels, ClusterLabels, ErrorLabels, Metrics, ObjectLabels, RequestLabels, StorageLabels,
+};
+use crate::pipeline::StageObserver;
 use crate::secrets::{KubeSecrets, SecretSource};
 use crate::status::{
-    NetBoxOutcome, PipelineOutcome, StageError, build_status, needs_write, suspended_status,
+    NetBoxOutcome, PipelineOutcome, StageError, build_status, differs, guest_address_gaps,
+    needs_write, observed_status, suspended_status,
 };
 
 /// Finalizer that lets the operator apply the deletion policy before a ProxmoxCluster goes.
@@ -40,9 +50,12 @@ pub const FINALIZER: &str = "proxmox-netbox.io/cleanup";
 pub const RESYNC_ANNOTATION: &str = "proxmox-netbox.io/resync";
 /// Field manager of the operator's server-side apply patches.
 pub const FIELD_MANAGER: &str = "proxmox-netbox-operator";
-/// Shortest sync interval accepted; shorter values are raised to it.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
-/// First retry delay after a failed reconcile; doubles per consecutive failure.
+/// Shortest sync interval accepted (a shorter `spec.sync.interval` is a spec error).
+pub const MIN_INTERVAL: Duration = crate::config::MIN_SYNC_INTERVAL;
+/// Interval used when `spec.sync.interval` cannot be used (the default of the field).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// First retry delay after a failed reconcile; doubles per consecutive failure, capped at
+/// the cluster's sync interval (and never below this).
 pub const BACKOFF_BASE: Duration = Duration::from_secs(15);
 
 /// Source of the current time, injected so tests control it.
@@ -62,12 +75,14 @@ impl Clock for SystemClock {
 
 /// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
 pub trait ClusterPipeline: Send + Sync + 'static {
-    /// Runs one full pass and reports what happened; never fails as a whole.
+    /// Runs one full pass and reports what happened; never fails as a whole. Calls
+    /// `observer` once Proxmox was read and hardware discovered, before the NetBox sync.
     fn run<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
         credentials: &'a [NodeSSHCredential],
         secrets: &'a dyn SecretSource,
+        observer: &'a dyn StageObserver,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome>;
 
@@ -78,6 +93,48 @@ pub trait ClusterPipeline: Send + Sync + 'static {
         cluster: &'a ProxmoxCluster,
         secrets: &'a dyn SecretSource,
     ) -> BoxFuture<'a, Result<String, StageError>>;
+}
+
+/// Tells running reconciles to stop at once (leadership lost). Cloned into each
+/// reconcile; [`AbortSignal::never`] for a controller without leader election.
+#[derive(Clone, Debug)]
+pub struct AbortSignal(tokio::sync::watch::Receiver<bool>);
+
+/// The sending side of an [`AbortSignal`].
+#[derive(Debug)]
+pub struct AbortTrigger(tokio::sync::watch::Sender<bool>);
+
+impl AbortTrigger {
+    /// Aborts every reconcile that is running or starts from now on.
+    pub fn abort(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl AbortSignal {
+    /// A signal and its trigger.
+    pub fn new() -> (AbortTrigger, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (AbortTrigger(tx), Self(rx))
+    }
+
+    /// A signal that never fires.
+    pub fn never() -> Self {
+        Self::new().1
+    }
+
+    /// Whether the abort was triggered.
+    pub fn is_aborted(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the abort is triggered (never, when the trigger was dropped unused).
+    pub async fn aborted(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|a| *a).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Errors of the controller itself (the pipeline reports its own in the status).
@@ -100,17 +157,38 @@ pub enum Error {
         /// Detail.
         message: String,
     },
+    /// The reconcile was abandoned because this replica lost leadership.
+    #[error("aborted: this replica is no longer the leader")]
+    Aborted,
 }
 
 impl Error {
+    /// The error inside a finalizer error, if it came from the reconcile itself.
+    fn inner(&self) -> &Error {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Self::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.inner(),
+                _ => self,
+            },
+            other => other,
+        }
+    }
+
     /// Stable label for metrics and Event reasons.
     pub fn metric_label(&self) -> &'static str {
-        match self {
+        match self.inner() {
             Self::Kube(_) => "KubernetesApi",
             Self::Finalizer(_) => "Finalizer",
             Self::MissingNamespace => "MissingNamespace",
             Self::Cleanup { .. } => "CleanupFailed",
+            Self::Aborted => "Aborted",
         }
+    }
+
+    /// True when the reconcile was abandoned on loss of leadership.
+    pub fn is_aborted(&self) -> bool {
+        matches!(self.inner(), Self::Aborted)
     }
 }
 
@@ -128,10 +206,12 @@ pub struct Context<P> {
     pub clock: Arc<dyn Clock>,
     /// Consecutive failures per cluster, for exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Fires when running reconciles must stop at once (leadership lost).
+    pub abort: AbortSignal,
 }
 
 impl<P: ClusterPipeline> Context<P> {
-    /// Creates a context with the system clock.
+    /// Creates a context with the system clock and no abort signal.
     pub fn new(client: Client, pipeline: P, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
@@ -140,7 +220,12 @@ impl<P: ClusterPipeline> Context<P> {
             metrics,
             clock: Arc::new(SystemClock),
             failures: Mutex::new(HashMap::new()),
+            abort: AbortSignal::never(),
         }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -151,10 +236,17 @@ pub fn next_sync_delay(interval: Duration) -> Duration {
     interval + Duration::from_millis(jitter_ms)
 }
 
-/// Exponential backoff after `failures` consecutive failures, capped at the interval.
+/// Exponential backoff after `failures` consecutive failures: [`BACKOFF_BASE`] doubling,
+/// capped at the interval (but never below [`BACKOFF_BASE`]).
 pub fn backoff_delay(failures: u32, interval: Duration) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    (BACKOFF_BASE * factor).min(interval.max(MIN_INTERVAL))
+    (BACKOFF_BASE * factor).min(interval.max(BACKOFF_BASE))
+}
+
+/// The sync interval of a cluster, or [`DEFAULT_INTERVAL`] when the spec value cannot be
+/// used (that is reported as a spec error by the pipeline).
+pub fn cluster_interval(cluster: &ProxmoxCluster) -> Duration {
+    crate::config::sync_interval(cluster).unwrap_or(DEFAULT_INTERVAL)
 }
 
 fn cluster_key(cluster: &ProxmoxCluster) -> String {
@@ -165,6 +257,11 @@ fn cluster_key(cluster: &ProxmoxCluster) -> String {
     )
 }
 
+/// `apiVersion` of this operator's resources.
+fn api_version<K: Resource<DynamicType = ()>>() -> String {
+    format!("{API_GROUP}/{}", K::version(&()))
+}
+
 /// Reconciles one ProxmoxCluster (the entry point given to the kube-runtime Controller).
 pub async fn reconcile<P: ClusterPipeline>(
     cluster: Arc<ProxmoxCluster>,
@@ -173,6 +270,9 @@ pub async fn reconcile<P: ClusterPipeline>(
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<ProxmoxCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let key = cluster_key(&cluster);
+    if ctx.abort.is_aborted() {
+        return Err(Error::Aborted);
+    }
     ctx.metrics
         .reconciles
         .get_or_create(&ClusterLabels {
@@ -194,10 +294,63 @@ pub async fn reconcile<P: ClusterPipeline>(
             cluster: key.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &result {
-        tracing::warn!(cluster = %key, error = %e, "reconcile failed");
+    match &result {
+        Err(e) if e.is_aborted() => {
+            tracing::warn!(cluster = %key, "reconcile aborted: leadership lost");
+        }
+        Err(e) => tracing::warn!(cluster = %key, error = %e, "reconcile failed"),
+        Ok(_) => {}
     }
     result
+}
+
+/// Writes the intermediate status (per-node facts and warnings, before the NetBox sync)
+/// and the NodeSSHCredential statuses; remembers what it wrote.
+pub struct StatusObserver<'a> {
+    api: &'a Api<ProxmoxCluster>,
+    name: &'a str,
+    generation: Option<i64>,
+    previous: Option<&'a ProxmoxClusterStatus>,
+    clock: &'a dyn Clock,
+    creds_api: &'a Api<NodeSSHCredential>,
+    credentials: &'a [NodeSSHCredential],
+    written: Mutex<Option<ProxmoxClusterStatus>>,
+}
+
+impl StatusObserver<'_> {
+    /// The intermediate status, if it was written.
+    fn take_written(&self) -> Option<ProxmoxClusterStatus> {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl StageObserver for StatusObserver<'_> {
+    fn observed<'a>(&'a self, outcome: &'a PipelineOutcome) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let now = self.clock.now();
+            let status = observed_status(self.generation, self.previous, outcome, now);
+            // Timestamps alone never cause this write (and there is no heartbeat here).
+            if differs(self.previous, &status) {
+                match patch_status(self.api, self.name, &status).await {
+                    Ok(()) => {
+                        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    }
+                    // The NetBox sync still runs; the final write tries again.
+                    Err(e) => tracing::warn!(
+                        cluster = %self.name,
+                        error = %e,
+                        "cannot write the intermediate status"
+                    ),
+                }
+            }
+            if let Some(discovery) = &outcome.discovery {
+                update_credential_statuses(self.creds_api, self.credentials, discovery, now).await;
+            }
+        })
+    }
 }
 
 async fn apply<P: ClusterPipeline>(
@@ -214,11 +367,19 @@ async fn apply<P: ClusterPipeline>(
 
     if cluster.spec.sync.suspend {
         let status = suspended_status(generation, previous, now);
-        if needs_write(previous, &status, now) {
+        // No heartbeat while suspended: nothing syncs, so lastSyncTime does not move.
+        if differs(previous, &status) {
             patch_status(api, &name, &status).await?;
         }
+        if let Some(ev) = suspend_event(previous, true) {
+            publish(ctx, &cluster, &ev).await;
+        }
+        ctx.failures().remove(&key);
         tracing::info!(cluster = %key, "sync suspended");
         return Ok(Action::await_change());
+    }
+    if let Some(ev) = suspend_event(previous, false) {
+        publish(ctx, &cluster, &ev).await;
     }
 
     let creds_api: Api<NodeSSHCredential> = Api::namespaced(ctx.client.clone(), &ns);
@@ -231,34 +392,49 @@ async fn apply<P: ClusterPipeline>(
         .filter(|c| c.spec.cluster_ref.name == name)
         .collect();
     let secrets = KubeSecrets::new(ctx.client.clone(), &ns);
+    let observer = StatusObserver {
+        api,
+        name: &name,
+        generation,
+        previous,
+        clock: ctx.clock.as_ref(),
+        creds_api: &creds_api,
+        credentials: &credentials,
+        written: Mutex::new(None),
+    };
     tracing::info!(cluster = %key, credentials = credentials.len(), "sync started");
-    let outcome = ctx
-        .pipeline
-        .run(&cluster, &credentials, &secrets, now)
-        .await;
+    // Loss of leadership drops the pipeline at its next await point: no further request
+    // to Proxmox, NetBox or the API server is made for this pass.
+    let outcome = tokio::select! {
+        biased;
+        () = ctx.abort.aborted() => return Err(Error::Aborted),
+        outcome = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, now) => outcome,
+    };
 
-    let mut status = build_status(generation, previous, &outcome, now);
+    // The final status builds on what is on the server now: the intermediate status when
+    // it was written, the status the reconcile started from otherwise.
+    let intermediate = observer.take_written();
+    let base = intermediate.as_ref().or(previous);
+    let finished = ctx.clock.now();
+    let mut status = build_status(generation, base, &outcome, finished);
     status.last_resync_request = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
-    if needs_write(previous, &status, now) {
+    if needs_write(base, &status, finished) {
         patch_status(api, &name, &status).await?;
     } else {
         tracing::debug!(cluster = %key, "status unchanged apart from timestamps: not written");
     }
+    // Events describe the change over the whole pass.
     for ev in events_for(previous, &status, &outcome) {
         publish(ctx, &cluster, &ev).await;
     }
-    if let Some(discovery) = &outcome.discovery {
-        update_credential_statuses(&creds_api, &credentials, discovery, now).await;
-    }
-    record_metrics(ctx, &key, &outcome, &status, now);
+    record_metrics(ctx, &key, &outcome, &status, finished);
 
-    let interval = crate::config::duration("spec.sync.interval", &cluster.spec.sync.interval)
-        .unwrap_or(Duration::from_secs(15 * 60));
+    let interval = cluster_interval(&cluster);
     let stage_failed = outcome.config_error.is_some()
         || outcome.proxmox_error.is_some()
         || matches!(outcome.netbox, NetBoxOutcome::Failed(_));
     let failures = {
-        let mut map = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = ctx.failures();
         if stage_failed {
             let n = map.entry(key.clone()).or_insert(0);
             *n += 1;
@@ -291,11 +467,17 @@ async fn cleanup<P: ClusterPipeline>(
     match cluster.spec.deletion_policy {
         DeletionPolicy::Orphan => {
             tracing::info!(cluster = %key, "deleted with deletionPolicy Orphan: NetBox left as is");
+            forget(ctx, &key);
             Ok(Action::await_change())
         }
         DeletionPolicy::Delete => {
             let secrets = KubeSecrets::new(ctx.client.clone(), &ns);
-            match ctx.pipeline.delete_owned(&cluster, &secrets).await {
+            let result = tokio::select! {
+                biased;
+                () = ctx.abort.aborted() => return Err(Error::Aborted),
+                r = ctx.pipeline.delete_owned(&cluster, &secrets) => r,
+            };
+            match result {
                 Ok(summary) => {
                     publish(
                         ctx,
@@ -307,6 +489,7 @@ async fn cleanup<P: ClusterPipeline>(
                         },
                     )
                     .await;
+                    forget(ctx, &key);
                     Ok(Action::await_change())
                 }
                 Err(err) => {
@@ -330,14 +513,23 @@ async fn cleanup<P: ClusterPipeline>(
     }
 }
 
+/// Drops what the controller keeps about a cluster that is going away.
+fn forget<P>(ctx: &Context<P>, key: &str) {
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+    ctx.metrics.forget_cluster(key);
+}
+
 async fn patch_status(
     api: &Api<ProxmoxCluster>,
     name: &str,
     status: &ProxmoxClusterStatus,
 ) -> Result<(), Error> {
     let body = json!({
-        "apiVersion": "proxmox-netbox.io/v1alpha1",
-        "kind": "ProxmoxCluster",
+        "apiVersion": api_version::<ProxmoxCluster>(),
+        "kind": ProxmoxCluster::kind(&()),
         "status": status,
     });
     api.patch_status(
@@ -434,8 +626,8 @@ async fn update_credential_statuses(
             conditions: vec![cond],
         };
         let body = json!({
-            "apiVersion": "proxmox-netbox.io/v1alpha1",
-            "kind": "NodeSSHCredential",
+            "apiVersion": api_version::<NodeSSHCredential>(),
+            "kind": NodeSSHCredential::kind(&()),
             "status": status,
         });
         if let Err(e) = api
@@ -449,6 +641,38 @@ async fn update_credential_statuses(
             tracing::warn!(credential = %cred.name_any(), error = %e, "cannot write NodeSSHCredential status");
         }
     }
+}
+
+/// Ceph health as a number: 0 `HEALTH_OK`, 1 `HEALTH_WARN`, 2 `HEALTH_ERR`.
+pub fn ceph_health_value(health: &str) -> Option<i64> {
+    match health {
+        "HEALTH_OK" => Some(0),
+        "HEALTH_WARN" => Some(1),
+        "HEALTH_ERR" => Some(2),
+        _ => None,
+    }
+}
+
+fn storage_series(key: &str, inv: &Inventory) -> Vec<(StorageLabels, Option<i64>, Option<i64>)> {
+    let mut out: Vec<(StorageLabels, Option<i64>, Option<i64>)> = Vec::new();
+    for pool in &inv.storage {
+        let labels = StorageLabels {
+            cluster: key.into(),
+            storage: pool.name.clone(),
+            // A shared pool is the same storage on every node: one series.
+            node: if pool.shared {
+                String::new()
+            } else {
+                pool.node.clone()
+            },
+        };
+        if out.iter().any(|(l, _, _)| *l == labels) {
+            continue;
+        }
+        let bytes = |b: Option<u64>| b.and_then(|b| i64::try_from(b).ok());
+        out.push((labels, bytes(pool.total_bytes), bytes(pool.used_bytes)));
+    }
+    out
 }
 
 fn record_metrics<P>(
@@ -485,23 +709,37 @@ fn record_metrics<P>(
         if s.failed > 0 {
             reasons_seen.insert(reasons::PARTIAL_SYNC.into());
         }
-        let summary = [
-            ("created", s.created),
-            ("updated", s.updated),
-            ("unchanged", s.unchanged),
-            ("deleted", s.deleted),
-            ("stale", s.stale),
-            ("failed", s.failed),
-        ];
-        for (action, n) in summary {
-            m.objects
-                .get_or_create(&ObjectLabels {
+        for (kind, n) in [("read", s.read_requests), ("write", s.write_requests)] {
+            m.netbox_requests
+                .get_or_create(&RequestLabels {
                     cluster: key.into(),
-                    kind: "all".into(),
-                    action: action.into(),
+                    kind: kind.into(),
                 })
-                .set(n);
+                .inc_by(u64::try_from(n).unwrap_or(0));
         }
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut objects = Vec::new();
+        for (kind, c) in &outcome.netbox_kinds {
+            for (action, n) in [
+                ("created", c.created),
+                ("updated", c.updated),
+                ("unchanged", c.unchanged),
+                ("deleted", c.deleted),
+                ("stale", c.stale),
+                ("failed", c.failed),
+                ("orphaned", c.orphaned),
+            ] {
+                objects.push((
+                    ObjectLabels {
+                        cluster: key.into(),
+                        kind: kind.clone(),
+                        action: action.into(),
+                    },
+                    int(n),
+                ));
+            }
+        }
+        m.set_objects(key, objects);
     }
     for reason in reasons_seen {
         m.errors
@@ -511,8 +749,17 @@ fn record_metrics<P>(
             })
             .inc();
     }
+    for ((system, result), n) in &outcome.calls.0 {
+        m.external_calls
+            .get_or_create(&CallLabels {
+                cluster: key.into(),
+                system: system.clone(),
+                outcome: result.clone(),
+            })
+            .inc_by(*n);
+    }
     if let Some(s) = &status.summary {
-        for (kind, n) in [
+        let inventory = [
             ("nodes", s.nodes),
             ("vms", s.vms),
             ("containers", s.containers),
@@ -521,15 +768,49 @@ fn record_metrics<P>(
             ("ipAddresses", s.ip_addresses),
             ("disks", s.disks),
             ("storagePools", s.storage_pools),
-        ] {
-            m.inventory
-                .get_or_create(&ObjectLabels {
+        ]
+        .into_iter()
+        .map(|(kind, n)| {
+            (
+                ObjectLabels {
                     cluster: key.into(),
                     kind: kind.into(),
                     action: "read".into(),
-                })
-                .set(n);
+                },
+                n,
+            )
+        })
+        .collect();
+        m.set_inventory(key, inventory);
+    }
+    // Storage, Ceph and guest addresses come from this pass's read; after a failed read
+    // the values of the last read stay.
+    if let Some(inv) = &outcome.inventory {
+        m.set_storage(key, storage_series(key, inv));
+        let labels = ClusterLabels {
+            cluster: key.into(),
+        };
+        match inv.ceph.as_ref().and_then(|c| ceph_health_value(&c.health)) {
+            Some(v) => {
+                m.ceph_health.get_or_create(&labels).set(v);
+            }
+            None => {
+                m.ceph_health.remove(&labels);
+            }
         }
+        let gaps = guest_address_gaps(inv)
+            .into_iter()
+            .map(|(reason, ids)| {
+                (
+                    ErrorLabels {
+                        cluster: key.into(),
+                        reason: reason.into(),
+                    },
+                    i64::try_from(ids.len()).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        m.set_guest_addresses_unread(key, gaps);
     }
     if outcome.fully_successful() {
         m.last_success_timestamp
@@ -540,12 +821,17 @@ fn record_metrics<P>(
     }
 }
 
-/// Requeue policy when `reconcile` itself fails (Kubernetes API errors).
+/// Requeue policy when `reconcile` itself fails (Kubernetes API errors, a failed
+/// `Delete` cleanup): backoff from [`BACKOFF_BASE`], capped at the cluster's interval.
 pub fn error_policy<P: ClusterPipeline>(
     cluster: Arc<ProxmoxCluster>,
     error: &Error,
     ctx: Arc<Context<P>>,
 ) -> Action {
+    if error.is_aborted() {
+        // The controller is shutting down; the next leader picks the cluster up.
+        return Action::await_change();
+    }
     let key = cluster_key(&cluster);
     ctx.metrics
         .errors
@@ -555,12 +841,12 @@ pub fn error_policy<P: ClusterPipeline>(
         })
         .inc();
     let failures = {
-        let mut map = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = ctx.failures();
         let n = map.entry(key).or_insert(0);
         *n += 1;
         *n
     };
-    Action::requeue(backoff_delay(failures, Duration::from_secs(15 * 60)))
+    Action::requeue(backoff_delay(failures, cluster_interval(&cluster)))
 }
 
 /// The Secret names a ProxmoxCluster reads directly.
@@ -605,7 +891,130 @@ pub fn credential_secrets(cred: &NodeSSHCredential) -> Vec<String> {
     names
 }
 
-/// Runs the controller until shutdown. `namespace` limits the watch to one namespace.
+/// The clusters to reconcile when Secret `namespace/name` changes (or is deleted): those
+/// that reference it, and those whose NodeSSHCredentials reference it. Only objects in
+/// the Secret's namespace count (references never cross namespaces).
+pub fn clusters_for_secret<'a>(
+    namespace: &str,
+    name: &str,
+    clusters: impl IntoIterator<Item = &'a ProxmoxCluster>,
+    credentials: impl IntoIterator<Item = &'a NodeSSHCredential>,
+) -> HashSet<ObjectRef<ProxmoxCluster>> {
+    let mut hits = HashSet::new();
+    for c in clusters {
+        if c.namespace().as_deref() == Some(namespace)
+            && referenced_secrets(c).iter().any(|s| s == name)
+        {
+            hits.insert(ObjectRef::from(c));
+        }
+    }
+    for cred in credentials {
+        if cred.namespace().as_deref() == Some(namespace)
+            && credential_secrets(cred).iter().any(|s| s == name)
+        {
+            hits.insert(ObjectRef::new(&cred.spec.cluster_ref.name).within(namespace));
+        }
+    }
+    hits
+}
+
+/// Maps NodeSSHCredential watch events to the ProxmoxClusters to reconcile.
+///
+/// A credential triggers its cluster when it appears, when its spec changes
+/// (generation), when it is deleted, and when its `clusterRef` changes (then both the
+/// old and the new cluster). Status-only updates (the operator's own writes) trigger
+/// nothing. After a re-list, credentials that vanished while the watch was down count
+/// as deleted.
+#[derive(Debug, Default)]
+pub struct CredentialTracker {
+    /// (namespace, name) -> (clusterRef name, generation).
+    known: HashMap<(String, String), (String, Option<i64>)>,
+    /// Credentials seen since the last `Init` (during a re-list).
+    relisted: Option<HashSet<(String, String)>>,
+}
+
+fn cluster_ref(namespace: &str, name: &str) -> ObjectRef<ProxmoxCluster> {
+    ObjectRef::new(name).within(namespace)
+}
+
+impl CredentialTracker {
+    /// The clusters to reconcile for one watch event.
+    pub fn on_event(
+        &mut self,
+        event: &watcher::Event<NodeSSHCredential>,
+    ) -> Vec<ObjectRef<ProxmoxCluster>> {
+        match event {
+            watcher::Event::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(cred) => {
+                if let (Some(seen), Some(key)) = (self.relisted.as_mut(), Self::key(cred)) {
+                    seen.insert(key);
+                }
+                self.applied(cred)
+            }
+            watcher::Event::Apply(cred) => self.applied(cred),
+            watcher::Event::Delete(cred) => {
+                let Some(key) = Self::key(cred) else {
+                    return Vec::new();
+                };
+                let mut out = vec![cluster_ref(&key.0, &cred.spec.cluster_ref.name)];
+                if let Some((old, _)) = self.known.remove(&key)
+                    && old != cred.spec.cluster_ref.name
+                {
+                    out.push(cluster_ref(&key.0, &old));
+                }
+                out
+            }
+            watcher::Event::InitDone => {
+                let Some(seen) = self.relisted.take() else {
+                    return Vec::new();
+                };
+                let gone: Vec<(String, String)> = self
+                    .known
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                let mut out = Vec::new();
+                for key in gone {
+                    if let Some((cluster, _)) = self.known.remove(&key) {
+                        let r = cluster_ref(&key.0, &cluster);
+                        if !out.contains(&r) {
+                            out.push(r);
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn key(cred: &NodeSSHCredential) -> Option<(String, String)> {
+        Some((cred.namespace()?, cred.metadata.name.clone()?))
+    }
+
+    fn applied(&mut self, cred: &NodeSSHCredential) -> Vec<ObjectRef<ProxmoxCluster>> {
+        let Some(key) = Self::key(cred) else {
+            return Vec::new();
+        };
+        let new = (cred.spec.cluster_ref.name.clone(), cred.metadata.generation);
+        let target = cluster_ref(&key.0, &new.0);
+        match self.known.insert(key.clone(), new.clone()) {
+            None => vec![target],
+            Some(old) if old == new => Vec::new(),
+            Some((old_cluster, _)) if old_cluster != new.0 => {
+                vec![target, cluster_ref(&key.0, &old_cluster)]
+            }
+            Some(_) => vec![target],
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `namespace` limits the watch to one
+/// namespace. On `shutdown`, no new reconcile starts and running ones finish (or stop at
+/// once when the context's [`AbortSignal`] fires).
 pub async fn run_controller<P: ClusterPipeline>(
     ctx: Arc<Context<P>>,
     namespace: Option<String>,
@@ -617,56 +1026,56 @@ pub async fn run_controller<P: ClusterPipeline>(
     let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(&client, namespace.as_deref());
 
     let (cluster_store, cluster_writer) = reflector::store();
-    let cluster_stream = reflector(
-        cluster_writer,
-        watcher(clusters, watcher::Config::default()),
-    )
-    .applied_objects()
-    .predicate_filter(
-        (predicates::generation as fn(&ProxmoxCluster) -> Option<u64>)
-            .combine(predicates::annotations as fn(&ProxmoxCluster) -> Option<u64>)
-            .combine(predicates::finalizers as fn(&ProxmoxCluster) -> Option<u64>),
-        Default::default(),
-    );
-
-    let (cred_store, cred_writer) = reflector::store();
-    let cred_stream = reflector(cred_writer, watcher(creds, watcher::Config::default()))
+    let cluster_stream = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(cluster_writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(
+            (predicates::generation as fn(&ProxmoxCluster) -> Option<u64>)
+                .combine(predicates::annotations as fn(&ProxmoxCluster) -> Option<u64>)
+                .combine(predicates::finalizers as fn(&ProxmoxCluster) -> Option<u64>),
+            Default::default(),
+        );
 
-    // Secrets are watched by metadata only: the controller never caches Secret data.
+    // Credentials: every event, deletes included, goes through the tracker, which knows
+    // the previous clusterRef of each credential.
+    let (cred_store, cred_writer) = reflector::store();
+    let mut tracker = CredentialTracker::default();
+    let cred_triggers = watcher(creds, watcher::Config::default())
+        .default_backoff()
+        .reflect(cred_writer)
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "NodeSSHCredential watch");
+                    None
+                }
+            })
+        })
+        .flat_map(move |event| futures::stream::iter(tracker.on_event(&event)));
+
+    // Secrets are watched by metadata only (`Api<PartialObjectMeta<_>>` requests
+    // PartialObjectMetadata): the controller never receives or caches Secret data.
+    // Deletes are kept (resource_version predicate).
     let secret_stream = watcher(secrets, watcher::Config::default())
+        .default_backoff()
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
 
     let store_for_secrets = cluster_store.clone();
-    let creds_for_secrets = cred_store.clone();
     Controller::for_stream(cluster_stream, cluster_store)
-        .watches_stream(cred_stream, |cred: NodeSSHCredential| {
-            let ns = cred.namespace()?;
-            Some(ObjectRef::<ProxmoxCluster>::new(&cred.spec.cluster_ref.name).within(&ns))
-        })
+        .reconcile_on(cred_triggers)
         .watches_stream(secret_stream, move |secret| {
             let ns = secret.namespace().unwrap_or_default();
-            let name = secret.name_any();
-            let mut hits: HashSet<ObjectRef<ProxmoxCluster>> = HashSet::new();
-            for c in store_for_secrets.state() {
-                if c.namespace().as_deref() == Some(ns.as_str())
-                    && referenced_secrets(&c).contains(&name)
-                {
-                    hits.insert(ObjectRef::from(c.as_ref()));
-                }
-            }
-            for cred in creds_for_secrets.state() {
-                if cred.namespace().as_deref() == Some(ns.as_str())
-                    && credential_secrets(&cred).contains(&name)
-                {
-                    hits.insert(
-                        ObjectRef::<ProxmoxCluster>::new(&cred.spec.cluster_ref.name).within(&ns),
-                    );
-                }
-            }
-            hits
+            let clusters = store_for_secrets.state();
+            let creds = cred_store.state();
+            clusters_for_secret(
+                &ns,
+                &secret.name_any(),
+                clusters.iter().map(AsRef::as_ref),
+                creds.iter().map(AsRef::as_ref),
+            )
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -713,18 +1122,18 @@ const fn call(group: &'static str, resource: &'static str, verb: &'static str) -
 /// they see is on it: a new call without its rule fails CI.
 pub const KUBERNETES_API_CALLS: &[ApiCall] = &[
     // Controller watches (reflectors list and watch).
-    call("proxmox-netbox.io", "proxmoxclusters", "list"),
-    call("proxmox-netbox.io", "proxmoxclusters", "watch"),
-    call("proxmox-netbox.io", "nodesshcredentials", "list"),
-    call("proxmox-netbox.io", "nodesshcredentials", "watch"),
+    call(API_GROUP, "proxmoxclusters", "list"),
+    call(API_GROUP, "proxmoxclusters", "watch"),
+    call(API_GROUP, "nodesshcredentials", "list"),
+    call(API_GROUP, "nodesshcredentials", "watch"),
     // Secrets: metadata-only watch to trigger reconciles, and get to read values.
     call("", "secrets", "list"),
     call("", "secrets", "watch"),
     call("", "secrets", "get"),
     // Finalizer add/remove (JSON patch), status by server-side apply.
-    call("proxmox-netbox.io", "proxmoxclusters", "patch"),
-    call("proxmox-netbox.io", "proxmoxclusters/status", "patch"),
-    call("proxmox-netbox.io", "nodesshcredentials/status", "patch"),
+    call(API_GROUP, "proxmoxclusters", "patch"),
+    call(API_GROUP, "proxmoxclusters/status", "patch"),
+    call(API_GROUP, "nodesshcredentials/status", "patch"),
     // Events (the recorder creates, then patches a series).
     call("events.k8s.io", "events", "create"),
     call("events.k8s.io", "events", "patch"),
@@ -733,3 +1142,279 @@ pub const KUBERNETES_API_CALLS: &[ApiCall] = &[
     call("coordination.k8s.io", "leases", "create"),
     call("coordination.k8s.io", "leases", "patch"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(ns: &str, name: &str, netbox_secret: &str) -> ProxmoxCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "proxmox": {"endpoints": ["https://pve1:8006"], "credentialsSecretRef": {"name": "pve"},
+                            "tls": {"caSecretRef": {"name": "pve-ca", "key": "ca.crt"}}},
+                "netbox": {"url": "https://nb", "tokenSecretRef": {"name": netbox_secret, "key": "token"}, "site": "dc1"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn credential(
+        ns: &str,
+        name: &str,
+        cluster: &str,
+        secret: &str,
+        generation: i64,
+    ) -> NodeSSHCredential {
+        serde_json::from_value(json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "NodeSSHCredential",
+            "metadata": {"name": name, "namespace": ns, "generation": generation},
+            "spec": {"clusterRef": {"name": cluster}, "nodeName": "pve1", "username": "u",
+                     "privateKeySecretRef": {"name": secret, "key": "id_ed25519"},
+                     "hostKeyFingerprint": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}
+        }))
+        .unwrap()
+    }
+
+    fn refs(ns: &str, names: &[&str]) -> Vec<ObjectRef<ProxmoxCluster>> {
+        names.iter().map(|n| cluster_ref(ns, n)).collect()
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent_above_the_interval() {
+        let interval = Duration::from_secs(600);
+        let delays: Vec<Duration> = (0..500).map(|_| next_sync_delay(interval)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= interval && *d <= Duration::from_secs(660))
+        );
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(
+            max > min,
+            "jitter spreads the clusters out: {min:?}..{max:?}"
+        );
+        // Below the minimum the interval is raised first.
+        assert!(
+            (0..100)
+                .map(|_| next_sync_delay(Duration::from_secs(5)))
+                .all(|d| { d >= MIN_INTERVAL && d <= Duration::from_secs(33) })
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_from_15s_and_is_capped_at_the_interval() {
+        let interval = Duration::from_secs(15 * 60);
+        let secs: Vec<u64> = (1..=8)
+            .map(|n| backoff_delay(n, interval).as_secs())
+            .collect();
+        assert_eq!(secs, vec![15, 30, 60, 120, 240, 480, 900, 900]);
+        assert_eq!(backoff_delay(u32::MAX, interval), interval);
+        assert_eq!(
+            backoff_delay(3, Duration::from_secs(45)),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            backoff_delay(1, Duration::from_secs(5)),
+            BACKOFF_BASE,
+            "never below 15 s"
+        );
+        assert_eq!(backoff_delay(0, interval), BACKOFF_BASE);
+    }
+
+    #[test]
+    fn cluster_interval_comes_from_the_spec_or_falls_back_to_the_default() {
+        let mut c = cluster("infra", "lab", "nb");
+        c.spec.sync.interval = "2m".into();
+        assert_eq!(cluster_interval(&c), Duration::from_secs(120));
+        c.spec.sync.interval = "5s".into();
+        assert_eq!(
+            cluster_interval(&c),
+            DEFAULT_INTERVAL,
+            "invalid: spec error + default"
+        );
+        c.spec.sync.interval = "1h".into();
+        assert_eq!(
+            backoff_delay(20, cluster_interval(&c)),
+            Duration::from_secs(3600),
+            "error backoff is capped at the cluster's own interval"
+        );
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_clusters_that_use_it_directly_or_through_credentials() {
+        let clusters = [
+            cluster("infra", "lab", "nb"),
+            cluster("infra", "prod", "nb-prod"),
+            cluster("other", "lab", "nb"),
+        ];
+        let creds = [
+            credential("infra", "c1", "prod", "ssh-key", 1),
+            credential("other", "c2", "lab", "ssh-key", 1),
+        ];
+        let hits = |ns: &str, name: &str| {
+            let mut v: Vec<String> = clusters_for_secret(ns, name, &clusters, &creds)
+                .into_iter()
+                .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(hits("infra", "nb"), vec!["infra/lab"]);
+        assert_eq!(hits("infra", "pve"), vec!["infra/lab", "infra/prod"]);
+        assert_eq!(hits("infra", "pve-ca"), vec!["infra/lab", "infra/prod"]);
+        assert_eq!(hits("infra", "ssh-key"), vec!["infra/prod"]);
+        assert_eq!(hits("other", "ssh-key"), vec!["other/lab"]);
+        assert!(hits("infra", "unrelated").is_empty());
+        assert!(
+            hits("third", "nb").is_empty(),
+            "no cross-namespace references"
+        );
+    }
+
+    #[test]
+    fn credential_events_trigger_old_and_new_clusters_including_deletes() {
+        use watcher::Event as E;
+        let mut t = CredentialTracker::default();
+        let c1 = credential("infra", "c1", "lab", "k", 1);
+        // Initial list: every credential's cluster once.
+        assert!(t.on_event(&E::Init).is_empty());
+        assert_eq!(
+            t.on_event(&E::InitApply(c1.clone())),
+            refs("infra", &["lab"])
+        );
+        assert!(t.on_event(&E::InitDone).is_empty());
+        // Status-only update (same generation): nothing.
+        assert!(t.on_event(&E::Apply(c1.clone())).is_empty());
+        // Spec change: its cluster.
+        let c1_g2 = credential("infra", "c1", "lab", "k2", 2);
+        assert_eq!(t.on_event(&E::Apply(c1_g2)), refs("infra", &["lab"]));
+        // clusterRef change: the new and the old cluster.
+        let moved = credential("infra", "c1", "prod", "k2", 3);
+        assert_eq!(
+            t.on_event(&E::Apply(moved.clone())),
+            refs("infra", &["prod", "lab"])
+        );
+        // Delete: the cluster it belonged to.
+        assert_eq!(t.on_event(&E::Delete(moved)), refs("infra", &["prod"]));
+        // A delete whose object carries a stale clusterRef still reaches the last known one.
+        let c2 = credential("infra", "c2", "lab", "k", 1);
+        t.on_event(&E::Apply(c2.clone()));
+        t.on_event(&E::Apply(credential("infra", "c2", "prod", "k", 2)));
+        assert_eq!(t.on_event(&E::Delete(c2)), refs("infra", &["lab", "prod"]));
+    }
+
+    #[test]
+    fn credentials_gone_while_the_watch_was_down_count_as_deleted_after_a_relist() {
+        use watcher::Event as E;
+        let mut t = CredentialTracker::default();
+        t.on_event(&E::Apply(credential("infra", "a", "lab", "k", 1)));
+        t.on_event(&E::Apply(credential("infra", "b", "prod", "k", 1)));
+        t.on_event(&E::Init);
+        assert!(
+            t.on_event(&E::InitApply(credential("infra", "a", "lab", "k", 1)))
+                .is_empty()
+        );
+        assert_eq!(t.on_event(&E::InitDone), refs("infra", &["prod"]));
+        // b is forgotten: a later re-list without it triggers nothing more.
+        t.on_event(&E::Init);
+        t.on_event(&E::InitApply(credential("infra", "a", "lab", "k", 1)));
+        assert!(t.on_event(&E::InitDone).is_empty());
+    }
+
+    #[test]
+    fn aborted_is_recognised_through_the_finalizer_wrapper() {
+        use kube::runtime::finalizer::Error as F;
+        let wrapped = Error::Finalizer(Box::new(F::ApplyFailed(Error::Aborted)));
+        assert!(wrapped.is_aborted());
+        assert_eq!(wrapped.metric_label(), "Aborted");
+        let cleanup = Error::Finalizer(Box::new(F::CleanupFailed(Error::Cleanup {
+            reason: reasons::NETBOX_FAILED,
+            message: "x".into(),
+        })));
+        assert!(!cleanup.is_aborted());
+        assert_eq!(cleanup.metric_label(), "CleanupFailed");
+        assert_eq!(
+            Error::Finalizer(Box::new(F::UnnamedObject)).metric_label(),
+            "Finalizer"
+        );
+    }
+
+    #[tokio::test]
+    async fn abort_signal_fires_once_triggered_and_never_without_trigger() {
+        let (trigger, signal) = AbortSignal::new();
+        let waiting = tokio::spawn({
+            let s = signal.clone();
+            async move { s.aborted().await }
+        });
+        assert!(!signal.is_aborted());
+        trigger.abort();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        let never = AbortSignal::never();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), never.aborted())
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn api_version_and_rbac_list_use_the_crd_group() {
+        assert_eq!(ProxmoxCluster::group(&()), API_GROUP);
+        assert_eq!(
+            api_version::<ProxmoxCluster>(),
+            "proxmox-netbox.io/v1alpha1"
+        );
+        assert_eq!(
+            api_version::<NodeSSHCredential>(),
+            "proxmox-netbox.io/v1alpha1"
+        );
+        assert!(
+            KUBERNETES_API_CALLS
+                .iter()
+                .any(|c| c.group == API_GROUP && c.resource == "proxmoxclusters/status")
+        );
+    }
+
+    #[test]
+    fn ceph_health_and_storage_series() {
+        assert_eq!(ceph_health_value("HEALTH_OK"), Some(0));
+        assert_eq!(ceph_health_value("HEALTH_WARN"), Some(1));
+        assert_eq!(ceph_health_value("HEALTH_ERR"), Some(2));
+        assert_eq!(ceph_health_value("weird"), None);
+        let pool = |name: &str, node: &str, shared: bool| crate::inventory::StoragePool {
+            name: name.into(),
+            node: node.into(),
+            shared,
+            total_bytes: Some(100),
+            used_bytes: Some(10),
+            ..Default::default()
+        };
+        let inv = Inventory {
+            storage: vec![
+                pool("local", "pve1", false),
+                pool("local", "pve2", false),
+                pool("ceph", "pve1", true),
+                pool("ceph", "pve2", true),
+            ],
+            ..Default::default()
+        };
+        let s = storage_series("infra/lab", &inv);
+        let names: Vec<(String, String)> = s
+            .iter()
+            .map(|(l, _, _)| (l.storage.clone(), l.node.clone()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("local".into(), "pve1".into()),
+                ("local".into(), "pve2".into()),
+                ("ceph".into(), String::new())
+            ]
+        );
+    }
+}

@@ -2,7 +2,7 @@
 
 use crate::conditions::{reasons, types};
 use crate::crd::ProxmoxClusterStatus;
-use crate::status::{NetBoxOutcome, PipelineOutcome};
+use crate::status::{NetBoxOutcome, PipelineOutcome, agent_note_in};
 
 /// Longest Event note; the API server rejects notes over 1 KiB.
 const MAX_NOTE: usize = 1000;
@@ -105,7 +105,28 @@ pub fn events_for(
                 );
             }
         }
-        NetBoxOutcome::NotRun => {}
+        NetBoxOutcome::NotRun | NetBoxOutcome::InProgress => {}
+    }
+    if outcome.inventory.is_some() {
+        let note = |s: Option<&ProxmoxClusterStatus>| {
+            s?.conditions
+                .iter()
+                .find(|c| c.type_ == types::PROXMOX_REACHABLE)
+                .and_then(|c| agent_note_in(&c.message))
+                .map(str::to_string)
+        };
+        match (note(previous), note(Some(new))) {
+            (before, Some(after)) if before.as_ref() != Some(&after) => {
+                warn(reasons::GUEST_AGENT_NOT_RUNNING, after)
+            }
+            (Some(_), None) => out.push(EventSpec {
+                warning: false,
+                reason: reasons::GUEST_AGENTS_RUNNING.into(),
+                note: "the QEMU guest agent answers on every running guest that has it enabled"
+                    .into(),
+            }),
+            _ => {}
+        }
     }
     let before = ready_reason(previous);
     let after = ready_reason(Some(new));
@@ -126,6 +147,29 @@ pub fn events_for(
         });
     }
     out
+}
+
+/// The Event for a change of `spec.sync.suspend`, judged from the previous `Ready`
+/// reason: `Suspended` when the sync becomes suspended, `Resumed` when it no longer is.
+/// Nothing while the state stays the same.
+pub fn suspend_event(
+    previous: Option<&ProxmoxClusterStatus>,
+    suspended: bool,
+) -> Option<EventSpec> {
+    let was_suspended = ready_reason(previous).is_some_and(|(_, r)| r == reasons::SUSPENDED);
+    match (was_suspended, suspended) {
+        (false, true) => Some(EventSpec {
+            warning: false,
+            reason: reasons::SUSPENDED.into(),
+            note: "sync suspended (spec.sync.suspend=true): nothing is read or written".into(),
+        }),
+        (true, false) => Some(EventSpec {
+            warning: false,
+            reason: reasons::RESUMED.into(),
+            note: "sync resumed (spec.sync.suspend=false)".into(),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +231,88 @@ mod tests {
             reasons_seen.contains(&reasons::PARTIAL_SYNC),
             "{reasons_seen:?}"
         );
+    }
+
+    fn with_agent_down(vmids: &[u32]) -> PipelineOutcome {
+        use crate::inventory::{ReadFailure, ReadOutcome, ReadScope};
+        let mut o = done(0, 0);
+        let inv = o.inventory.as_mut().unwrap();
+        for id in vmids {
+            inv.completeness.record(
+                ReadScope::GuestAddresses(*id),
+                ReadOutcome::NotApplicable {
+                    reason: ReadFailure::AgentNotRunning,
+                    message: format!("QEMU guest agent of vm {id} is not running"),
+                },
+            );
+        }
+        o
+    }
+
+    #[test]
+    fn guest_agent_events_only_when_the_set_of_guests_changes() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let o1 = with_agent_down(&[101, 102]);
+        let s1 = build_status(Some(1), None, &o1, now);
+        let ev = events_for(None, &s1, &o1);
+        let agent: Vec<&EventSpec> = ev
+            .iter()
+            .filter(|e| e.reason == reasons::GUEST_AGENT_NOT_RUNNING)
+            .collect();
+        assert_eq!(agent.len(), 1, "{ev:?}");
+        assert!(agent[0].warning);
+        assert!(agent[0].note.contains("on 2 guest(s)"), "{}", agent[0].note);
+        assert!(agent[0].note.contains("101, 102"), "{}", agent[0].note);
+
+        // Same guests again: no new Event.
+        let s2 = build_status(Some(1), Some(&s1), &o1, now);
+        assert!(
+            events_for(Some(&s1), &s2, &o1)
+                .iter()
+                .all(|e| e.reason != reasons::GUEST_AGENT_NOT_RUNNING),
+        );
+
+        // One more guest: a new Event with the new count.
+        let o3 = with_agent_down(&[101, 102, 103]);
+        let s3 = build_status(Some(1), Some(&s2), &o3, now);
+        let ev = events_for(Some(&s2), &s3, &o3);
+        assert!(
+            ev.iter()
+                .any(|e| e.reason == reasons::GUEST_AGENT_NOT_RUNNING
+                    && e.note.contains("on 3 guest(s)")),
+            "{ev:?}"
+        );
+
+        // Every agent answers again: one Normal Event.
+        let o4 = done(0, 0);
+        let s4 = build_status(Some(1), Some(&s3), &o4, now);
+        let ev = events_for(Some(&s3), &s4, &o4);
+        let back: Vec<&EventSpec> = ev
+            .iter()
+            .filter(|e| e.reason == reasons::GUEST_AGENTS_RUNNING)
+            .collect();
+        assert_eq!(back.len(), 1, "{ev:?}");
+        assert!(!back[0].warning);
+    }
+
+    #[test]
+    fn suspend_and_resume_publish_one_event_each_on_change_only() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let running = build_status(Some(1), None, &done(0, 0), now);
+        let ev = suspend_event(Some(&running), true).unwrap();
+        assert_eq!(ev.reason, reasons::SUSPENDED);
+        assert!(!ev.warning);
+        assert_eq!(
+            suspend_event(None, true).unwrap().reason,
+            reasons::SUSPENDED
+        );
+        let suspended = crate::status::suspended_status(Some(2), Some(&running), now);
+        assert_eq!(suspend_event(Some(&suspended), true), None);
+        assert_eq!(
+            suspend_event(Some(&suspended), false).unwrap().reason,
+            reasons::RESUMED
+        );
+        assert_eq!(suspend_event(Some(&running), false), None);
     }
 
     #[test]

@@ -9,6 +9,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 /// Label set naming one ProxmoxCluster.
@@ -38,13 +41,68 @@ pub struct ObjectLabels {
     pub action: String,
 }
 
+/// Label set of NetBox requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `namespace/name`.
+    pub cluster: String,
+    /// `read` or `write`.
+    pub kind: String,
+}
+
 /// Label set of calls to external systems.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
+    /// `namespace/name`.
+    pub cluster: String,
     /// `proxmox`, `netbox` or `ssh`.
     pub system: String,
-    /// `success` or a failure reason.
+    /// `success` or a stable error kind (`Timeout`, `Unauthorized`, `NetBoxUnreachable`,
+    /// a discovery warning code, ...).
     pub outcome: String,
+}
+
+/// Label set of a storage pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorageLabels {
+    /// `namespace/name`.
+    pub cluster: String,
+    /// Storage id (`local-lvm`, `ceph-pool`).
+    pub storage: String,
+    /// Node that reported it; empty for a shared pool (reported once).
+    pub node: String,
+}
+
+/// Gauge series set for each cluster, so a series that disappears (a pool removed, a
+/// kind no longer synced, a deleted cluster) is removed instead of going stale.
+#[derive(Default)]
+struct Tracked {
+    objects: HashMap<String, Vec<ObjectLabels>>,
+    inventory: HashMap<String, Vec<ObjectLabels>>,
+    storage_capacity: HashMap<String, Vec<StorageLabels>>,
+    storage_used: HashMap<String, Vec<StorageLabels>>,
+    guest_addresses: HashMap<String, Vec<ErrorLabels>>,
+}
+
+fn replace_series<L>(
+    family: &Family<L, Gauge>,
+    tracked: &mut HashMap<String, Vec<L>>,
+    cluster: &str,
+    values: Vec<(L, i64)>,
+) where
+    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let old = tracked.remove(cluster).unwrap_or_default();
+    for l in old {
+        if !values.iter().any(|(n, _)| *n == l) {
+            family.remove(&l);
+        }
+    }
+    let labels = values.iter().map(|(l, _)| l.clone()).collect();
+    for (l, v) in values {
+        family.get_or_create(&l).set(v);
+    }
+    tracked.insert(cluster.to_string(), labels);
 }
 
 /// All metrics of the operator.
@@ -59,10 +117,21 @@ pub struct Metrics {
     pub last_success_timestamp: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     /// NetBox objects by kind and action in the last sync.
     pub objects: Family<ObjectLabels, Gauge>,
-    /// Calls to external systems by outcome.
-    pub external_calls: Family<CallLabels, Counter>,
+    /// NetBox requests made by syncs, per cluster, reads and writes apart.
+    pub netbox_requests: Family<RequestLabels, Counter>,
     /// Inventory counts from the last read, per cluster and kind.
     pub inventory: Family<ObjectLabels, Gauge>,
+    /// Calls to Proxmox, NetBox and SSH by outcome.
+    pub external_calls: Family<CallLabels, Counter>,
+    /// Capacity of each storage pool in bytes, from the last read.
+    pub storage_capacity: Family<StorageLabels, Gauge>,
+    /// Used bytes of each storage pool, from the last read.
+    pub storage_used: Family<StorageLabels, Gauge>,
+    /// Ceph health from the last read: 0 `HEALTH_OK`, 1 `HEALTH_WARN`, 2 `HEALTH_ERR`.
+    pub ceph_health: Family<ClusterLabels, Gauge>,
+    /// Guests whose runtime addresses were not read in the last pass, by reason.
+    pub guest_addresses_unread: Family<ErrorLabels, Gauge>,
+    tracked: Mutex<Tracked>,
 }
 
 impl Metrics {
@@ -76,8 +145,14 @@ impl Metrics {
             }),
             last_success_timestamp: Family::default(),
             objects: Family::default(),
-            external_calls: Family::default(),
+            netbox_requests: Family::default(),
             inventory: Family::default(),
+            external_calls: Family::default(),
+            storage_capacity: Family::default(),
+            storage_used: Family::default(),
+            ceph_health: Family::default(),
+            guest_addresses_unread: Family::default(),
+            tracked: Mutex::new(Tracked::default()),
         };
         let r = registry.sub_registry_with_prefix("proxmox_netbox");
         r.register(
@@ -106,16 +181,114 @@ impl Metrics {
             metrics.objects.clone(),
         );
         r.register(
-            "external_calls",
-            "Calls to Proxmox, NetBox and SSH by outcome",
-            metrics.external_calls.clone(),
+            "netbox_requests",
+            "NetBox requests made by syncs (kind is 'read' or 'write')",
+            metrics.netbox_requests.clone(),
         );
         r.register(
             "inventory_objects",
             "Inventory counts from the last Proxmox read (action label is 'read')",
             metrics.inventory.clone(),
         );
+        r.register(
+            "external_calls",
+            "Calls to Proxmox (API requests), NetBox (API operations) and SSH (node discoveries) by outcome",
+            metrics.external_calls.clone(),
+        );
+        r.register(
+            "storage_capacity_bytes",
+            "Capacity of each Proxmox storage pool from the last read",
+            metrics.storage_capacity.clone(),
+        );
+        r.register(
+            "storage_used_bytes",
+            "Used bytes of each Proxmox storage pool from the last read",
+            metrics.storage_used.clone(),
+        );
+        r.register(
+            "ceph_health",
+            "Ceph health from the last read: 0 HEALTH_OK, 1 HEALTH_WARN, 2 HEALTH_ERR",
+            metrics.ceph_health.clone(),
+        );
+        r.register(
+            "guest_addresses_unread",
+            "Guests whose runtime addresses were not read in the last pass, by reason",
+            metrics.guest_addresses_unread.clone(),
+        );
         metrics
+    }
+
+    fn tracked(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the NetBox object gauges of `cluster`, removing series not in `values`.
+    pub fn set_objects(&self, cluster: &str, values: Vec<(ObjectLabels, i64)>) {
+        replace_series(&self.objects, &mut self.tracked().objects, cluster, values);
+    }
+
+    /// Sets the inventory gauges of `cluster`, removing series not in `values`.
+    pub fn set_inventory(&self, cluster: &str, values: Vec<(ObjectLabels, i64)>) {
+        replace_series(
+            &self.inventory,
+            &mut self.tracked().inventory,
+            cluster,
+            values,
+        );
+    }
+
+    /// Sets the storage gauges of `cluster`: (labels, capacity, used) per pool.
+    pub fn set_storage(
+        &self,
+        cluster: &str,
+        pools: Vec<(StorageLabels, Option<i64>, Option<i64>)>,
+    ) {
+        let mut t = self.tracked();
+        let capacity = pools
+            .iter()
+            .filter_map(|(l, c, _)| c.map(|c| (l.clone(), c)))
+            .collect();
+        let used = pools
+            .iter()
+            .filter_map(|(l, _, u)| u.map(|u| (l.clone(), u)))
+            .collect();
+        replace_series(
+            &self.storage_capacity,
+            &mut t.storage_capacity,
+            cluster,
+            capacity,
+        );
+        replace_series(&self.storage_used, &mut t.storage_used, cluster, used);
+    }
+
+    /// Sets the guest-address gauges of `cluster`, removing series not in `values`.
+    pub fn set_guest_addresses_unread(&self, cluster: &str, values: Vec<(ErrorLabels, i64)>) {
+        replace_series(
+            &self.guest_addresses_unread,
+            &mut self.tracked().guest_addresses,
+            cluster,
+            values,
+        );
+    }
+
+    /// Removes every gauge series of a cluster that is gone (counters stay: they are
+    /// cumulative and Prometheus handles their end).
+    pub fn forget_cluster(&self, cluster: &str) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.last_success_timestamp.remove(&labels);
+        self.ceph_health.remove(&labels);
+        self.set_objects(cluster, Vec::new());
+        self.set_inventory(cluster, Vec::new());
+        self.set_storage(cluster, Vec::new());
+        self.set_guest_addresses_unread(cluster, Vec::new());
+        let mut t = self.tracked();
+        t.objects.remove(cluster);
+        t.inventory.remove(cluster);
+        t.storage_capacity.remove(cluster);
+        t.storage_used.remove(cluster);
+        t.guest_addresses.remove(cluster);
     }
 }
 
@@ -145,6 +318,48 @@ mod tests {
         assert!(
             text.contains(r#"proxmox_netbox_reconcile_errors_total{cluster="infra/lab",reason="PartialRead"} 1"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn gauge_series_that_disappear_are_removed_and_forget_clears_a_cluster() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let pool = |name: &str| StorageLabels {
+            cluster: "infra/lab".into(),
+            storage: name.into(),
+            node: "pve1".into(),
+        };
+        m.set_storage(
+            "infra/lab",
+            vec![
+                (pool("local"), Some(100), Some(40)),
+                (pool("old"), Some(10), None),
+            ],
+        );
+        m.set_storage("other/x", vec![(pool("keep"), Some(1), Some(1))]);
+        let text = render(&registry);
+        assert!(text.contains(r#"proxmox_netbox_storage_capacity_bytes{cluster="infra/lab",storage="old",node="pve1"} 10"#), "{text}");
+        assert!(
+            !text.contains(r#"storage_used_bytes{cluster="infra/lab",storage="old""#),
+            "{text}"
+        );
+        m.set_storage("infra/lab", vec![(pool("local"), Some(100), Some(50))]);
+        let text = render(&registry);
+        assert!(!text.contains(r#"storage="old""#), "{text}");
+        assert!(text.contains(r#"proxmox_netbox_storage_used_bytes{cluster="infra/lab",storage="local",node="pve1"} 50"#), "{text}");
+        m.ceph_health
+            .get_or_create(&ClusterLabels {
+                cluster: "infra/lab".into(),
+            })
+            .set(1);
+        m.forget_cluster("infra/lab");
+        let text = render(&registry);
+        assert!(!text.contains(r#"storage="local""#), "{text}");
+        assert!(!text.contains(r#"proxmox_netbox_ceph_health{"#), "{text}");
+        assert!(
+            text.contains(r#"storage="keep""#),
+            "another cluster's series stay: {text}"
         );
     }
 }

@@ -37,6 +37,15 @@ pub enum SecretError {
         /// Key.
         key: String,
     },
+    /// The API server refused to hand the Secret out (403): the operator's RBAC does not
+    /// allow reading it. Whether it exists is unknown.
+    #[error(
+        "the operator is not allowed to read Secret {name:?} (403 Forbidden): check its RBAC (get on secrets in this namespace)"
+    )]
+    Forbidden {
+        /// Secret name.
+        name: String,
+    },
     /// Reading failed for another reason.
     #[error("cannot read Secret {name:?}: {message}")]
     Unreadable {
@@ -55,7 +64,9 @@ impl SecretError {
             Self::KeyMissing { .. } | Self::NotText { .. } => {
                 crate::conditions::reasons::SECRET_KEY_MISSING
             }
-            Self::Unreadable { .. } => crate::conditions::reasons::SECRET_NOT_FOUND,
+            Self::Forbidden { .. } | Self::Unreadable { .. } => {
+                crate::conditions::reasons::SECRET_UNREADABLE
+            }
         }
     }
 }
@@ -110,10 +121,7 @@ impl SecretSource for KubeSecrets {
                 .api
                 .get_opt(name)
                 .await
-                .map_err(|e| SecretError::Unreadable {
-                    name: name.into(),
-                    message: kube_error_summary(&e),
-                })?
+                .map_err(|e| secret_read_error(name, &e))?
                 .ok_or_else(|| SecretError::NotFound { name: name.into() })?;
             let bytes = secret
                 .data
@@ -141,11 +149,23 @@ impl SecretSource for KubeSecrets {
     }
 }
 
-/// A short description of a Kubernetes API error without response bodies.
-fn kube_error_summary(e: &kube::Error) -> String {
-    match e {
+/// The error for a failed Secret read. Only the status reason and code, or a fixed
+/// category, are kept: a decode error could quote the response, which holds the data.
+fn secret_read_error(name: &str, e: &kube::Error) -> SecretError {
+    let message = match e {
+        kube::Error::Api(s) if s.code == 403 => {
+            return SecretError::Forbidden { name: name.into() };
+        }
         kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
-        other => other.to_string(),
+        kube::Error::SerdeError(_) => "the API server's answer could not be decoded".into(),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            "the API server could not be reached".into()
+        }
+        _ => "the request to the API server failed".into(),
+    };
+    SecretError::Unreadable {
+        name: name.into(),
+        message,
     }
 }
 
@@ -245,6 +265,45 @@ mod tests {
             SecretError::NotFound {
                 name: "nope".into()
             }
+        );
+    }
+
+    #[test]
+    fn forbidden_and_other_read_errors_are_not_reported_as_not_found() {
+        let status = |code: u16, reason: &str| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.into(),
+                message: "secrets \"nb\" is forbidden: User cannot get resource".into(),
+                ..Default::default()
+            }))
+        };
+        let forbidden = secret_read_error("nb", &status(403, "Forbidden"));
+        assert_eq!(forbidden, SecretError::Forbidden { name: "nb".into() });
+        assert_eq!(
+            forbidden.metric_label(),
+            crate::conditions::reasons::SECRET_UNREADABLE
+        );
+        assert!(forbidden.to_string().contains("403"), "{forbidden}");
+        let other = secret_read_error("nb", &status(500, "InternalError"));
+        assert_eq!(
+            other.metric_label(),
+            crate::conditions::reasons::SECRET_UNREADABLE
+        );
+        assert_eq!(
+            other.to_string(),
+            "cannot read Secret \"nb\": InternalError (500)"
+        );
+        let decode = secret_read_error(
+            "nb",
+            &kube::Error::SerdeError(
+                serde_json::from_str::<u8>("\"hunter2-secret-value\"").unwrap_err(),
+            ),
+        );
+        assert!(!decode.to_string().contains("hunter2"), "{decode}");
+        assert_eq!(
+            SecretError::NotFound { name: "nb".into() }.metric_label(),
+            crate::conditions::reasons::SECRET_NOT_FOUND
         );
     }
 

@@ -2,6 +2,8 @@
 //!
 //! No I/O and no clock: the caller passes `now`, so every rule here is tested directly.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -11,7 +13,8 @@ use crate::crd::{
     ReadFailureEntry, StorageStatusEntry, SyncSummary,
 };
 use crate::hardware::facts::NodeHardware;
-use crate::inventory::{Inventory, ReadOutcome, ReadScope};
+use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
+use crate::netbox::report::KindCounts;
 
 /// At most this many read failures are listed in the status.
 pub const MAX_READ_FAILURES: usize = 50;
@@ -48,10 +51,59 @@ pub enum NetBoxOutcome {
     /// Not run, because an earlier stage failed.
     #[default]
     NotRun,
+    /// Proxmox was read (and hardware discovered) and the sync has not finished yet: the
+    /// state of the status written between the two stages (see [`observed_status`]).
+    InProgress,
     /// NetBox could not be used at all (bootstrap or reads failed).
     Failed(StageError),
     /// The sync ran (possibly with failed objects, see the summary).
     Done(SyncSummary),
+}
+
+/// External systems the pipeline calls (the `system` label of the call metric).
+pub mod systems {
+    /// The Proxmox VE API.
+    pub const PROXMOX: &str = "proxmox";
+    /// The NetBox REST API.
+    pub const NETBOX: &str = "netbox";
+    /// SSH to a node (one per node discovery).
+    pub const SSH: &str = "ssh";
+}
+
+/// Outcome label of a call that succeeded.
+pub const CALL_SUCCESS: &str = "success";
+
+/// Calls made to external systems during one run, by system and outcome (`success` or a
+/// stable error kind such as `Timeout`, `Unauthorized`, `NetBoxUnreachable`, or a
+/// discovery warning code).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalCalls(pub BTreeMap<(String, String), u64>);
+
+impl ExternalCalls {
+    /// Adds `n` calls to `system` with `outcome`.
+    pub fn add(&mut self, system: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            *self
+                .0
+                .entry((system.to_string(), outcome.to_string()))
+                .or_insert(0) += n;
+        }
+    }
+
+    /// Calls to `system` with `outcome`.
+    pub fn get(&self, system: &str, outcome: &str) -> u64 {
+        self.0
+            .get(&(system.to_string(), outcome.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &ExternalCalls) {
+        for ((system, outcome), n) in &other.0 {
+            self.add(system, outcome, *n);
+        }
+    }
 }
 
 /// Everything one pipeline run produced; the input of [`build_status`].
@@ -71,6 +123,10 @@ pub struct PipelineOutcome {
     pub netbox: NetBoxOutcome,
     /// True when the sync ran in dry-run mode.
     pub dry_run: bool,
+    /// NetBox counts per object kind (`dcim.device`, ...), when the sync ran.
+    pub netbox_kinds: BTreeMap<String, KindCounts>,
+    /// Calls made to Proxmox, NetBox and over SSH, by outcome.
+    pub calls: ExternalCalls,
 }
 
 impl PipelineOutcome {
@@ -100,7 +156,61 @@ pub fn scope_name(scope: &ReadScope) -> String {
         ReadScope::GuestConfig(id) => format!("guest {id} config"),
         ReadScope::GuestAddresses(id) => format!("guest {id} addresses"),
         ReadScope::Ceph => "ceph".into(),
+        ReadScope::HaResources => "HA resources".into(),
     }
+}
+
+/// Guests whose runtime addresses (QEMU guest agent, LXC interfaces) were not read in
+/// this pass, by reason: `AgentNotRunning`, `AgentDisabled`, `GuestNotRunning` (stopped
+/// guests and templates) or the reason of a failed read. Each guest appears once.
+pub fn guest_address_gaps(inv: &Inventory) -> BTreeMap<&'static str, Vec<u32>> {
+    let mut out: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
+    for part in &inv.completeness.parts {
+        let ReadScope::GuestAddresses(vmid) = part.scope else {
+            continue;
+        };
+        let reason = match &part.outcome {
+            ReadOutcome::Complete => continue,
+            ReadOutcome::NotApplicable { reason, .. } | ReadOutcome::Failed { reason, .. } => {
+                reason.as_str()
+            }
+        };
+        let ids = out.entry(reason).or_default();
+        if !ids.contains(&vmid) {
+            ids.push(vmid);
+        }
+    }
+    for ids in out.values_mut() {
+        ids.sort_unstable();
+    }
+    out
+}
+
+/// Start of the part of the `ProxmoxReachable` message about guest agents that do not
+/// answer; Events compare this part between two passes.
+pub const AGENT_NOTE_PREFIX: &str = "QEMU guest agent not running on ";
+
+/// The note about running guests whose agent did not answer, if any: their addresses
+/// come from the configuration only.
+pub fn agent_note(inv: &Inventory) -> Option<String> {
+    let gaps = guest_address_gaps(inv);
+    let ids = gaps.get(ReadFailure::AgentNotRunning.as_str())?;
+    let shown: Vec<String> = ids.iter().take(10).map(u32::to_string).collect();
+    let more = ids.len().saturating_sub(shown.len());
+    let mut note = format!(
+        "{AGENT_NOTE_PREFIX}{} guest(s), addresses from their configuration only: {}",
+        ids.len(),
+        shown.join(", ")
+    );
+    if more > 0 {
+        note.push_str(&format!(" and {more} more"));
+    }
+    Some(note)
+}
+
+/// The agent note inside a `ProxmoxReachable` message, if any.
+pub fn agent_note_in(message: &str) -> Option<&str> {
+    message.find(AGENT_NOTE_PREFIX).map(|i| &message[i..])
 }
 
 /// Formats a time as RFC 3339 with second precision, the form used in the status.
@@ -258,9 +368,25 @@ fn condition(
     message: String,
     generation: Option<i64>,
 ) -> Condition {
+    condition_with(
+        type_,
+        if ok { "True" } else { "False" },
+        reason,
+        message,
+        generation,
+    )
+}
+
+fn condition_with(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
+        status: status.into(),
         reason: reason.into(),
         message,
         observed_generation: generation,
@@ -283,6 +409,13 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             false,
             reasons::NOT_RUN,
             "configuration is invalid".into(),
+        ));
+        out.push(condition_with(
+            types::HARDWARE_DISCOVERED,
+            "Unknown",
+            reasons::NOT_RUN,
+            "configuration is invalid: hardware discovery did not run".into(),
+            generation,
         ));
         out.push(cond(
             types::NETBOX_SYNCED,
@@ -319,6 +452,10 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
         }
         m
     });
+    let with_agent_note = |m: String| match outcome.inventory.as_ref().and_then(agent_note) {
+        Some(note) => format!("{m}; {note}"),
+        None => m,
+    };
     match (&outcome.proxmox_error, &partial_read_message) {
         (Some(err), _) => out.push(cond(
             types::PROXMOX_REACHABLE,
@@ -330,13 +467,13 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             types::PROXMOX_REACHABLE,
             true,
             reasons::PARTIAL_READ,
-            m.clone(),
+            with_agent_note(m.clone()),
         )),
         (None, None) => out.push(cond(
             types::PROXMOX_REACHABLE,
             true,
             reasons::READ_COMPLETE,
-            "every part of the Proxmox VE API was read".into(),
+            with_agent_note("every part of the Proxmox VE API was read".into()),
         )),
     }
 
@@ -381,11 +518,17 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
     }
 
     // NetBoxSynced
+    let in_progress = matches!(outcome.netbox, NetBoxOutcome::InProgress);
     let (synced_ok, synced_reason, synced_message) = match &outcome.netbox {
         NetBoxOutcome::NotRun => (
             false,
             reasons::NOT_RUN,
             "the NetBox sync did not run because the Proxmox read failed".to_string(),
+        ),
+        NetBoxOutcome::InProgress => (
+            false,
+            reasons::RECONCILING,
+            "Proxmox was read; the NetBox sync is in progress".to_string(),
         ),
         NetBoxOutcome::Failed(err) => (false, err.reason, err.message.clone()),
         NetBoxOutcome::Done(s) => {
@@ -418,11 +561,16 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             }
         }
     };
-    out.push(cond(
+    out.push(condition_with(
         types::NETBOX_SYNCED,
-        synced_ok,
+        match (in_progress, synced_ok) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        },
         synced_reason,
         synced_message.clone(),
+        generation,
     ));
 
     // Degraded: anything that worked only partly.
@@ -483,6 +631,14 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
         .filter(|w| w.reason == reasons::MISSING_PRIVILEGES)
     {
         cond(types::READY, false, w.reason, w.message.clone())
+    } else if in_progress {
+        condition_with(
+            types::READY,
+            "Unknown",
+            reasons::RECONCILING,
+            synced_message,
+            generation,
+        )
     } else {
         cond(types::READY, synced_ok, synced_reason, synced_message)
     };
@@ -524,6 +680,15 @@ fn without_timestamps(s: &ProxmoxClusterStatus) -> ProxmoxClusterStatus {
     s
 }
 
+/// Whether anything but timestamps differs between the two statuses (a timestamp that
+/// appears or disappears counts as a difference).
+pub fn differs(previous: Option<&ProxmoxClusterStatus>, new: &ProxmoxClusterStatus) -> bool {
+    let Some(prev) = previous else { return true };
+    without_timestamps(prev) != without_timestamps(new)
+        || prev.last_successful_sync_time.is_none() != new.last_successful_sync_time.is_none()
+        || prev.last_sync_time.is_none() != new.last_sync_time.is_none()
+}
+
 /// Whether the new status must be written: anything but timestamps changed, or the
 /// previous `lastSyncTime` is older than [`STATUS_HEARTBEAT`].
 pub fn needs_write(
@@ -532,10 +697,7 @@ pub fn needs_write(
     now: DateTime<Utc>,
 ) -> bool {
     let Some(prev) = previous else { return true };
-    if without_timestamps(prev) != without_timestamps(new) {
-        return true;
-    }
-    if prev.last_successful_sync_time.is_none() != new.last_successful_sync_time.is_none() {
+    if differs(Some(prev), new) {
         return true;
     }
     match prev
@@ -546,6 +708,56 @@ pub fn needs_write(
         Some(last) => now.signed_duration_since(last.with_timezone(&Utc)) >= STATUS_HEARTBEAT,
         None => true,
     }
+}
+
+/// The status written between the observe stages and the NetBox sync (`outcome.netbox`
+/// is [`NetBoxOutcome::InProgress`]): this pass's per-node facts and warnings, inventory
+/// summary, read failures, storage, Ceph, `ProxmoxReachable` and `HardwareDiscovered`.
+///
+/// What describes a *completed* pass is left as it was: `observedGeneration`,
+/// `lastSyncTime`, `lastSuccessfulSyncTime`, `sync` and `lastResyncRequest`. For `Ready`,
+/// `NetBoxSynced` and `Degraded`:
+///
+/// - same generation as the last completed pass (periodic resync, Secret change, resync
+///   annotation): the three are carried over unchanged, so `Ready` does not flap every
+///   interval and a quiet pass writes nothing;
+/// - new generation, or no completed pass yet: `NetBoxSynced=Unknown` and, unless the
+///   Proxmox read already decides it (`PartialRead`, `MissingPrivileges`: `False`),
+///   `Ready=Unknown`, both with reason `Reconciling`; `Degraded` from what is known so far.
+///
+/// Either way `observedGeneration` still names the previous generation (or is absent),
+/// so kstatus, Argo CD and Flux see the resource as in progress until the final write.
+pub fn observed_status(
+    generation: Option<i64>,
+    previous: Option<&ProxmoxClusterStatus>,
+    outcome: &PipelineOutcome,
+    now: DateTime<Utc>,
+) -> ProxmoxClusterStatus {
+    let mut outcome = outcome.clone();
+    outcome.netbox = NetBoxOutcome::InProgress;
+    let mut status = build_status(generation, previous, &outcome, now);
+    let Some(prev) = previous else {
+        status.observed_generation = None;
+        status.last_sync_time = None;
+        return status;
+    };
+    status.observed_generation = prev.observed_generation;
+    status.last_sync_time = prev.last_sync_time.clone();
+    status.last_successful_sync_time = prev.last_successful_sync_time.clone();
+    status.last_resync_request = prev.last_resync_request.clone();
+    status.sync = prev.sync.clone();
+    if prev.observed_generation.is_some() && prev.observed_generation == generation {
+        for t in [types::READY, types::NETBOX_SYNCED, types::DEGRADED] {
+            let Some(old) = prev.conditions.iter().find(|c| c.type_ == t) else {
+                continue;
+            };
+            match status.conditions.iter_mut().find(|c| c.type_ == t) {
+                Some(c) => *c = old.clone(),
+                None => status.conditions.push(old.clone()),
+            }
+        }
+    }
+    status
 }
 
 /// The status shown while `spec.sync.suspend` is true: every other field is kept.
@@ -572,6 +784,429 @@ pub fn suspended_status(
         c.observed_generation = generation;
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SyncSummary;
+    use crate::inventory::Node;
+    use chrono::TimeZone;
+
+    /// The injected clock: a fixed start plus minutes.
+    fn at(minutes: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap() + chrono::TimeDelta::minutes(minutes)
+    }
+
+    fn cond<'a>(s: &'a ProxmoxClusterStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} in {:?}", s.conditions))
+    }
+
+    fn synced(created: i64) -> PipelineOutcome {
+        PipelineOutcome {
+            inventory: Some(tests_support::complete_inventory()),
+            netbox: NetBoxOutcome::Done(SyncSummary {
+                mode: "Sync".into(),
+                created,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn err(reason: &'static str, message: &str) -> StageError {
+        StageError {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn successful_pass_is_ready_with_timestamps_counts_and_generation() {
+        let s = build_status(Some(4), None, &synced(3), at(0));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(s.last_sync_time.as_deref(), Some("2026-11-22T12:00:00Z"));
+        assert_eq!(s.last_successful_sync_time, s.last_sync_time);
+        let ready = cond(&s, types::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", reasons::SYNCED)
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(ready.last_transition_time, time_from_chrono(&at(0)));
+        assert_eq!(cond(&s, types::DEGRADED).status, "False");
+        assert_eq!(s.summary.as_ref().unwrap().nodes, 1);
+        assert_eq!(s.sync.as_ref().unwrap().created, 3);
+        assert_eq!(s.nodes[0].name, "pve1");
+        let types_: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types_,
+            vec![
+                types::READY,
+                types::PROXMOX_REACHABLE,
+                types::HARDWARE_DISCOVERED,
+                types::NETBOX_SYNCED,
+                types::DEGRADED
+            ]
+        );
+    }
+
+    #[test]
+    fn needs_write_ignores_timestamps_until_the_heartbeat() {
+        let first = build_status(Some(1), None, &synced(0), at(0));
+        assert!(needs_write(None, &first, at(0)));
+        let again = build_status(Some(1), Some(&first), &synced(0), at(10));
+        assert_ne!(first.last_sync_time, again.last_sync_time);
+        assert!(!differs(Some(&first), &again));
+        assert!(
+            !needs_write(Some(&first), &again, at(10)),
+            "only timestamps changed"
+        );
+        // An hour after the last written lastSyncTime it is rewritten anyway.
+        let later = build_status(Some(1), Some(&first), &synced(0), at(60));
+        assert!(needs_write(Some(&first), &later, at(60)));
+        assert!(!needs_write(Some(&first), &later, at(59)));
+        // Any real change is written at once.
+        let changed = build_status(Some(1), Some(&first), &synced(2), at(1));
+        assert!(needs_write(Some(&first), &changed, at(1)));
+        let new_gen = build_status(Some(2), Some(&first), &synced(0), at(1));
+        assert!(needs_write(Some(&first), &new_gen, at(1)));
+    }
+
+    #[test]
+    fn transition_time_is_carried_over_while_the_status_stays_and_reset_on_change() {
+        let s1 = build_status(Some(1), None, &synced(0), at(0));
+        let s2 = build_status(Some(1), Some(&s1), &synced(0), at(30));
+        assert_eq!(
+            cond(&s2, types::READY).last_transition_time,
+            time_from_chrono(&at(0)),
+            "True -> True keeps the time"
+        );
+        let failed = PipelineOutcome {
+            proxmox_error: Some(err(reasons::PROXMOX_UNREACHABLE, "cannot connect")),
+            ..Default::default()
+        };
+        let s3 = build_status(Some(1), Some(&s2), &failed, at(45));
+        let ready = cond(&s3, types::READY);
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.last_transition_time, time_from_chrono(&at(45)));
+        // A reason change alone is not a transition.
+        let s4 = build_status(
+            Some(1),
+            Some(&s3),
+            &PipelineOutcome {
+                proxmox_error: Some(err(reasons::PROXMOX_UNAUTHORIZED, "401")),
+                ..Default::default()
+            },
+            at(50),
+        );
+        assert_eq!(
+            cond(&s4, types::READY).reason,
+            reasons::PROXMOX_UNAUTHORIZED
+        );
+        assert_eq!(
+            cond(&s4, types::READY).last_transition_time,
+            time_from_chrono(&at(45))
+        );
+        // The failed pass keeps the last success time and the data of the last read.
+        assert_eq!(
+            s4.last_successful_sync_time.as_deref(),
+            Some("2026-11-22T12:30:00Z")
+        );
+        assert_eq!(s4.summary, s1.summary);
+        assert_eq!(s4.nodes.len(), 1);
+    }
+
+    #[test]
+    fn reasons_follow_the_first_failed_stage() {
+        let ready = |o: &PipelineOutcome| {
+            let s = build_status(Some(1), None, o, at(0));
+            let r = cond(&s, types::READY);
+            (r.status.clone(), r.reason.clone())
+        };
+        let config = PipelineOutcome {
+            config_error: Some(err(
+                reasons::SECRET_UNREADABLE,
+                "spec.netbox.tokenSecretRef: 403",
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            ready(&config),
+            ("False".into(), reasons::SECRET_UNREADABLE.into())
+        );
+        let s = build_status(Some(1), None, &config, at(0));
+        let hw = cond(&s, types::HARDWARE_DISCOVERED);
+        assert_eq!(
+            (hw.status.as_str(), hw.reason.as_str()),
+            ("Unknown", reasons::NOT_RUN)
+        );
+        assert_eq!(cond(&s, types::NETBOX_SYNCED).reason, reasons::NOT_RUN);
+        assert_eq!(cond(&s, types::DEGRADED).status, "True");
+        assert_eq!(
+            s.conditions.len(),
+            5,
+            "no condition is dropped on a config error"
+        );
+
+        let mut partial = synced(0);
+        partial.inventory.as_mut().unwrap().completeness.record(
+            ReadScope::NodeDisks("pve1".into()),
+            ReadOutcome::Failed {
+                reason: ReadFailure::Forbidden,
+                message: "403".into(),
+            },
+        );
+        assert_eq!(
+            ready(&partial),
+            ("False".into(), reasons::PARTIAL_READ.into())
+        );
+        let s = build_status(Some(1), None, &partial, at(0));
+        assert_eq!(s.read_failures.len(), 1);
+        assert_eq!(s.read_failures[0].scope, "node pve1 disks");
+        assert!(s.last_successful_sync_time.is_none());
+
+        let mut missing = synced(0);
+        missing.permission_warning = Some(err(reasons::MISSING_PRIVILEGES, "lacks VM.Audit"));
+        assert_eq!(
+            ready(&missing),
+            ("False".into(), reasons::MISSING_PRIVILEGES.into())
+        );
+        let mut excess = synced(0);
+        excess.permission_warning = Some(err(reasons::EXCESS_PRIVILEGES, "VM.Allocate"));
+        assert_eq!(ready(&excess), ("True".into(), reasons::SYNCED.into()));
+        let s = build_status(Some(1), None, &excess, at(0));
+        assert_eq!(cond(&s, types::DEGRADED).reason, reasons::EXCESS_PRIVILEGES);
+
+        let mut dry = synced(4);
+        dry.dry_run = true;
+        assert_eq!(ready(&dry), ("True".into(), reasons::DRY_RUN.into()));
+
+        let failed_objects = PipelineOutcome {
+            netbox: NetBoxOutcome::Done(SyncSummary {
+                failed: 1,
+                errors: vec!["vm 101: name too long".into()],
+                ..Default::default()
+            }),
+            ..synced(0)
+        };
+        assert_eq!(
+            ready(&failed_objects),
+            ("False".into(), reasons::PARTIAL_SYNC.into())
+        );
+        let collisions = PipelineOutcome {
+            netbox: NetBoxOutcome::Done(SyncSummary {
+                collisions: 2,
+                ..Default::default()
+            }),
+            ..synced(0)
+        };
+        assert_eq!(ready(&collisions), ("True".into(), reasons::SYNCED.into()));
+        let s = build_status(Some(1), None, &collisions, at(0));
+        assert_eq!(cond(&s, types::DEGRADED).reason, reasons::COLLISIONS);
+        let nb_failed = PipelineOutcome {
+            netbox: NetBoxOutcome::Failed(err(reasons::NETBOX_FAILED, "no answer")),
+            ..synced(0)
+        };
+        assert_eq!(
+            ready(&nb_failed),
+            ("False".into(), reasons::NETBOX_FAILED.into())
+        );
+    }
+
+    #[test]
+    fn suspended_status_keeps_everything_but_ready() {
+        let s1 = build_status(Some(1), None, &synced(2), at(0));
+        let s = suspended_status(Some(2), Some(&s1), at(5));
+        let ready = cond(&s, types::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::SUSPENDED)
+        );
+        assert_eq!(ready.last_transition_time, time_from_chrono(&at(5)));
+        assert_eq!(s.observed_generation, Some(2));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2))
+        );
+        assert_eq!(s.sync, s1.sync);
+        assert_eq!(s.nodes, s1.nodes);
+        assert_eq!(s.last_sync_time, s1.last_sync_time);
+        assert_eq!(
+            cond(&s, types::NETBOX_SYNCED).last_transition_time,
+            cond(&s1, types::NETBOX_SYNCED).last_transition_time
+        );
+        // Suspended again later: only timestamps could change, nothing to write.
+        let again = suspended_status(Some(2), Some(&s), at(10));
+        assert!(!needs_write(Some(&s), &again, at(10)));
+        assert_eq!(suspended_status(Some(1), None, at(0)).conditions.len(), 1);
+    }
+
+    fn observed(o: &PipelineOutcome) -> PipelineOutcome {
+        PipelineOutcome {
+            netbox: NetBoxOutcome::InProgress,
+            ..o.clone()
+        }
+    }
+
+    #[test]
+    fn first_intermediate_status_has_facts_and_says_reconciling() {
+        let mut o = synced(0);
+        o.discovery = Some(vec![NodeDiscovery {
+            node: "pve1".into(),
+            address: Some("10.0.0.1".into()),
+            hardware: None,
+            warning: Some(NodeWarning {
+                code: "Timeout".into(),
+                message: "connect timed out".into(),
+            }),
+        }]);
+        let s = observed_status(Some(1), None, &observed(&o), at(0));
+        assert_eq!(s.observed_generation, None, "no pass completed yet");
+        assert!(s.last_sync_time.is_none());
+        assert!(s.sync.is_none());
+        assert_eq!(s.nodes[0].warning.as_ref().unwrap().code, "Timeout");
+        assert_eq!(s.summary.as_ref().unwrap().nodes, 1);
+        for t in [types::READY, types::NETBOX_SYNCED] {
+            let c = cond(&s, t);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("Unknown", reasons::RECONCILING),
+                "{t}"
+            );
+            assert_eq!(c.observed_generation, Some(1));
+        }
+        assert_eq!(
+            cond(&s, types::HARDWARE_DISCOVERED).reason,
+            reasons::DISCOVERY_WARNINGS
+        );
+        assert_eq!(cond(&s, types::PROXMOX_REACHABLE).status, "True");
+        // The final status after it: Ready True, generation observed.
+        let f = build_status(Some(1), Some(&s), &o, at(1));
+        assert_eq!(cond(&f, types::READY).status, "True");
+        assert_eq!(f.observed_generation, Some(1));
+        assert_eq!(
+            cond(&f, types::READY).last_transition_time,
+            time_from_chrono(&at(1))
+        );
+    }
+
+    #[test]
+    fn intermediate_status_of_a_resync_keeps_the_last_verdict_and_writes_nothing_when_quiet() {
+        let s1 = build_status(Some(3), None, &synced(5), at(0));
+        let mid = observed_status(Some(3), Some(&s1), &observed(&synced(0)), at(15));
+        assert_eq!(cond(&mid, types::READY), cond(&s1, types::READY));
+        assert_eq!(
+            cond(&mid, types::NETBOX_SYNCED),
+            cond(&s1, types::NETBOX_SYNCED)
+        );
+        assert_eq!(
+            mid.sync, s1.sync,
+            "the last sync's counts stay until the sync ends"
+        );
+        assert_eq!(mid.last_sync_time, s1.last_sync_time);
+        assert!(
+            !differs(Some(&s1), &mid),
+            "a quiet resync writes no intermediate status"
+        );
+
+        // A new VM in Proxmox: written, still with the last verdict.
+        let mut more = synced(0);
+        more.inventory.as_mut().unwrap().nodes.push(Node {
+            name: "pve2".into(),
+            online: true,
+            ..Default::default()
+        });
+        let mid = observed_status(Some(3), Some(&s1), &observed(&more), at(15));
+        assert!(differs(Some(&s1), &mid));
+        assert_eq!(mid.summary.as_ref().unwrap().nodes, 2);
+        assert_eq!(cond(&mid, types::READY).status, "True");
+    }
+
+    #[test]
+    fn intermediate_status_of_a_new_generation_is_in_progress_for_kstatus() {
+        let s1 = build_status(Some(3), None, &synced(5), at(0));
+        let mid = observed_status(Some(4), Some(&s1), &observed(&synced(0)), at(15));
+        assert_eq!(
+            mid.observed_generation,
+            Some(3),
+            "generation 4 is not done yet"
+        );
+        let ready = cond(&mid, types::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("Unknown", reasons::RECONCILING)
+        );
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(ready.last_transition_time, time_from_chrono(&at(15)));
+        assert_eq!(cond(&mid, types::NETBOX_SYNCED).status, "Unknown");
+        assert_eq!(mid.last_successful_sync_time, s1.last_successful_sync_time);
+
+        // When the read already decides it, Ready is False at once.
+        let mut partial = synced(0);
+        partial.inventory.as_mut().unwrap().completeness.record(
+            ReadScope::NodeGuests("pve2".into()),
+            ReadOutcome::Failed {
+                reason: ReadFailure::NodeOffline,
+                message: "595".into(),
+            },
+        );
+        let mid = observed_status(Some(4), Some(&s1), &observed(&partial), at(15));
+        let ready = cond(&mid, types::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reasons::PARTIAL_READ)
+        );
+        assert_eq!(cond(&mid, types::DEGRADED).reason, reasons::PARTIAL_READ);
+    }
+
+    #[test]
+    fn guests_whose_agent_does_not_answer_are_counted_and_named_in_proxmox_reachable() {
+        let mut o = synced(0);
+        let inv = o.inventory.as_mut().unwrap();
+        let mut add = |id: u32, outcome: ReadOutcome| {
+            inv.completeness
+                .record(ReadScope::GuestAddresses(id), outcome)
+        };
+        let na = |reason: ReadFailure| ReadOutcome::NotApplicable {
+            reason,
+            message: String::new(),
+        };
+        add(103, na(ReadFailure::AgentNotRunning));
+        add(101, na(ReadFailure::AgentNotRunning));
+        add(102, na(ReadFailure::GuestNotRunning));
+        add(104, ReadOutcome::Complete);
+        add(105, na(ReadFailure::AgentDisabled));
+        let gaps = guest_address_gaps(o.inventory.as_ref().unwrap());
+        assert_eq!(gaps["AgentNotRunning"], vec![101, 103]);
+        assert_eq!(gaps["GuestNotRunning"], vec![102]);
+        assert_eq!(gaps["AgentDisabled"], vec![105]);
+        assert_eq!(gaps.len(), 3);
+        let s = build_status(Some(1), None, &o, at(0));
+        let pr = cond(&s, types::PROXMOX_REACHABLE);
+        assert_eq!(pr.reason, reasons::READ_COMPLETE, "not a failed read");
+        assert!(
+            pr.message.ends_with(
+                "; QEMU guest agent not running on 2 guest(s), addresses from their configuration only: 101, 103"
+            ),
+            "{}",
+            pr.message
+        );
+        assert_eq!(
+            agent_note_in(&pr.message).map(|n| n.starts_with(AGENT_NOTE_PREFIX)),
+            Some(true)
+        );
+        assert_eq!(cond(&s, types::READY).status, "True");
+        let plain = build_status(Some(1), None, &synced(0), at(0));
+        assert_eq!(
+            agent_note_in(&cond(&plain, types::PROXMOX_REACHABLE).message),
+            None
+        );
+    }
 }
 
 /// Fixtures shared by the unit tests of this crate.

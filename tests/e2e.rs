@@ -3,9 +3,14 @@
 //! Not run in CI (no API server can run there). Run it with the harness up:
 //!
 //! ```text
-//! scripts/harness/harness.sh up
 //! KUBECONFIG=~/.kube/config cargo test --release --test e2e -- --ignored --nocapture
 //! ```
+//!
+//! The test starts the harness itself (`scripts/harness/harness.sh up`) when
+//! `$PNBO_HARNESS_DIR/env.json` is missing, and leaves it running (`harness.sh down`
+//! stops it). It waits for the CRDs to be `Established`, and deletes its namespace on
+//! success and failure alike (a drop guard, which first clears the operator's finalizers
+//! so the namespace cannot hang in `Terminating` once the operator is gone).
 //!
 //! It applies the CRDs, creates a namespace with Secrets and a ProxmoxCluster aimed at the
 //! harness's fake PVE and real NetBox, runs the operator binary outside the cluster with
@@ -24,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -35,6 +41,49 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Deletes the test namespace when dropped, whether the test passed or panicked. Runs on
+/// its own thread and runtime (the test's runtime may be unwinding), with a fresh client.
+struct NamespaceGuard(String);
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let ns = self.0.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime for the namespace cleanup");
+            rt.block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    eprintln!("cannot clean up namespace {ns}: no client");
+                    return;
+                };
+                // Without the operator nobody removes its finalizer: drop it first.
+                let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns);
+                if let Ok(list) = clusters.list(&ListParams::default()).await {
+                    for c in list.items {
+                        let name = c.metadata.name.unwrap_or_default();
+                        let _ = clusters
+                            .patch(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                            )
+                            .await;
+                    }
+                }
+                let namespaces: Api<Namespace> = Api::all(client);
+                match namespaces.delete(&ns, &DeleteParams::default()).await {
+                    Ok(_) => eprintln!("namespace {ns} deleted"),
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => eprintln!("cannot delete namespace {ns}: {e}"),
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
 }
 
@@ -57,13 +106,13 @@ fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
 #[ignore = "needs a real Kubernetes cluster via KUBECONFIG and the harness (see the module docs)"]
 async fn operator_reconciles_a_cluster_to_ready() {
     proxmox_netbox_operator::tls::install_crypto_provider();
-    let env = common::harness::HarnessEnv::load();
+    let env = common::harness::ensure_up();
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG must point at a cluster");
     let ns_name = format!("pno-e2e-{}", std::process::id());
 
-    // CRDs.
+    // CRDs, applied and then waited for until the API server serves them.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in all_crds() {
         crds.patch(
@@ -74,7 +123,16 @@ async fn operator_reconciles_a_cluster_to_ready() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    for crd in all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not Established within 60 s"))
+        .unwrap();
+    }
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -84,6 +142,8 @@ async fn operator_reconciles_a_cluster_to_ready() {
         )
         .await
         .unwrap();
+    // From here on the namespace goes away however the test ends.
+    let _namespace = NamespaceGuard(ns_name.clone());
 
     // Invalid resources are rejected by the API server with a clear message.
     let creds: Api<NodeSSHCredential> = Api::namespaced(client.clone(), &ns_name);
@@ -207,8 +267,5 @@ async fn operator_reconciles_a_cluster_to_ready() {
         assert!(Instant::now() < deadline, "finalizer was not removed");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    namespaces
-        .delete(&ns_name, &DeleteParams::default())
-        .await
-        .unwrap();
+    // The namespace is deleted by the guard.
 }

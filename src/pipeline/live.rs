@@ -5,18 +5,117 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use super::{NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
+use serde_json::Value;
+
+use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
 use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster};
 use crate::crd::{ProxmoxCluster, SyncKind, TemplatePolicy};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadOutcome, ReadScope};
-use crate::netbox::client::{NetBoxClient, NetBoxConnection, NetBoxError};
+use crate::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError};
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
-use crate::status::StageError;
+use crate::status::{CALL_SUCCESS, StageError, systems};
+
+/// A PVE API that records each request's outcome (one per request as the reader sees
+/// it, after retries and failover): `success` or [`PveError::metric_label`].
+pub struct CountedPve<'a, A: ?Sized> {
+    /// The API.
+    pub inner: &'a A,
+    /// Where the outcomes go.
+    pub calls: &'a CallCounter,
+}
+
+impl<A: PveApi + ?Sized> PveApi for CountedPve<'_, A> {
+    fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
+        Box::pin(async move {
+            let r = self.inner.get(path).await;
+            let outcome = match &r {
+                Ok(_) => CALL_SUCCESS,
+                Err(e) => e.metric_label(),
+            };
+            self.calls.record(systems::PROXMOX, outcome, 1);
+            r
+        })
+    }
+}
+
+/// A NetBox API that records each operation's outcome (a paginated list or a retried
+/// request counts once): `success` or [`NetBoxError::metric_label`]. HTTP-level request
+/// counts stay those of the inner client.
+pub struct CountedNetBox<'a, A: ?Sized> {
+    /// The API.
+    pub inner: &'a A,
+    /// Where the outcomes go.
+    pub calls: &'a CallCounter,
+}
+
+impl<A: ?Sized> CountedNetBox<'_, A> {
+    fn record<T>(&self, r: &Result<T, NetBoxError>) {
+        let outcome = match r {
+            Ok(_) => CALL_SUCCESS,
+            Err(e) => e.metric_label(),
+        };
+        self.calls.record(systems::NETBOX, outcome, 1);
+    }
+}
+
+impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
+    fn list<'a>(
+        &'a self,
+        endpoint: &'a str,
+        query: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+        Box::pin(async move {
+            let r = self.inner.list(endpoint, query).await;
+            self.record(&r);
+            r
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        endpoint: &'a str,
+        objects: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+        Box::pin(async move {
+            let r = self.inner.create(endpoint, objects).await;
+            self.record(&r);
+            r
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        endpoint: &'a str,
+        patches: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+        Box::pin(async move {
+            let r = self.inner.update(endpoint, patches).await;
+            self.record(&r);
+            r
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        endpoint: &'a str,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), NetBoxError>> {
+        Box::pin(async move {
+            let r = self.inner.delete(endpoint, ids).await;
+            self.record(&r);
+            r
+        })
+    }
+
+    fn request_counts(&self) -> (u64, u64) {
+        self.inner.request_counts()
+    }
+}
 
 /// Reads Proxmox VE over its HTTPS API.
 pub struct LiveReader;
@@ -40,6 +139,7 @@ impl ProxmoxReader for LiveReader {
         &'a self,
         cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
+        calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
         Box::pin(async move {
             let auth = match &config.pve_credentials {
@@ -61,6 +161,10 @@ impl ProxmoxReader for LiveReader {
                 retries: 2,
             })
             .map_err(|e| pve_stage_error(&e))?;
+            let client = CountedPve {
+                inner: &client,
+                calls,
+            };
             let opts = ReadOptions {
                 guest_agent: cluster.spec.proxmox.read_guest_agent,
                 ceph: cluster.spec.proxmox.read_ceph,
@@ -153,6 +257,7 @@ pub fn sync_settings(
         ip_addresses: kinds.contains(&SyncKind::IpAddresses),
         adopt_existing: nb.adopt_existing,
         prune: cluster.spec.sync.prune.enabled,
+        hardware_discovery: cluster.spec.hardware_discovery.enabled,
         grace_period: config.prune_grace_period,
         batch_size: 100,
         max_in_flight: usize::try_from(nb.max_in_flight).unwrap_or(4).max(1),
@@ -192,15 +297,21 @@ impl NetBoxWriter for LiveWriter {
         hardware: &'a BTreeMap<String, NodeHardware>,
         dry_run: bool,
         now: DateTime<Utc>,
+        calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
         Box::pin(async move {
             let client = netbox_client(cluster, config)?;
+            let client = CountedNetBox {
+                inner: &client,
+                calls,
+            };
             let settings = sync_settings(cluster, config, inventory.cluster.name.as_deref());
             let report = sync(&client, &settings, inventory, hardware, dry_run, now)
                 .await
                 .map_err(|e| netbox_stage_error(&e))?;
             Ok(NetBoxResult {
                 summary: report.summary(),
+                kinds: report.kinds.clone(),
                 report: serde_json::to_value(&report).unwrap_or_default(),
             })
         })
@@ -221,5 +332,104 @@ impl NetBoxWriter for LiveWriter {
                 config.owner
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Answers;
+    impl PveApi for Answers {
+        fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
+            Box::pin(async move {
+                match path {
+                    "/version" => Ok(serde_json::json!({"version": "9.1.3"})),
+                    _ => Err(PveError::Timeout { path: path.into() }),
+                }
+            })
+        }
+    }
+
+    impl NetBoxApi for Answers {
+        fn list<'a>(
+            &'a self,
+            endpoint: &'a str,
+            _query: &'a [(String, String)],
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            Box::pin(async move {
+                if endpoint == "dcim/devices" {
+                    Ok(Vec::new())
+                } else {
+                    Err(NetBoxError::Auth {
+                        endpoint: endpoint.into(),
+                        status: 403,
+                        message: "no permission".into(),
+                    })
+                }
+            })
+        }
+        fn create<'a>(
+            &'a self,
+            endpoint: &'a str,
+            _objects: Vec<Value>,
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            Box::pin(async move {
+                Err(NetBoxError::Invalid {
+                    endpoint: endpoint.into(),
+                    message: "name: too long".into(),
+                })
+            })
+        }
+        fn update<'a>(
+            &'a self,
+            _endpoint: &'a str,
+            patches: Vec<Value>,
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            Box::pin(async move { Ok(patches) })
+        }
+        fn delete<'a>(
+            &'a self,
+            _endpoint: &'a str,
+            _ids: Vec<u64>,
+        ) -> BoxFuture<'a, Result<(), NetBoxError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn request_counts(&self) -> (u64, u64) {
+            (7, 3)
+        }
+    }
+
+    #[tokio::test]
+    async fn counting_wrappers_record_each_call_by_outcome() {
+        let calls = CallCounter::default();
+        let pve = CountedPve {
+            inner: &Answers,
+            calls: &calls,
+        };
+        assert!(pve.get("/version").await.is_ok());
+        assert!(pve.get("/version").await.is_ok());
+        assert!(pve.get("/nodes").await.is_err());
+        let nb = CountedNetBox {
+            inner: &Answers,
+            calls: &calls,
+        };
+        assert!(nb.list("dcim/devices", &[]).await.is_ok());
+        assert!(nb.list("ipam/ip-addresses", &[]).await.is_err());
+        assert!(nb.create("dcim/devices", vec![]).await.is_err());
+        assert!(nb.update("dcim/devices", vec![]).await.is_ok());
+        assert!(nb.delete("dcim/devices", vec![1]).await.is_ok());
+        assert_eq!(
+            nb.request_counts(),
+            (7, 3),
+            "HTTP counts come from the client"
+        );
+        let c = calls.snapshot();
+        assert_eq!(c.get(systems::PROXMOX, CALL_SUCCESS), 2);
+        assert_eq!(c.get(systems::PROXMOX, "Timeout"), 1);
+        assert_eq!(c.get(systems::NETBOX, CALL_SUCCESS), 3);
+        assert_eq!(c.get(systems::NETBOX, "NetBoxUnauthorized"), 1);
+        assert_eq!(c.get(systems::NETBOX, "NetBoxRejected"), 1);
+        assert_eq!(c.0.len(), 5);
     }
 }

@@ -1,11 +1,13 @@
 //! One reconcile pass for a ProxmoxCluster, as a pipeline:
 //! resolve config and Secrets -> read Proxmox -> discover hardware (sequentially, when
-//! enabled) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
+//! enabled) -> [`StageObserver::observed`] (the controller writes the per-node status
+//! here) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
 //! tested with fakes; the live implementations are in [`live`].
 
 pub mod live;
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -14,8 +16,49 @@ use crate::config::{ResolvedCluster, resolve};
 use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
+use crate::netbox::report::KindCounts;
 use crate::secrets::SecretSource;
-use crate::status::{NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError};
+use crate::status::{
+    CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError, systems,
+};
+
+/// Counts the calls the stages of one run make to external systems, by outcome. Shared by
+/// the stages of a run (they may record concurrently).
+#[derive(Debug, Default)]
+pub struct CallCounter(Mutex<ExternalCalls>);
+
+impl CallCounter {
+    /// Records `n` calls to `system` with `outcome` (`success` or an error kind).
+    pub fn record(&self, system: &str, outcome: &str, n: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(system, outcome, n);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> ExternalCalls {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Told what the observe stages found, before the NetBox sync starts. The controller
+/// writes the intermediate status (per-node facts and warnings) here.
+pub trait StageObserver: Send + Sync {
+    /// Called once per run, after the Proxmox read and hardware discovery succeeded, with
+    /// `outcome.netbox` set to [`NetBoxOutcome::InProgress`]. Not called when the config
+    /// or the Proxmox read failed (nothing new is known then).
+    fn observed<'a>(&'a self, outcome: &'a PipelineOutcome) -> BoxFuture<'a, ()>;
+}
+
+/// An observer that does nothing (the `sync` command).
+pub struct NoObserver;
+
+impl StageObserver for NoObserver {
+    fn observed<'a>(&'a self, _outcome: &'a PipelineOutcome) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
 
 /// What the Proxmox stage produced.
 #[derive(Clone, Debug, Default)]
@@ -28,11 +71,13 @@ pub struct ProxmoxRead {
 
 /// Reads a Proxmox VE cluster.
 pub trait ProxmoxReader: Send + Sync {
-    /// Reads everything; `Err` only when nothing could be read.
+    /// Reads everything; `Err` only when nothing could be read. Every API request is
+    /// recorded in `calls` (system `proxmox`), also when the read fails.
     fn read<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
+        calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>>;
 }
 
@@ -54,13 +99,16 @@ pub trait HardwareProber: Send + Sync {
 pub struct NetBoxResult {
     /// Counts for the status.
     pub summary: SyncSummary,
+    /// Counts per NetBox object kind (for the metrics).
+    pub kinds: BTreeMap<String, KindCounts>,
     /// The full report (per kind, per object, plan) for the `sync` command's output.
     pub report: serde_json::Value,
 }
 
 /// Writes the inventory to NetBox.
 pub trait NetBoxWriter: Send + Sync {
-    /// Syncs; `Err` only when NetBox could not be used at all.
+    /// Syncs; `Err` only when NetBox could not be used at all. Every request is recorded
+    /// in `calls` (system `netbox`), also when the sync fails.
     #[allow(clippy::too_many_arguments)]
     fn sync<'a>(
         &'a self,
@@ -70,6 +118,7 @@ pub trait NetBoxWriter: Send + Sync {
         hardware: &'a BTreeMap<String, NodeHardware>,
         dry_run: bool,
         now: DateTime<Utc>,
+        calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, StageError>>;
 
     /// Deletes every object owned for this cluster (deletion policy `Delete`).
@@ -118,10 +167,11 @@ where
         cluster: &'a ProxmoxCluster,
         credentials: &'a [NodeSSHCredential],
         secrets: &'a dyn SecretSource,
+        observer: &'a dyn StageObserver,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome> {
         Box::pin(async move {
-            run_pipeline(
+            run_pipeline_observed(
                 &self.reader,
                 &self.prober,
                 &self.writer,
@@ -129,6 +179,7 @@ where
                 credentials,
                 secrets,
                 RunOptions::default(),
+                observer,
                 now,
             )
             .await
@@ -165,13 +216,16 @@ fn warning(code: &str, message: String) -> NodeWarning {
 }
 
 /// Runs hardware discovery on every node, one after another. A node's failure becomes a
-/// warning on that node and the next node still runs.
+/// warning on that node and the next node still runs. Each node that was probed counts
+/// as one `ssh` call in `calls` (outcome `success` or the warning code); a node without
+/// credential or address is never contacted and not counted.
 pub async fn discover_nodes(
     prober: &dyn HardwareProber,
     inventory: &Inventory,
     credentials: &[NodeSSHCredential],
     config: &ResolvedCluster,
     secrets: &dyn SecretSource,
+    calls: &CallCounter,
 ) -> Vec<NodeDiscovery> {
     let mut out = Vec::with_capacity(inventory.nodes.len());
     for node in &inventory.nodes {
@@ -192,7 +246,15 @@ pub async fn discover_nodes(
                 "no address is known for this node: set spec.address in its NodeSSHCredential"
                     .into(),
             )),
-            (Some(cred), Some(addr)) => prober.probe(&node.name, addr, cred, config, secrets).await,
+            (Some(cred), Some(addr)) => {
+                let r = prober.probe(&node.name, addr, cred, config, secrets).await;
+                let outcome = match &r {
+                    Ok(_) => CALL_SUCCESS,
+                    Err(w) => w.code.as_str(),
+                };
+                calls.record(systems::SSH, outcome, 1);
+                r
+            }
         };
         if let Err(w) = &result {
             tracing::warn!(node = %node.name, code = %w.code, message = %w.message, "hardware discovery failed");
@@ -211,7 +273,7 @@ pub async fn discover_nodes(
     out
 }
 
-/// Runs one full pass for `cluster`.
+/// Runs one full pass for `cluster` (the `sync` command: nobody observes the stages).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_pipeline(
     reader: &dyn ProxmoxReader,
@@ -223,7 +285,36 @@ pub async fn run_pipeline(
     options: RunOptions,
     now: DateTime<Utc>,
 ) -> PipelineRun {
+    run_pipeline_observed(
+        reader,
+        prober,
+        writer,
+        cluster,
+        credentials,
+        secrets,
+        options,
+        &NoObserver,
+        now,
+    )
+    .await
+}
+
+/// Runs one full pass for `cluster`, telling `observer` what the observe stages found
+/// before the NetBox sync starts.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_pipeline_observed(
+    reader: &dyn ProxmoxReader,
+    prober: &dyn HardwareProber,
+    writer: &dyn NetBoxWriter,
+    cluster: &ProxmoxCluster,
+    credentials: &[NodeSSHCredential],
+    secrets: &dyn SecretSource,
+    options: RunOptions,
+    observer: &dyn StageObserver,
+    now: DateTime<Utc>,
+) -> PipelineRun {
     let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
+    let calls = CallCounter::default();
     let mut outcome = PipelineOutcome {
         dry_run,
         ..Default::default()
@@ -238,7 +329,9 @@ pub async fn run_pipeline(
             };
         }
     };
-    let read = match reader.read(cluster, &config).await {
+    let read = reader.read(cluster, &config, &calls).await;
+    outcome.calls = calls.snapshot();
+    let read = match read {
         Ok(r) => r,
         Err(e) => {
             outcome.proxmox_error = Some(e);
@@ -253,7 +346,8 @@ pub async fn run_pipeline(
 
     let mut hardware = BTreeMap::new();
     if cluster.spec.hardware_discovery.enabled {
-        let discovered = discover_nodes(prober, &inventory, credentials, &config, secrets).await;
+        let discovered =
+            discover_nodes(prober, &inventory, credentials, &config, secrets, &calls).await;
         for d in &discovered {
             if let Some(hw) = &d.hardware {
                 hardware.insert(d.node.clone(), hw.clone());
@@ -261,19 +355,29 @@ pub async fn run_pipeline(
         }
         outcome.discovery = Some(discovered);
     }
+    outcome.inventory = Some(inventory);
+    outcome.netbox = NetBoxOutcome::InProgress;
+    outcome.calls = calls.snapshot();
+    observer.observed(&outcome).await;
 
     let mut report = None;
-    outcome.netbox = match writer
-        .sync(cluster, &config, &inventory, &hardware, dry_run, now)
-        .await
-    {
+    // Moved out for the sync and back in after it (always Some here).
+    let inventory = outcome.inventory.take().unwrap_or_default();
+    let result = writer
+        .sync(
+            cluster, &config, &inventory, &hardware, dry_run, now, &calls,
+        )
+        .await;
+    outcome.inventory = Some(inventory);
+    outcome.netbox = match result {
         Ok(result) => {
             report = Some(result.report);
+            outcome.netbox_kinds = result.kinds;
             NetBoxOutcome::Done(result.summary)
         }
         Err(e) => NetBoxOutcome::Failed(e),
     };
-    outcome.inventory = Some(inventory);
+    outcome.calls = calls.snapshot();
     PipelineRun { outcome, report }
 }
 
@@ -291,8 +395,15 @@ mod tests {
             &'a self,
             _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedCluster,
+            calls: &'a CallCounter,
         ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
-            Box::pin(async move { self.0.clone() })
+            Box::pin(async move {
+                match &self.0 {
+                    Ok(_) => calls.record(systems::PROXMOX, CALL_SUCCESS, 7),
+                    Err(e) => calls.record(systems::PROXMOX, e.reason, 1),
+                }
+                self.0.clone()
+            })
         }
     }
 
@@ -336,9 +447,25 @@ mod tests {
             hardware: &'a BTreeMap<String, NodeHardware>,
             dry_run: bool,
             _now: DateTime<Utc>,
+            calls: &'a CallCounter,
         ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
             self.calls.lock().unwrap().push((hardware.len(), dry_run));
-            Box::pin(async { Ok(NetBoxResult::default()) })
+            calls.record(systems::NETBOX, CALL_SUCCESS, 3);
+            calls.record(systems::NETBOX, "NetBoxRejected", 1);
+            let mut kinds = BTreeMap::new();
+            kinds.insert(
+                "dcim.device".to_string(),
+                KindCounts {
+                    created: 2,
+                    ..Default::default()
+                },
+            );
+            Box::pin(async move {
+                Ok(NetBoxResult {
+                    kinds,
+                    ..Default::default()
+                })
+            })
         }
         fn delete_owned<'a>(
             &'a self,
@@ -486,6 +613,100 @@ mod tests {
         assert_eq!(discovery[0].warning.as_ref().unwrap().code, "NoCredential");
         assert!(discovery[1].warning.is_none());
         assert_eq!(*prober.seen.lock().unwrap(), vec!["pve2"]);
+    }
+
+    /// Records what it was shown and whether the writer had run by then.
+    #[derive(Default)]
+    struct RecordingObserver {
+        seen: Mutex<Vec<PipelineOutcome>>,
+    }
+    impl StageObserver for RecordingObserver {
+        fn observed<'a>(&'a self, outcome: &'a PipelineOutcome) -> BoxFuture<'a, ()> {
+            self.seen.lock().unwrap().push(outcome.clone());
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn observer_sees_inventory_and_discovery_before_the_netbox_sync() {
+        let d = secrets_dir();
+        let prober = FakeProber {
+            fail: vec!["pve1".into()],
+            ..Default::default()
+        };
+        let writer = FakeWriter::default();
+        let observer = RecordingObserver::default();
+        let run = run_pipeline_observed(
+            &FakeReader(Ok(three_nodes())),
+            &prober,
+            &writer,
+            &cluster(true, "Sync"),
+            &[credential("pve1"), credential("pve2")],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            &observer,
+            now(),
+        )
+        .await;
+        let seen = observer.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "observed exactly once");
+        let o = &seen[0];
+        assert_eq!(o.netbox, NetBoxOutcome::InProgress);
+        assert_eq!(o.inventory.as_ref().unwrap().nodes.len(), 3);
+        let codes: Vec<Option<&str>> = o
+            .discovery
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.warning.as_ref().map(|w| w.code.as_str()))
+            .collect();
+        assert_eq!(codes, vec![Some("Timeout"), None, Some("NoCredential")]);
+        // Calls so far: Proxmox and two SSH probes; NetBox not yet.
+        assert_eq!(o.calls.get(systems::PROXMOX, CALL_SUCCESS), 7);
+        assert_eq!(o.calls.get(systems::SSH, "Timeout"), 1);
+        assert_eq!(o.calls.get(systems::SSH, CALL_SUCCESS), 1);
+        assert_eq!(
+            o.calls.get(systems::SSH, "NoCredential"),
+            0,
+            "no SSH call made"
+        );
+        assert_eq!(o.calls.get(systems::NETBOX, CALL_SUCCESS), 0);
+        // The final outcome has everything, per-kind counts included.
+        let f = &run.outcome;
+        assert!(matches!(f.netbox, NetBoxOutcome::Done(_)));
+        assert_eq!(f.calls.get(systems::NETBOX, CALL_SUCCESS), 3);
+        assert_eq!(f.calls.get(systems::NETBOX, "NetBoxRejected"), 1);
+        assert_eq!(f.calls.get(systems::SSH, "Timeout"), 1);
+        assert_eq!(f.netbox_kinds["dcim.device"].created, 2);
+        assert_eq!(f.inventory, o.inventory);
+    }
+
+    #[tokio::test]
+    async fn observer_is_not_called_when_the_proxmox_read_fails_but_calls_are_counted() {
+        let d = secrets_dir();
+        let observer = RecordingObserver::default();
+        let run = run_pipeline_observed(
+            &FakeReader(Err(StageError {
+                reason: reasons::PROXMOX_UNAUTHORIZED,
+                message: "401 on /cluster/status".into(),
+            })),
+            &FakeProber::default(),
+            &FakeWriter::default(),
+            &cluster(false, "Sync"),
+            &[],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            &observer,
+            now(),
+        )
+        .await;
+        assert!(observer.seen.lock().unwrap().is_empty());
+        assert_eq!(
+            run.outcome
+                .calls
+                .get(systems::PROXMOX, reasons::PROXMOX_UNAUTHORIZED),
+            1
+        );
     }
 
     #[tokio::test]

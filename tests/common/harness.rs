@@ -160,3 +160,23 @@ impl Drop for FakePve {
 pub fn topology(name: &str) -> String {
     format!("{}/tests/topologies/{name}", env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Brings the harness up when its env.json is missing (`scripts/harness/harness.sh up`,
+/// idempotent; a cold start takes about 10 minutes, later ones seconds), then loads it.
+pub fn ensure_up() -> HarnessEnv {
+    if !harness_dir().join("env.json").exists() {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/harness/harness.sh");
+        eprintln!("starting the test harness: bash {script} up");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg("up")
+            .env("PNBO_HARNESS_DIR", harness_dir())
+            .status()
+            .expect("run scripts/harness/harness.sh up");
+        assert!(
+            status.success(),
+            "scripts/harness/harness.sh up failed: {status}"
+        );
+    }
+    HarnessEnv::load()
+}
