@@ -466,6 +466,8 @@ pub enum ReadScope {
     GuestAddresses(u32),
     /// Ceph status, OSDs and pools.
     Ceph,
+    /// `/cluster/ha/resources` (HA state of guests).
+    HaResources,
 }
 
 /// Outcome of one part of the read.

@@ -92,6 +92,7 @@ fn settings(test: &str) -> SyncSettings {
         ip_addresses: true,
         adopt_existing: false,
         prune: false,
+        hardware_discovery: false,
         grace_period: Duration::from_secs(3600),
         batch_size: 100,
         max_in_flight: 4,
@@ -296,6 +297,12 @@ async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
     );
     assert_eq!(by_name("bond0")["bridge"]["id"], by_name("vmbr0")["id"]);
     assert_eq!(by_name("vmbr0")["type"]["value"], "bridge");
+    assert_eq!(
+        by_name("vmbr0")["mode"]["value"],
+        "tagged-all",
+        "a VLAN-aware bridge"
+    );
+    assert!(by_name("eno1")["mode"].is_null());
     assert_eq!(by_name("vmbr0.50")["type"]["value"], "virtual");
     assert_eq!(by_name("vmbr0.50")["parent"]["id"], by_name("vmbr0")["id"]);
     assert_eq!(by_name("enp65s0f0")["mtu"], 9000);
@@ -643,4 +650,363 @@ async fn one_object_netbox_rejects_fails_alone() {
     // Every other disk made it, in the same batch as the bad one.
     assert_eq!(r.kinds["virtualization.virtualdisk"].created, 14);
     assert_eq!(r.summary().failed, 1);
+}
+
+/// Sets the outcome of one part of the read.
+fn mark(inv: &mut Inventory, scope: ReadScope, outcome: ReadOutcome) {
+    inv.completeness.parts.retain(|p| p.scope != scope);
+    inv.completeness.record(scope, outcome);
+}
+
+fn failure(message: &str) -> ReadOutcome {
+    ReadOutcome::Failed {
+        reason: ReadFailure::Forbidden,
+        message: message.into(),
+    }
+}
+
+#[tokio::test]
+async fn parts_that_could_not_be_read_change_nothing_in_netbox() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("unknown");
+    s.prune = true;
+    s.hardware_discovery = true;
+    let hw = hardware();
+    let t0 = Utc::now();
+    let first = run_at(&nb, &s, &inv, &hw, false, t0).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let cid = rest
+        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let vm = |vmid: u32| {
+        format!("virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid={vmid}")
+    };
+    let web_before = rest.one(&vm(100)).await;
+    let db_before = rest.one(&vm(101)).await;
+    let pve1_before = rest
+        .one(&format!("dcim/devices/?cluster_id={cid}&name=pve1"))
+        .await;
+    let pve2_before = rest
+        .one(&format!("dcim/devices/?cluster_id={cid}&name=pve2"))
+        .await;
+    let pve2_ips = format!("ipam/ip-addresses/?device_id={}", pve2_before["id"]);
+    let pve2_ip_count = rest.list(&pve2_ips).await.len();
+    assert!(pve2_ip_count > 0);
+
+    // The same cluster read with holes, the way the reader leaves them:
+    let mut holes = inv.clone();
+    // pve1's hardware discovery failed (no facts),
+    let no_facts = BTreeMap::new();
+    // pve2's network answered 403,
+    holes
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == "pve2")
+        .unwrap()
+        .interfaces
+        .clear();
+    mark(
+        &mut holes,
+        ReadScope::NodeNetwork("pve2".into()),
+        failure("403"),
+    );
+    // db01's config could not be read (only the guest list's fields are known),
+    let db = holes.guests.iter_mut().find(|g| g.vmid == 101).unwrap();
+    db.vcpus = None;
+    db.memory_mib = None;
+    db.os_type = None;
+    db.description = None;
+    db.disks.clear();
+    db.nics.clear();
+    db.addresses.clear();
+    mark(&mut holes, ReadScope::GuestConfig(101), failure("500"));
+    mark(
+        &mut holes,
+        ReadScope::GuestAddresses(101),
+        ReadOutcome::NotApplicable {
+            reason: ReadFailure::AgentDisabled,
+            message: "config unknown".into(),
+        },
+    );
+    // and web01's guest agent stopped answering (its agent-reported addresses are unknown).
+    let web = holes.guests.iter_mut().find(|g| g.vmid == 100).unwrap();
+    web.addresses
+        .retain(|a| a.source != proxmox_netbox_operator::inventory::AddressSource::Agent);
+    mark(
+        &mut holes,
+        ReadScope::GuestAddresses(100),
+        ReadOutcome::NotApplicable {
+            reason: ReadFailure::AgentNotRunning,
+            message: "agent not running".into(),
+        },
+    );
+
+    let changes = rest.changes().await;
+    let r = run_at(&nb, &s, &holes, &no_facts, false, t0).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(
+        r.write_requests,
+        0,
+        "unknown is not empty: nothing is cleared, reset or pruned: {}",
+        serde_json::to_string_pretty(&r.plan).unwrap()
+    );
+    assert_eq!(rest.changes().await, changes);
+    assert!(r.kinds.values().all(|k| k.deleted == 0 && k.stale == 0));
+    assert_eq!(rest.list(&pve2_ips).await.len(), pve2_ip_count);
+    let db_after = rest.one(&vm(101)).await;
+    for field in [
+        "vcpus",
+        "memory",
+        "disk",
+        "platform",
+        "description",
+        "primary_ip4",
+    ] {
+        assert_eq!(db_after[field], db_before[field], "db01 {field}");
+    }
+    assert_eq!(
+        rest.one(&vm(100)).await["primary_ip4"],
+        web_before["primary_ip4"]
+    );
+    let pve1_after = rest
+        .one(&format!("dcim/devices/?cluster_id={cid}&name=pve1"))
+        .await;
+    assert_eq!(pve1_after["device_type"], pve1_before["device_type"]);
+    assert_eq!(pve1_after["serial"], pve1_before["serial"]);
+    let eno1 = rest
+        .one(&format!(
+            "dcim/interfaces/?device_id={}&name=eno1",
+            pve1_after["id"]
+        ))
+        .await;
+    assert_eq!(eno1["type"]["value"], "1000base-t");
+    assert_eq!(
+        eno1["primary_mac_address"]["mac_address"],
+        "3C:EC:EF:10:00:01"
+    );
+
+    // With everything readable again, still nothing to write: nothing was lost.
+    let r = run_at(&nb, &s, &inv, &hw, false, t0).await;
+    assert_eq!(r.write_requests, 0, "{:?}", r.plan);
+}
+
+#[tokio::test]
+async fn kinds_taken_out_of_the_sync_and_human_tags_are_never_pruned() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("kinds");
+    s.prune = true;
+    let t0 = Utc::now();
+    run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
+    let cid = rest
+        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let web = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
+        ))
+        .await;
+    let disks = format!(
+        "virtualization/virtual-disks/?virtual_machine_id={}",
+        web["id"]
+    );
+    let disk_count = rest.list(&disks).await.len();
+    assert!(disk_count > 0);
+    // A human tag whose slug looks like one of the operator's Proxmox tags.
+    let slug = format!("pve-human-{}", s.cluster_name);
+    let human = rest
+        .write(
+            reqwest::Method::POST,
+            "extras/tags/",
+            json!({"name": slug, "slug": slug}),
+        )
+        .await;
+    let mut tags: Vec<Value> = web["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    tags.push(human["id"].clone());
+    rest.write(
+        reqwest::Method::PATCH,
+        &format!("virtualization/virtual-machines/{}/", web["id"]),
+        json!({"tags": tags}),
+    )
+    .await;
+
+    // Disks, nodes and IPs taken out of sync.kinds, pruning on, a complete read.
+    let mut fewer = s.clone();
+    fewer.virtual_disks = false;
+    fewer.nodes = false;
+    fewer.node_interfaces = false;
+    fewer.ip_addresses = false;
+    let r = run_at(&nb, &fewer, &inv, &BTreeMap::new(), false, t0).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(
+        r.kinds.values().all(|k| k.deleted == 0 && k.stale == 0),
+        "{:?}",
+        r.kinds
+    );
+    assert_eq!(rest.list(&disks).await.len(), disk_count);
+    assert_eq!(
+        rest.list(&format!("dcim/devices/?cluster_id={cid}"))
+            .await
+            .len(),
+        3
+    );
+    let web_after = rest
+        .get(&format!("virtualization/virtual-machines/{}/", web["id"]))
+        .await;
+    assert!(
+        tag_slugs(&web_after).contains(&slug),
+        "{:?}",
+        tag_slugs(&web_after)
+    );
+    assert!(
+        !tag_slugs(&web_after).contains(&"proxmox-stale".to_string()),
+        "nodes not synced is not nodes deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_owner_field_is_recreated_and_owned_objects_are_taken_back() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let s = settings("recover");
+    let first = run(&nb, &s, &inv, false).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let vms = format!(
+        "virtualization/virtual-machines/?cf_proxmox_vmid=100&tag=proxmox-netbox-operator&cluster={}",
+        s.cluster_name
+    );
+    let before = rest.list(&vms).await;
+    assert_eq!(before.len(), 1);
+
+    // Someone deletes the custom field (NetBox drops its values from every object).
+    let cf = rest.one("extras/custom-fields/?name=proxmox_owner").await;
+    let r = rest
+        .http
+        .delete(format!(
+            "{}/api/extras/custom-fields/{}/",
+            rest.url, cf["id"]
+        ))
+        .bearer_auth(&rest.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+
+    let r = run(&nb, &s, &inv, false).await;
+    assert!(r.errors.is_empty(), "no duplicate creates: {:?}", r.errors);
+    assert!(r.collisions.is_empty(), "{:?}", r.collisions);
+    assert!(
+        r.kinds
+            .iter()
+            .all(|(kind, k)| k.created == 0 || kind == "extras.customfield"),
+        "{:?}",
+        r.kinds
+    );
+    let after = rest.list(&vms).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["id"], before[0]["id"]);
+    assert_eq!(after[0]["custom_fields"]["proxmox_owner"], s.owner.as_str());
+    let cf = rest.one("extras/custom-fields/?name=proxmox_owner").await;
+    assert_eq!(cf["group_name"], "Proxmox");
+    // And the sync after that is a no-op again.
+    assert_eq!(run(&nb, &s, &inv, false).await.write_requests, 0);
+}
+
+/// A proxy in front of NetBox that passes every request on, but answers the first bulk
+/// create of VMs with 502 after NetBox did it (a gateway that lost the answer).
+async fn lossy_proxy(netbox_url: String) -> String {
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, Response, StatusCode};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lost = Arc::new(AtomicBool::new(false));
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let (http, lost, netbox_url) = (http.clone(), lost.clone(), netbox_url.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, 64 << 20).await.unwrap();
+            let url = format!("{netbox_url}{}", parts.uri);
+            let mut fwd = http.request(parts.method.clone(), url).body(body);
+            for (k, v) in &parts.headers {
+                if k != "host" {
+                    fwd = fwd.header(k, v);
+                }
+            }
+            let answer = fwd.send().await.unwrap();
+            let status = answer.status();
+            let bytes = answer.bytes().await.unwrap();
+            let vm_create = parts.method == reqwest::Method::POST
+                && parts.uri.path() == "/api/virtualization/virtual-machines/";
+            if vm_create && status.is_success() && !lost.swap(true, Ordering::SeqCst) {
+                return Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(Body::from("upstream timed out"))
+                    .unwrap();
+            }
+            Response::builder()
+                .status(status.as_u16())
+                .header("content-type", "application/json")
+                .body(Body::from(bytes))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_is_found_not_repeated() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let rest = Rest::new(&env);
+    let nb = NetBoxClient::new(NetBoxConnection {
+        url: lossy_proxy(env.netbox_url.clone()).await,
+        token: SecretString::new(env.netbox_token.clone()),
+        tls: TlsSettings::default(),
+        timeout: Duration::from_secs(120),
+        max_in_flight: 4,
+        retries: 2,
+    })
+    .unwrap();
+    let s = settings("lost");
+    let r = run(&nb, &s, &inv, false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.kinds["virtualization.virtualmachine"].created, 10);
+    let cid = rest
+        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let vms = rest
+        .list(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}"
+        ))
+        .await;
+    assert_eq!(vms.len(), 10, "no VM created twice");
+    // Everything else was written on top of the VMs found again.
+    assert!(r.kinds["virtualization.vminterface"].created > 0);
+    assert_eq!(run(&nb, &s, &inv, false).await.write_requests, 0);
 }

@@ -100,6 +100,32 @@ fn assert_matches_seed(inv: &Inventory, expected: &Value) {
             assert_eq!(n.vlan_tag.map(u64::from), en["tag"].as_u64());
             assert_eq!(n.link_down, en["linkDown"].as_bool().unwrap());
         }
+        assert_eq!(
+            g.vcpus.map(u64::from),
+            e["vcpus"].as_u64(),
+            "vcpus of {}",
+            g.vmid
+        );
+        assert_eq!(
+            g.memory_mib,
+            e["memoryMib"].as_u64(),
+            "memory of {}",
+            g.vmid
+        );
+        assert_eq!(
+            g.ha_state.as_deref(),
+            e["haState"].as_str(),
+            "HA of {}",
+            g.vmid
+        );
+        let addresses: Vec<&str> = g.addresses.iter().map(|a| a.cidr.as_str()).collect();
+        let want: Vec<&str> = e["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(addresses, want, "addresses of {}", g.vmid);
         let disks = e["disks"].as_array().unwrap();
         let got: Vec<(&str, Option<u64>)> = g
             .disks
@@ -294,6 +320,41 @@ async fn ticket_auth_with_user_and_password() {
 }
 
 #[tokio::test]
+async fn an_expired_ticket_is_renewed_by_logging_in_again() {
+    let env = HarnessEnv::load();
+    // Tickets valid for 2 s: the second read finds the first ticket refused.
+    let pve = FakePve::start(
+        &env,
+        &["--topology", &topology("small.json"), "--ticket-ttl", "2"],
+    );
+    install_crypto_provider();
+    let c = PveClient::new(PveConnection {
+        endpoints: vec![pve.url.clone()],
+        auth: PveAuth::Ticket {
+            username: pve.username.clone(),
+            password: SecretString::new(pve.password.clone()),
+        },
+        tls: TlsSettings {
+            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
+            insecure_skip_verify: false,
+        },
+        timeout: Duration::from_secs(10),
+        max_concurrency: 4,
+        retries: 0,
+    })
+    .unwrap();
+    read_inventory(&c, &ReadOptions::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let inv = read_inventory(&c, &ReadOptions::default()).await.unwrap();
+    assert!(
+        inv.completeness.all_complete(),
+        "{:?}",
+        inv.completeness.failures().collect::<Vec<_>>()
+    );
+    assert_matches_seed(&inv, &pve.expected());
+}
+
+#[tokio::test]
 async fn failover_to_the_second_endpoint_when_the_first_is_down() {
     let env = HarnessEnv::load();
     let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
@@ -361,6 +422,8 @@ async fn forbidden_endpoint_is_recorded_and_the_rest_is_read() {
             &topology("demo.json"),
             "--forbid",
             "/nodes/pve1/disks/list",
+            "--forbid",
+            "/cluster/ha/resources",
         ],
     );
     let inv = read_inventory(&client(&pve, true), &ReadOptions::default())
@@ -374,7 +437,15 @@ async fn forbidden_endpoint_is_recorded_and_the_rest_is_read() {
             ..
         })
     ));
-    assert_eq!(inv.completeness.failures().count(), 1);
+    assert!(matches!(
+        inv.completeness.outcome(&ReadScope::HaResources),
+        Some(ReadOutcome::Failed {
+            reason: ReadFailure::Forbidden,
+            ..
+        })
+    ));
+    assert_eq!(inv.completeness.failures().count(), 2);
+    assert!(inv.guests.iter().all(|g| g.ha_state.is_none()));
     assert!(
         inv.guest_set_complete(),
         "a forbidden disk list does not make guests uncertain"

@@ -304,3 +304,57 @@ async fn forbidden_cluster_status_falls_back_to_nodes_but_marks_membership_unkno
     assert!(!inv.node_set_complete());
     assert!(!inv.guest_set_complete());
 }
+
+#[tokio::test]
+async fn reads_lxc_runtime_addresses_in_the_pve8_inet_form() {
+    // PVE 7/8 answer /lxc/{vmid}/interfaces with `inet`/`inet6` strings, not `ip-addresses`.
+    let interfaces = load("go-proxmox/lxc-interfaces.pve8.json");
+    let mac = interfaces[1]["hwaddr"]
+        .as_str()
+        .unwrap()
+        .to_ascii_uppercase();
+    let mut config = load("go-proxmox/lxc-config.pve7.json");
+    config["net0"] = Value::String(format!(
+        "name=eth0,bridge=vmbr0,firewall=1,hwaddr={mac},ip=dhcp,type=veth"
+    ));
+    let mut m = BTreeMap::new();
+    m.insert(
+        "/version".into(),
+        Ok(serde_json::json!({"version": "8.2.4"})),
+    );
+    m.insert(
+        "/cluster/status".into(),
+        Ok(serde_json::json!([
+            {"type": "cluster", "name": "c", "quorate": 1, "nodes": 1},
+            {"type": "node", "name": "n1", "online": 1, "ip": "10.0.0.1", "nodeid": 1}
+        ])),
+    );
+    m.insert("/nodes/n1/network".into(), Ok(serde_json::json!([])));
+    m.insert("/nodes/n1/qemu".into(), Ok(serde_json::json!([])));
+    m.insert(
+        "/nodes/n1/lxc".into(),
+        Ok(serde_json::json!([{"vmid": "101", "name": "test-container", "status": "running"}])),
+    );
+    m.insert("/nodes/n1/lxc/101/config".into(), Ok(config));
+    m.insert("/nodes/n1/lxc/101/interfaces".into(), Ok(interfaces));
+    let inv = read_inventory(&FixtureApi(m), &ReadOptions::default())
+        .await
+        .unwrap();
+    let guest = &inv.guests[0];
+    assert_eq!(guest.kind, GuestKind::Lxc);
+    let addrs: Vec<(&str, AddressSource)> = guest
+        .addresses
+        .iter()
+        .map(|a| (a.cidr.as_str(), a.source))
+        .collect();
+    assert_eq!(
+        addrs,
+        vec![("192.168.3.95/22", AddressSource::LxcRuntime)],
+        "the DHCP address from `inet`; loopback and link-local left out"
+    );
+    assert_eq!(guest.addresses[0].nic_slot.as_deref(), Some("net0"));
+    assert_eq!(
+        inv.completeness.outcome(&ReadScope::GuestAddresses(101)),
+        Some(&ReadOutcome::Complete)
+    );
+}

@@ -178,14 +178,30 @@ impl NetBoxClient {
         let idempotent = method != Method::POST;
         let mut attempt = 0;
         loop {
-            let result = self.send_once(method.clone(), endpoint, query, body).await;
+            let mut result = self.send_once(method.clone(), endpoint, query, body).await;
             let retry = match &result {
                 Err(NetBoxError::Transport { .. }) => idempotent,
+                // 429 is answered before any work; a 502-504 from a proxy can come after
+                // NetBox did the work, so a create is never repeated blindly.
                 Err(NetBoxError::Status { status, .. }) => {
-                    *status == 429 || (502..=504).contains(status)
+                    *status == 429 || (idempotent && (502..=504).contains(status))
                 }
                 _ => false,
             };
+            if !idempotent
+                && let Err(NetBoxError::Status {
+                    status: status @ 502..=504,
+                    message,
+                    ..
+                }) = &result
+            {
+                result = Err(NetBoxError::Transport {
+                    endpoint: endpoint.into(),
+                    message: format!(
+                        "answered {status} ({message}); the create may have been done"
+                    ),
+                });
+            }
             if retry && attempt < self.retries {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt.min(5)))).await;
@@ -207,6 +223,7 @@ impl NetBoxClient {
             .acquire()
             .await
             .map_err(|_| NetBoxError::Config("client closed".into()))?;
+        let method_name = method.clone();
         if method == Method::GET {
             self.reads.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -224,11 +241,20 @@ impl NetBoxClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        let started = std::time::Instant::now();
         let resp = req.send().await.map_err(|e| NetBoxError::Transport {
             endpoint: endpoint.into(),
             message: error_chain(&e),
         })?;
         let status = resp.status();
+        tracing::debug!(
+            %method_name,
+            endpoint,
+            objects = body.map_or(0, |b| b.as_array().map_or(1, Vec::len)),
+            status = status.as_u16(),
+            millis = started.elapsed().as_millis() as u64,
+            "netbox request"
+        );
         let bytes = resp.bytes().await.map_err(|e| NetBoxError::Transport {
             endpoint: endpoint.into(),
             message: error_chain(&e),

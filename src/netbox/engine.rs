@@ -15,12 +15,19 @@ use super::mapping::{
 };
 use super::report::{Collision, SyncReport};
 use crate::hardware::facts::NodeHardware;
-use crate::inventory::{GuestKind, Inventory, NodeInterfaceKind, ReadOutcome, ReadScope};
+use crate::inventory::{
+    GuestKind, Inventory, NodeInterfaceKind, ReadFailure, ReadOutcome, ReadScope,
+};
 
 /// Slug of the tag on every object the operator owns.
 pub const OWNER_TAG: &str = "proxmox-netbox-operator";
 /// Slug of the tag on owned objects whose Proxmox counterpart is gone (pruning).
 pub const STALE_TAG: &str = "proxmox-stale";
+/// Description of the tags the operator creates for Proxmox VE tags (`pve:<tag>`); only
+/// tags with it are ever taken off an object when the Proxmox tag goes.
+pub const PVE_TAG_DESCRIPTION: &str = "Proxmox VE tag (managed by proxmox-netbox-operator)";
+/// Group of every custom field the operator creates.
+pub const CF_GROUP: &str = "Proxmox";
 /// Custom field holding the owning ProxmoxCluster (`namespace/name`).
 pub const CF_OWNER: &str = "proxmox_owner";
 /// Custom field holding a guest's vmid.
@@ -75,6 +82,9 @@ pub struct SyncSettings {
     pub adopt_existing: bool,
     /// Prune owned objects gone from Proxmox.
     pub prune: bool,
+    /// Hardware discovery is on: a node without facts in this run failed discovery, and
+    /// the fields that come from its facts are left as they are.
+    pub hardware_discovery: bool,
     /// How long an object stays stale before it is deleted.
     pub grace_period: Duration,
     /// Objects per bulk request.
@@ -147,6 +157,8 @@ struct Shared {
     stale_tag: u64,
     extra_tags: Vec<u64>,
     pve_tags: BTreeMap<String, u64>,
+    /// Every tag the operator made for a Proxmox VE tag, in use or not.
+    pve_tags_made: BTreeSet<u64>,
     site: u64,
     tenant: Option<u64>,
     cluster: u64,
@@ -158,6 +170,9 @@ struct Shared {
     platforms: BTreeMap<String, u64>,
     vlans: BTreeMap<u16, u64>,
     custom_fields_exist: bool,
+    /// `proxmox_owner` existed before this sync (else it is new, or was deleted and
+    /// re-created: owned objects are found by tag and cluster instead, and marked again).
+    owner_field_existed: bool,
 }
 
 struct Engine<'a> {
@@ -248,15 +263,14 @@ pub async fn sync(
     let interfaces = e.sync_node_interfaces(inventory, hardware, &devices).await;
     let vms = e.sync_vms(inventory).await?;
     let vm_ifaces = e.sync_vm_interfaces(inventory, &vms).await;
-    let disks = e.sync_virtual_disks(inventory, &vms).await;
+    e.sync_virtual_disks(inventory, &vms).await;
     let macs = e
         .sync_macs(inventory, hardware, &interfaces, &vm_ifaces)
         .await;
     e.sync_interface_refs(inventory, &interfaces, &vm_ifaces, &macs)
         .await;
     let ips = e.sync_ips(inventory, &interfaces, &vm_ifaces).await;
-    e.sync_primary_ips_and_disk_totals(inventory, &devices, &vms, &ips, &disks)
-        .await;
+    e.sync_primary_ips(inventory, &devices, &vms, &ips).await;
     e.prune(inventory, &devices, &vms).await;
 
     let (reads, writes) = api.request_counts();
@@ -417,6 +431,17 @@ impl Engine<'_> {
         let mut patches = Vec::new();
         for (name, label, type_, types, description) in &specs {
             match existing.iter().find(|c| c["name"] == *name) {
+                Some(cf) if cf["group_name"] != CF_GROUP || cf["type"]["value"] != *type_ => {
+                    // Someone else's field with our name: never changed, reported.
+                    self.report.collisions.push(Collision {
+                        kind: "extras.customfield".into(),
+                        object: (*name).to_string(),
+                        existing_id: id_of(cf),
+                        message: format!(
+                            "a custom field {name:?} exists outside the group {CF_GROUP:?} or with another type than {type_:?}; it is left as it is and values may be rejected: rename or delete it"
+                        ),
+                    });
+                }
                 Some(cf) => {
                     let have: BTreeSet<&str> = cf["object_types"]
                         .as_array()
@@ -444,7 +469,7 @@ impl Engine<'_> {
                     };
                     creates.push(json!({
                         "name": name, "label": label, "type": type_, "object_types": types,
-                        "group_name": "Proxmox", "description": description, "filter_logic": filter,
+                        "group_name": CF_GROUP, "description": description, "filter_logic": filter,
                         "ui_editable": if name.starts_with("proxmox_") { "no" } else { "yes" },
                     }));
                     self.report.counts("extras.customfield").created += 1;
@@ -458,6 +483,7 @@ impl Engine<'_> {
             }
         }
         self.shared.custom_fields_exist = creates.is_empty();
+        self.shared.owner_field_existed = existing.iter().any(|c| c["name"] == CF_OWNER);
         if self.dry_run {
             return Ok(());
         }
@@ -507,10 +533,14 @@ impl Engine<'_> {
                         "extras.tag",
                         &format!("pve-{}", slugify(&t)),
                         &format!("pve:{t}"),
-                        json!({"description": "Proxmox VE tag"}),
+                        json!({"description": PVE_TAG_DESCRIPTION}),
                     )
                     .await?;
                 self.shared.pve_tags.insert(t, id);
+            }
+            let made = [("description".to_string(), PVE_TAG_DESCRIPTION.to_string())];
+            for tag in self.api.list(TAGS, &made).await? {
+                self.shared.pve_tags_made.extend(id_of(&tag));
             }
         }
         self.ensure_custom_fields().await?;
@@ -767,12 +797,8 @@ impl Engine<'_> {
     // ------------------------------------------------------------------- observe
 
     async fn read_owned(&mut self) -> Result<(), NetBoxError> {
-        if !self.shared.custom_fields_exist {
-            // No owner field yet: nothing can be owned.
-            for k in OWNED_KINDS {
-                self.current.insert(k.name, BTreeMap::new());
-            }
-            return Ok(());
+        if !self.shared.owner_field_existed {
+            return self.read_owned_by_tag().await;
         }
         let q = vec![
             ("cf_proxmox_owner".to_string(), self.s.owner.clone()),
@@ -800,6 +826,81 @@ impl Engine<'_> {
                 }
             }
             self.current.insert(k.name, map);
+        }
+        Ok(())
+    }
+
+    /// Without `proxmox_owner` (first sync, or the field was deleted, which wipes its
+    /// values), the owned objects are those with the operator's tag in this sync's NetBox
+    /// cluster and their children with the tag. They get the owner mark back on this sync.
+    async fn read_owned_by_tag(&mut self) -> Result<(), NetBoxError> {
+        for k in OWNED_KINDS {
+            self.current.insert(k.name, BTreeMap::new());
+        }
+        if is_placeholder(self.shared.cluster) {
+            return Ok(());
+        }
+        let tagged = |extra: Option<(&str, u64)>| {
+            let mut q = vec![("tag".to_string(), OWNER_TAG.to_string())];
+            q.extend(extra.map(|(k, v)| (k.to_string(), v.to_string())));
+            q
+        };
+        let in_cluster = tagged(Some(("cluster_id", self.shared.cluster)));
+        let unmarked = |o: &Value| custom_field(o, CF_OWNER).is_none();
+        let mut parents: BTreeMap<&'static str, BTreeSet<u64>> = BTreeMap::new();
+        for (kind, parent_field) in [
+            (DEVICE, None),
+            (VM, None),
+            (INTERFACE, Some("device")),
+            (VMIF, Some("virtual_machine")),
+            (VDISK, Some("virtual_machine")),
+            (MAC, None),
+            (IP, None),
+        ] {
+            let q = if parent_field.is_none()
+                && matches!(kind.name, "dcim.device" | "virtualization.virtualmachine")
+            {
+                in_cluster.clone()
+            } else {
+                tagged(None)
+            };
+            let mut map = BTreeMap::new();
+            for o in self.api.list(kind.endpoint, &q).await? {
+                let parent_ok = match (kind.name, parent_field) {
+                    (_, Some(field)) => {
+                        let of = if field == "device" { DEVICE } else { VM };
+                        o[field]["id"]
+                            .as_u64()
+                            .is_some_and(|p| parents.get(of.name).is_some_and(|s| s.contains(&p)))
+                    }
+                    ("dcim.macaddress" | "ipam.ipaddress", None) => {
+                        let of = match o["assigned_object_type"].as_str() {
+                            Some("dcim.interface") => INTERFACE,
+                            Some("virtualization.vminterface") => VMIF,
+                            _ => continue,
+                        };
+                        o["assigned_object_id"]
+                            .as_u64()
+                            .is_some_and(|p| parents.get(of.name).is_some_and(|s| s.contains(&p)))
+                    }
+                    _ => true,
+                };
+                if !(parent_ok && unmarked(&o)) {
+                    continue;
+                }
+                if let Some(key) = current_key(kind, &o) {
+                    parents.entry(kind.name).or_default().extend(id_of(&o));
+                    map.insert(key, o);
+                }
+            }
+            if !map.is_empty() {
+                tracing::warn!(
+                    kind = kind.name,
+                    objects = map.len(),
+                    "custom field proxmox_owner was missing: objects with the operator's tag in this cluster are taken back"
+                );
+            }
+            self.current.insert(kind.name, map);
         }
         Ok(())
     }
@@ -1103,6 +1204,10 @@ impl Engine<'_> {
             {
                 continue;
             }
+            if h.is_none() && self.current[DEVICE.name].contains_key(&node.name) {
+                // Without facts this run the model is unknown, not generic: keep the one set.
+                f.remove("device_type");
+            }
             let tags = self.merged_tags(DEVICE, &node.name, &[]);
             f.insert("tags".into(), json!(tags));
             desired.push(Desired {
@@ -1176,15 +1281,14 @@ impl Engine<'_> {
     }
 
     /// The tags an object should have: the human ones it has, plus ours, minus stale and
-    /// PVE tags that no longer apply.
+    /// PVE tags that no longer apply. A human tag is never removed, whatever its name.
     fn merged_tags(&self, kind: Kind, key: &str, pve_tags: &[u64]) -> Vec<u64> {
-        let managed_pve: BTreeSet<u64> = self.shared.pve_tags.values().copied().collect();
         let mut out: BTreeSet<u64> = BTreeSet::new();
         if let Some(obj) = self.current.get(kind.name).and_then(|m| m.get(key)) {
             for t in obj["tags"].as_array().into_iter().flatten() {
                 let Some(id) = t["id"].as_u64() else { continue };
-                let slug = t["slug"].as_str().unwrap_or_default();
-                let is_pve = managed_pve.contains(&id) || slug.starts_with("pve-");
+                let is_pve = self.shared.pve_tags_made.contains(&id)
+                    || self.shared.pve_tags.values().any(|p| *p == id);
                 if id != self.shared.stale_tag && !is_pve {
                     out.insert(id);
                 }
@@ -1212,6 +1316,7 @@ impl Engine<'_> {
                 continue;
             };
             let facts = hw.get(&node.name);
+            let facts_missing = self.s.hardware_discovery && facts.is_none();
             for iface in &node.interfaces {
                 let nic = facts.and_then(|h| h.nics.iter().find(|n| n.link.name == iface.name));
                 let ethtool = nic.and_then(|n| n.ethtool.as_ref());
@@ -1219,7 +1324,7 @@ impl Engine<'_> {
                 if let Some(e) = ethtool {
                     cf.insert(
                         "nic_speed_gbps".into(),
-                        json!(e.speed_mbps.map(|s| (s + 500) / 1000)),
+                        json!(e.speed_mbps.map(|s| s.saturating_add(500) / 1000)),
                     );
                     cf.insert("nic_duplex".into(), json!(e.duplex));
                     cf.insert("nic_link".into(), json!(e.link_detected));
@@ -1231,6 +1336,8 @@ impl Engine<'_> {
                     "type": interface_type(&iface.kind, ethtool),
                     "enabled": iface.active || iface.kind == NodeInterfaceKind::Physical && nic.is_some_and(|n| n.link.state.as_deref() == Some("UP")),
                     "mtu": iface.mtu,
+                    // A VLAN-aware bridge carries every VLAN; other interfaces have no mode.
+                    "mode": iface.bridge_vlan_aware.then_some("tagged-all"),
                     "description": truncate(iface.comments.as_deref().unwrap_or_default(), 200),
                     "custom_fields": cf,
                     "tags": self.merged_tags(INTERFACE, &key, &[]),
@@ -1248,6 +1355,20 @@ impl Engine<'_> {
                                 .filter(|d| matches!(*d, "full" | "half"))
                         ),
                     );
+                }
+                let exists = self.current[INTERFACE.name].contains_key(&key);
+                let physical = matches!(
+                    iface.kind,
+                    NodeInterfaceKind::Physical | NodeInterfaceKind::Unknown
+                );
+                // A physical type comes from a known link speed; without one (no facts, link
+                // down) the type is unknown, not `other`: keep the one set.
+                if exists && physical && f["type"] == "other" {
+                    f.remove("type");
+                }
+                // Link state is part of `enabled`: unknown when this node's discovery failed.
+                if exists && physical && facts_missing {
+                    f.remove("enabled");
                 }
                 desired.push(Desired {
                     key,
@@ -1316,7 +1437,7 @@ impl Engine<'_> {
                 .iter()
                 .filter_map(|t| self.shared.pve_tags.get(t).copied())
                 .collect();
-            let f = fields(json!({
+            let mut f = fields(json!({
                 "name": name,
                 "status": vm_status(g),
                 "cluster": self.shared.cluster,
@@ -1330,6 +1451,27 @@ impl Engine<'_> {
                 "custom_fields": cf,
                 "tags": self.merged_tags(VM, &key, &pve_tags),
             }));
+            // With virtual disks synced, NetBox keeps `disk` equal to their sum itself.
+            if !self.s.virtual_disks {
+                let total: u64 = g
+                    .disks
+                    .iter()
+                    .map(|d| bytes_to_mib(d.size_bytes.unwrap_or(0)))
+                    .sum();
+                f.insert(
+                    "disk".into(),
+                    if total > 0 { json!(total) } else { Value::Null },
+                );
+            }
+            let config_read = inv
+                .completeness
+                .is_complete(&ReadScope::GuestConfig(g.vmid));
+            if !config_read && self.current[VM.name].contains_key(&key) {
+                // Its config could not be read: what comes from it is unknown, not empty.
+                for field in ["platform", "vcpus", "memory", "description", "disk"] {
+                    f.remove(field);
+                }
+            }
             desired.push(Desired {
                 key,
                 label,
@@ -1383,13 +1525,10 @@ impl Engine<'_> {
         self.apply(VMIF, desired).await
     }
 
-    async fn sync_virtual_disks(
-        &mut self,
-        inv: &Inventory,
-        vms: &BTreeMap<String, u64>,
-    ) -> BTreeMap<String, u64> {
+    /// Virtual disks; NetBox keeps each VM's `disk` equal to their sum.
+    async fn sync_virtual_disks(&mut self, inv: &Inventory, vms: &BTreeMap<String, u64>) {
         if !self.s.virtual_disks {
-            return BTreeMap::new();
+            return;
         }
         let mut desired = Vec::new();
         for g in self.synced_guests(inv).collect::<Vec<_>>() {
@@ -1415,7 +1554,7 @@ impl Engine<'_> {
                 });
             }
         }
-        self.apply(VDISK, desired).await
+        self.apply(VDISK, desired).await;
     }
 
     // ------------------------------------------------------------- MACs and refs
@@ -1542,10 +1681,12 @@ impl Engine<'_> {
                         continue;
                     };
                     let r = refs.get(iface.name.as_str()).copied().unwrap_or_default();
-                    let f = fields(json!({
-                        "parent": r.parent, "lag": r.lag, "bridge": r.bridge,
-                        "primary_mac_address": mac_of("dcim.interface", id),
-                    }));
+                    let mut f =
+                        fields(json!({"parent": r.parent, "lag": r.lag, "bridge": r.bridge}));
+                    // Node MACs come from discovery: without them this run, keep the one set.
+                    if let Some(mac) = mac_of("dcim.interface", id) {
+                        f.insert("primary_mac_address".into(), json!(mac));
+                    }
                     desired.push(Desired {
                         key,
                         label: format!("node {} interface {}", node.name, iface.name),
@@ -1558,9 +1699,10 @@ impl Engine<'_> {
         if self.s.vm_interfaces {
             let mut desired = Vec::new();
             for (key, &id) in vm_ifaces {
-                let f = fields(
-                    json!({"primary_mac_address": mac_of("virtualization.vminterface", id)}),
-                );
+                let Some(mac) = mac_of("virtualization.vminterface", id) else {
+                    continue;
+                };
+                let f = fields(json!({"primary_mac_address": mac}));
                 desired.push(Desired {
                     key: key.clone(),
                     label: format!("vm interface {key}"),
@@ -1698,13 +1840,12 @@ impl Engine<'_> {
         self.apply(IP, desired).await
     }
 
-    async fn sync_primary_ips_and_disk_totals(
+    async fn sync_primary_ips(
         &mut self,
         inv: &Inventory,
         devices: &BTreeMap<String, u64>,
         vms: &BTreeMap<String, u64>,
         ips: &BTreeMap<String, u64>,
-        disks: &BTreeMap<String, u64>,
     ) {
         let ip_id = |object_type: &str, iface: u64, cidr: &str| {
             ips.get(&format!("{object_type}/{iface}/{cidr}")).copied()
@@ -1759,6 +1900,13 @@ impl Engine<'_> {
                             .and_then(|c| ip_id("dcim.interface", id, &c));
                     }
                 }
+                if !inv
+                    .completeness
+                    .is_complete(&ReadScope::NodeNetwork(node.name.clone()))
+                {
+                    // Its addresses are unknown this run: keep the primary IPs set.
+                    continue;
+                }
                 let f = fields(json!({"primary_ip4": p4, "primary_ip6": p6}));
                 desired.push(Desired {
                     key: node.name.clone(),
@@ -1768,7 +1916,8 @@ impl Engine<'_> {
             }
             self.apply_refs(DEVICE, desired).await;
         }
-        if self.s.virtual_machines {
+        // Without IP addresses synced, primary IPs are not managed either.
+        if self.s.virtual_machines && self.s.ip_addresses {
             let vm_ifaces = self.current.get(VMIF.name).cloned().unwrap_or_default();
             let mut desired = Vec::new();
             for g in self.synced_guests(inv).collect::<Vec<_>>() {
@@ -1776,7 +1925,7 @@ impl Engine<'_> {
                 let Some(&vm) = vms.get(&key) else { continue };
                 let mut p4 = None;
                 let mut p6 = None;
-                if self.s.ip_addresses {
+                {
                     // Deterministic: lowest NIC slot first, then the address order.
                     let mut addrs: Vec<&crate::inventory::GuestAddress> =
                         g.addresses.iter().collect();
@@ -1806,17 +1955,19 @@ impl Engine<'_> {
                     }
                 }
                 let mut f = fields(json!({"primary_ip4": p4, "primary_ip6": p6}));
-                if self.s.virtual_disks {
-                    let total: u64 = g
-                        .disks
-                        .iter()
-                        .filter(|d| disks.contains_key(&format!("{vm}/{}", d.slot)))
-                        .map(|d| bytes_to_mib(d.size_bytes.unwrap_or(0)))
-                        .sum();
-                    f.insert(
-                        "disk".into(),
-                        if total > 0 { json!(total) } else { Value::Null },
-                    );
+                if !self.addresses_known(inv, g.vmid) {
+                    // Part of its addresses is unknown this run (stopped, agent not running,
+                    // read failed): keep a primary IP that is still one of its addresses,
+                    // and never clear one.
+                    let current = self.current[VM.name].get(&key);
+                    for field in ["primary_ip4", "primary_ip6"] {
+                        let held = current
+                            .and_then(|c| c[field]["id"].as_u64())
+                            .is_some_and(|id| self.vm_owns_ip(vm, id));
+                        if held || f[field].is_null() {
+                            f.remove(field);
+                        }
+                    }
                 }
                 desired.push(Desired {
                     key,
@@ -1826,6 +1977,37 @@ impl Engine<'_> {
             }
             self.apply_refs(VM, desired).await;
         }
+    }
+
+    /// Every address of a guest was read this run: its config, and its runtime addresses
+    /// (or it has none to read because it runs without an agent).
+    fn addresses_known(&self, inv: &Inventory, vmid: u32) -> bool {
+        let c = &inv.completeness;
+        c.is_complete(&ReadScope::GuestConfig(vmid))
+            && matches!(
+                c.outcome(&ReadScope::GuestAddresses(vmid)),
+                Some(ReadOutcome::Complete)
+                    | Some(ReadOutcome::NotApplicable {
+                        reason: ReadFailure::AgentDisabled,
+                        ..
+                    })
+            )
+    }
+
+    /// The IP address `ip` is owned and assigned to an interface of the VM `vm`.
+    fn vm_owns_ip(&self, vm: u64, ip: u64) -> bool {
+        let Some(obj) = self.current[IP.name]
+            .values()
+            .find(|o| id_of(o) == Some(ip))
+        else {
+            return false;
+        };
+        obj["assigned_object_type"] == "virtualization.vminterface"
+            && obj["assigned_object_id"].as_u64().is_some_and(|iface| {
+                self.current[VMIF.name].values().any(|i| {
+                    id_of(i) == Some(iface) && i["virtual_machine"]["id"].as_u64() == Some(vm)
+                })
+            })
     }
 
     // --------------------------------------------------------------------- prune
@@ -1849,10 +2031,18 @@ impl Engine<'_> {
             .iter()
             .filter_map(|(k, v)| k.parse().ok().map(|vmid| (*v, vmid)))
             .collect();
-        let iface_ids: BTreeSet<u64> = self
+        // Node interface id -> its node's name.
+        let iface_nodes: BTreeMap<u64, String> = self
             .current
             .get(INTERFACE.name)
-            .map(|m| m.values().filter_map(id_of).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|i| {
+                        let node = device_ids.get(&i["device"]["id"].as_u64()?)?;
+                        Some((id_of(i)?, node.clone()))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
 
         // Children of objects that still exist: deleted at once when their scope was read.
@@ -1869,6 +2059,10 @@ impl Engine<'_> {
                     continue;
                 }
                 let Some(id) = id_of(&obj) else { continue };
+                if !self.kind_synced(kind, &obj) {
+                    // Not synced now (sync.kinds): left as it is.
+                    continue;
+                }
                 // Which scope must have been read for the absence to mean deletion.
                 let scope_ok = match kind.name {
                     "dcim.interface" => obj["device"]["id"]
@@ -1896,9 +2090,13 @@ impl Engine<'_> {
                                     complete(ReadScope::GuestConfig(*vmid))
                                         && (kind.name == "dcim.macaddress" || addresses_read(*vmid))
                                 }),
+                            // Node MACs come from discovery and are kept; node IPs go
+                            // only when that node's network was read.
                             Some("dcim.interface") => {
-                                parent.is_some_and(|p| iface_ids.contains(&p))
-                                    && kind.name == "ipam.ipaddress"
+                                kind.name == "ipam.ipaddress"
+                                    && parent.and_then(|p| iface_nodes.get(&p)).is_some_and(|n| {
+                                        complete(ReadScope::NodeNetwork(n.clone()))
+                                    })
                             }
                             _ => false,
                         }
@@ -1927,29 +2125,31 @@ impl Engine<'_> {
                 }
             }
         }
-        for (kind, id, key) in deletes {
-            self.delete_one(kind, id, &key).await;
-        }
+        self.delete_many(deletes).await;
 
-        // Devices and VMs: stale first, deleted after the grace period.
+        // Devices and VMs: stale first, deleted after the grace period. A kind that is not
+        // synced is not managed: its objects are left as they are. So is a template when
+        // templates are skipped: it still exists in Proxmox.
         let node_names: BTreeSet<&str> = inv.nodes.iter().map(|n| n.name.as_str()).collect();
-        let guest_ids: BTreeSet<String> = self
-            .synced_guests(inv)
-            .map(|g| g.vmid.to_string())
-            .collect();
-        for (kind, set_complete) in [
-            (DEVICE, inv.node_set_complete()),
-            (VM, inv.guest_set_complete()),
+        let guest_ids: BTreeSet<String> = inv.guests.iter().map(|g| g.vmid.to_string()).collect();
+        let mut expired: Vec<(Kind, u64, String)> = Vec::new();
+        for (kind, synced, set_complete) in [
+            (DEVICE, self.s.nodes, inv.node_set_complete()),
+            (VM, self.s.virtual_machines, inv.guest_set_complete()),
         ] {
+            if !synced {
+                continue;
+            }
             let objs: Vec<(String, Value)> = self
                 .current
                 .get(kind.name)
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default();
+            let mut stale_patches: Vec<WriteItem> = Vec::new();
             for (key, obj) in objs {
                 let present = match kind.name {
-                    "dcim.device" => node_names.contains(key.as_str()) && self.s.nodes,
-                    _ => guest_ids.contains(&key) && self.s.virtual_machines,
+                    "dcim.device" => node_names.contains(key.as_str()),
+                    _ => guest_ids.contains(&key),
                 };
                 if present {
                     continue;
@@ -1959,15 +2159,12 @@ impl Engine<'_> {
                     continue;
                 }
                 let Some(id) = id_of(&obj) else { continue };
-                let label = format!(
-                    "{} {}",
-                    if kind.name == "dcim.device" {
-                        "node"
-                    } else {
-                        "vm"
-                    },
-                    key
-                );
+                let noun = if kind.name == "dcim.device" {
+                    "node"
+                } else {
+                    "vm"
+                };
+                let label = format!("{noun} {key}");
                 let since = custom_field(&obj, CF_STALE_SINCE)
                     .and_then(|s| DateTime::parse_from_rfc3339(&s).ok());
                 match since {
@@ -1977,7 +2174,7 @@ impl Engine<'_> {
                             .unwrap_or_default()
                             >= self.s.grace_period =>
                     {
-                        self.delete_one(kind, id, &label).await;
+                        expired.push((kind, id, label));
                     }
                     Some(_) => self.report.counts(kind.name).stale += 1,
                     None => {
@@ -1993,36 +2190,78 @@ impl Engine<'_> {
                             CF_STALE_SINCE.into(),
                             json!(self.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                         );
-                        let patch = json!({"id": id, "status": "offline", "tags": tags, "custom_fields": cf});
                         self.report.plan(
                             kind.name,
                             &label,
                             "markStale",
                             vec!["status".into(), "tags".into(), CF_STALE_SINCE.into()],
                         );
-                        if self.dry_run {
-                            self.report.counts(kind.name).stale += 1;
-                            continue;
-                        }
-                        match self.api.update(kind.endpoint, vec![patch]).await {
-                            Ok(_) => self.report.counts(kind.name).stale += 1,
-                            Err(e) => self.report.error(kind.name, &label, e.to_string()),
-                        }
+                        let patch = json!({"id": id, "status": "offline", "tags": tags, "custom_fields": cf});
+                        stale_patches.push((key, label, patch));
                     }
                 }
             }
+            if self.dry_run {
+                self.report.counts(kind.name).stale += stale_patches.len() as u64;
+                continue;
+            }
+            for (_, result) in self.write_batches(kind, stale_patches, false).await {
+                match result {
+                    Ok(_) => self.report.counts(kind.name).stale += 1,
+                    Err((label, message)) => self.report.error(kind.name, &label, message),
+                }
+            }
+        }
+        self.delete_many(expired).await;
+    }
+
+    /// Whether objects like `obj` of `kind` are synced (`sync.kinds`); MACs and IPs follow
+    /// the kind of interface they are assigned to.
+    fn kind_synced(&self, kind: Kind, obj: &Value) -> bool {
+        let on_node = obj["assigned_object_type"] == "dcim.interface";
+        match kind.name {
+            "dcim.interface" => self.s.node_interfaces,
+            "virtualization.vminterface" => self.s.vm_interfaces,
+            "virtualization.virtualdisk" => self.s.virtual_disks,
+            "dcim.macaddress" if on_node => self.s.node_interfaces,
+            "dcim.macaddress" => self.s.vm_interfaces,
+            "ipam.ipaddress" if on_node => self.s.ip_addresses && self.s.node_interfaces,
+            "ipam.ipaddress" => self.s.ip_addresses && self.s.vm_interfaces,
+            "dcim.device" => self.s.nodes,
+            "virtualization.virtualmachine" => self.s.virtual_machines,
+            _ => false,
         }
     }
 
-    async fn delete_one(&mut self, kind: Kind, id: u64, label: &str) {
-        self.report.plan(kind.name, label, "delete", Vec::new());
-        if self.dry_run {
-            self.report.counts(kind.name).deleted += 1;
-            return;
+    /// Deletes objects in bulk, kind by kind in the order given; a bulk delete NetBox
+    /// refuses is retried one object at a time so each failure names its object.
+    async fn delete_many(&mut self, items: Vec<(Kind, u64, String)>) {
+        let mut by_kind: Vec<(Kind, Vec<(u64, String)>)> = Vec::new();
+        for (kind, id, label) in items {
+            self.report.plan(kind.name, &label, "delete", Vec::new());
+            match by_kind.iter_mut().find(|(k, _)| k.name == kind.name) {
+                Some((_, v)) => v.push((id, label)),
+                None => by_kind.push((kind, vec![(id, label)])),
+            }
         }
-        match self.api.delete(kind.endpoint, vec![id]).await {
-            Ok(()) => self.report.counts(kind.name).deleted += 1,
-            Err(e) => self.report.error(kind.name, label, e.to_string()),
+        for (kind, objs) in by_kind {
+            if self.dry_run {
+                self.report.counts(kind.name).deleted += objs.len() as u64;
+                continue;
+            }
+            for chunk in objs.chunks(self.s.batch_size.max(1)) {
+                let ids: Vec<u64> = chunk.iter().map(|(id, _)| *id).collect();
+                if self.api.delete(kind.endpoint, ids).await.is_ok() {
+                    self.report.counts(kind.name).deleted += chunk.len() as u64;
+                    continue;
+                }
+                for (id, label) in chunk {
+                    match self.api.delete(kind.endpoint, vec![*id]).await {
+                        Ok(()) => self.report.counts(kind.name).deleted += 1,
+                        Err(e) => self.report.error(kind.name, label, e.to_string()),
+                    }
+                }
+            }
         }
     }
 

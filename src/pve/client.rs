@@ -355,6 +355,7 @@ impl PveClient {
         for offset in 0..n {
             let endpoint = (start + offset) % n;
             let mut attempt = 0;
+            let mut logged_in_again = false;
             loop {
                 match self.get_once(endpoint, path).await {
                     Ok(v) => {
@@ -369,6 +370,13 @@ impl PveClient {
                         let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
                         tracing::debug!(path, error = %e, attempt, "transient PVE error, retrying");
                         tokio::time::sleep(backoff).await;
+                    }
+                    // A ticket PVE no longer accepts (expired early, or the node restarted):
+                    // get_once dropped it, so one more try logs in again.
+                    Err(PveError::Unauthorized { .. })
+                        if matches!(self.conn.auth, PveAuth::Ticket { .. }) && !logged_in_again =>
+                    {
+                        logged_in_again = true;
                     }
                     Err(e) if Self::endpoint_down(&e) => {
                         last = Some(e);

@@ -20,21 +20,11 @@ pub struct PermissionReport {
     pub excess_write: Vec<String>,
 }
 
-/// True for privileges that allow changing something.
+/// True for privileges beyond reading: changing something (`Datastore.AllocateSpace`
+/// allocates disk space), or access an inventory reader must not have (`VM.Console`,
+/// `Sys.Console` are interactive shells, `Sys.Syslog` reads logs).
 fn is_write(privilege: &str) -> bool {
-    let read_only = privilege.ends_with(".Audit")
-        || matches!(
-            privilege,
-            "VM.Monitor"
-                | "Sys.Syslog"
-                | "VM.Console"
-                | "Sys.Console"
-                | "Datastore.AllocateSpace"
-                | "Mapping.Audit"
-                | "Pool.Audit"
-                | "SDN.Audit"
-        );
-    !read_only
+    !(privilege.ends_with(".Audit") || privilege == "VM.Monitor")
 }
 
 /// Evaluates the answer of `GET /access/permissions` (`{path: {privilege: 1}}`).
@@ -110,6 +100,21 @@ mod tests {
         assert_eq!(
             r.excess_write,
             vec!["Sys.Modify", "VM.Config.Disk", "VM.PowerMgmt"]
+        );
+    }
+
+    #[test]
+    fn space_allocation_and_consoles_are_not_reading() {
+        let r = evaluate(&json!({
+            "/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.Monitor": 1,
+                  "Pool.Audit": 1, "SDN.Audit": 1, "Mapping.Audit": 1},
+            "/storage/local": {"Datastore.AllocateSpace": 1},
+            "/vms/100": {"VM.Console": 1, "Sys.Console": 0}
+        }));
+        assert!(r.missing.is_empty());
+        assert_eq!(
+            r.excess_write,
+            vec!["Datastore.AllocateSpace", "VM.Console"]
         );
     }
 }

@@ -79,7 +79,17 @@ pub async fn read_inventory(api: &dyn PveApi, opts: &ReadOptions) -> Result<Inve
         .iter()
         .map(|n| (n.name.clone(), n.online))
         .collect();
-    let ha = read_ha_states(api).await;
+    let ha = match read_ha_states(api).await {
+        Ok(ha) => {
+            inv.completeness
+                .record(ReadScope::HaResources, ReadOutcome::Complete);
+            ha
+        }
+        Err(e) => {
+            inv.completeness.record(ReadScope::HaResources, failed(&e));
+            BTreeMap::new()
+        }
+    };
 
     // Nodes one by one (each node's parts in parallel); guests of all nodes in parallel.
     let mut guest_refs: Vec<(String, GuestKind, Value)> = Vec::new();
@@ -213,6 +223,7 @@ fn scope_order(scope: &ReadScope) -> (u8, String, u32) {
         ReadScope::Version => (0, String::new(), 0),
         ReadScope::ClusterStatus => (1, String::new(), 0),
         ReadScope::Permissions => (2, String::new(), 0),
+        ReadScope::HaResources => (2, String::new(), 1),
         ReadScope::NodeStatus(n) => (3, n.clone(), 0),
         ReadScope::NodeNetwork(n) => (3, n.clone(), 1),
         ReadScope::NodeDisks(n) => (3, n.clone(), 2),
@@ -290,19 +301,23 @@ async fn read_membership(api: &dyn PveApi, inv: &mut Inventory) -> Result<(), Pv
     Ok(())
 }
 
-/// HA states by vmid, from `/cluster/ha/resources` (empty when unreadable).
-async fn read_ha_states(api: &dyn PveApi) -> BTreeMap<u32, String> {
+/// HA states by vmid, from `/cluster/ha/resources` (`sid` is `vm:100` or `ct:200`).
+async fn read_ha_states(api: &dyn PveApi) -> Result<BTreeMap<u32, String>, PveError> {
     let mut out = BTreeMap::new();
-    if let Ok(v) = api.get("/cluster/ha/resources").await {
-        for r in v.as_array().into_iter().flatten() {
-            let sid = r["sid"].as_str().unwrap_or_default();
-            let vmid = sid.rsplit(':').next().and_then(|n| n.parse::<u32>().ok());
-            if let (Some(vmid), Some(state)) = (vmid, s(&r["state"])) {
-                out.insert(vmid, state);
-            }
+    for r in api
+        .get("/cluster/ha/resources")
+        .await?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let sid = r["sid"].as_str().unwrap_or_default();
+        let vmid = sid.rsplit(':').next().and_then(|n| n.parse::<u32>().ok());
+        if let (Some(vmid), Some(state)) = (vmid, s(&r["state"])) {
+            out.insert(vmid, state);
         }
     }
-    out
+    Ok(out)
 }
 
 fn node_status(v: &Value) -> NodeStatus {
@@ -631,10 +646,25 @@ fn runtime_addresses(
             // Docker bridges, veths, tunnels: not a NIC of the guest, nowhere to put it.
             continue;
         };
-        for a in iface["ip-addresses"].as_array().into_iter().flatten() {
-            let (Some(ip), Some(prefix)) = (s(&a["ip-address"]), as_u64(&a["prefix"])) else {
-                continue;
-            };
+        // The agent and PVE 9 answer `ip-addresses: [{ip-address, prefix}]`; PVE 7/8 answer
+        // LXC interfaces with `inet` / `inet6` as `address/prefix` strings.
+        let listed = iface["ip-addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| Some((s(&a["ip-address"])?, as_u64(&a["prefix"])?)));
+        let inet = ["inet", "inet6"]
+            .into_iter()
+            .filter_map(|k| s(&iface[k]))
+            .flat_map(|v| {
+                v.split([' ', ','])
+                    .filter_map(|c| {
+                        let (ip, prefix) = c.trim().split_once('/')?;
+                        Some((ip.to_string(), prefix.parse::<u64>().ok()?))
+                    })
+                    .collect::<Vec<_>>()
+            });
+        for (ip, prefix) in listed.chain(inet) {
             let Ok(parsed) = ip.parse::<std::net::IpAddr>() else {
                 continue;
             };

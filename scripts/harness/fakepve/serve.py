@@ -123,6 +123,8 @@ def generate(nodes, guests, seed):
                 config['tags'] = tags
             guest = {'vmid': vmid, 'type': 'qemu', 'node': node, 'name': name, 'status': status,
                      'template': template, 'config': config}
+            if g % 10 == 0 and not template:
+                guest['ha'] = 'started' if status == 'running' else 'stopped'
             if status == 'running' and not template and g % 5 != 4:
                 guest['agent'] = [{'name': 'eth0', 'hardware-address': config['net0'].split('=')[1].split(',')[0].lower(),
                                    'ip-addresses': [{'ip-address': ip, 'ip-address-type': 'ipv4', 'prefix': 24}]}]
@@ -167,7 +169,26 @@ def expected(topo):
         for key in sorted(cfg):
             if re.fullmatch(r'(scsi|virtio|sata|ide)\d+|efidisk0|tpmstate0|rootfs|mp\d+', key) and 'media=cdrom' not in cfg[key]:
                 disks.append({'slot': key, 'sizeBytes': parse_size(cfg[key])})
+        if g['type'] == 'qemu':
+            vcpus = int(cfg.get('vcpus') or 0) or int(cfg.get('sockets', 1)) * int(cfg.get('cores', 1))
+        else:
+            vcpus = int(cfg['cores']) if 'cores' in cfg else None
+        memory = str(cfg.get('memory', 512))
+        memory = int(memory.split('current=')[-1].split(',')[0])
+        addresses = set()
+        for key, value in cfg.items():
+            if re.fullmatch(r'ipconfig\d+|net\d+', key):
+                for part in value.split(','):
+                    k, _, v = part.partition('=')
+                    if k in ('ip', 'ip6') and '/' in v:
+                        addresses.add(v)
+        for iface in g.get('agent') or []:
+            for a in iface.get('ip-addresses', []):
+                if not a['ip-address'].startswith(('127.', '::1', 'fe80')):
+                    addresses.add('{0}/{1}'.format(a['ip-address'], a['prefix']))
         out['guests'].append({'vmid': g['vmid'], 'type': g['type'], 'node': g['node'], 'name': g['name'],
+                              'addresses': sorted(addresses), 'vcpus': vcpus, 'memoryMib': memory,
+                              'haState': g.get('ha'),
                               'status': g['status'], 'template': bool(g.get('template')), 'nics': nics,
                               'disks': disks, 'tags': sorted(t for t in cfg.get('tags', '').split(';') if t),
                               'agentRunning': bool(g.get('agent'))})
@@ -186,6 +207,11 @@ class SeededPve(FakePve):
 
     def seeded(self, path):
         """Data for a path the topology answers, or None to let fakepve answer."""
+        if path == '/cluster/ha/resources':
+            return [{'sid': 'vm:{0}'.format(g['vmid']) if g['type'] == 'qemu' else 'ct:{0}'.format(g['vmid']),
+                     'type': 'vm' if g['type'] == 'qemu' else 'ct', 'state': g['ha'], 'max_restart': 1,
+                     'max_relocate': 1, 'digest': 'seeded'}
+                    for g in self.topo['guests'] if g.get('ha')]
         m = re.fullmatch(r'/nodes/([^/]+)/(status|network|disks/list)', path)
         if m and m.group(1) in self.node_index:
             name, what = m.group(1), m.group(2)
@@ -261,6 +287,9 @@ async def main():
     ap.add_argument('--forbid', action='append', default=[], help='GET path answering 403')
     ap.add_argument('--privileges', help='comma-separated privileges of the token on / (default: read-only set)')
     ap.add_argument('--no-ceph', action='store_true')
+    ap.add_argument('--ticket-ttl', type=float, help='seconds a login ticket is valid (PVE: 7200)')
+    ap.add_argument('--mutate-percent', type=float, default=0.0,
+                    help='change the memory of this share of the guests (benchmarks of a resync)')
     args = ap.parse_args()
     if args.topology:
         with open(args.topology) as f:
@@ -270,6 +299,10 @@ async def main():
         topo = generate(int(opts['nodes']), int(opts['guests']), int(opts.get('seed', 7)))
     else:
         ap.error('--topology or --generate is required')
+    if args.mutate_percent:
+        step = max(1, int(round(100 / args.mutate_percent)))
+        for g in topo['guests'][::step]:
+            g['config']['memory'] = str(int(g['config'].get('memory', 512)) + 1024)
     faults = topo.setdefault('faults', {})
     faults.setdefault('offline_nodes', []).extend(args.offline_node)
     faults.setdefault('forbidden', []).extend(args.forbid)
@@ -280,6 +313,8 @@ async def main():
     certfile, keyfile, _ = make_cert(args.state_dir, name='fakepve')
     pve = SeededPve(topo, user='root@pam', password=secrets.token_urlsafe(16), host='127.0.0.1', port=args.port)
     seed(pve, topo)
+    if args.ticket_ttl:
+        pve.ticket_ttl = args.ticket_ttl
     token_id = topo.get('token_id', 'netbox-sync@pve!operator')
     token_secret = str(__import__('uuid').uuid4())
     pve.apitokens[token_id] = token_secret

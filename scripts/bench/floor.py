@@ -1,0 +1,104 @@
+"""The floor of the benchmark: how long NetBox takes to accept the guests' objects (VMs,
+interfaces, MAC addresses, virtual disks, IP addresses) from the simplest possible client
+(no reads, no diff), with the operator's batch size and number of requests in flight.
+
+    python floor.py EXPECTED_JSON NETBOX_URL TOKEN RUN_ID [--same-objects]
+
+Without --same-objects: bare bulk creates with the fewest fields NetBox accepts.
+With --same-objects: the same objects the operator ends up with: its ownership tag and
+custom fields on every object, and the two bulk PATCH passes NetBox's API requires for
+references that cannot be given at creation (an interface's primary MAC, a VM's primary
+IPs). Needs the operator's tag and custom fields to exist (run after a sync).
+
+Prints JSON: total seconds, object count, and seconds per step.
+"""
+import json
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+BATCH = 100
+IN_FLIGHT = 4
+
+
+def call(url, token, method, path, body=None):
+    req = urllib.request.Request(url + '/api/' + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json',
+                                          'Accept': 'application/json'})
+    with urllib.request.urlopen(req, timeout=600) as r:
+        return json.loads(r.read() or b'null')
+
+
+def bulk(url, token, method, path, objects):
+    batches = [objects[i:i + BATCH] for i in range(0, len(objects), BATCH)]
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        results = list(pool.map(lambda b: call(url, token, method, path, b), batches))
+    return [o for r in results for o in r]
+
+
+def main():
+    expected, url, token, run = sys.argv[1:5]
+    same = '--same-objects' in sys.argv[5:]
+    inv = json.load(open(expected))
+    guests = [g for g in inv['guests'] if not g['template']]
+    prefix = ('floor-same-' if same else 'floor-') + run
+    ctype = call(url, token, 'POST', 'virtualization/cluster-types/', {'name': prefix, 'slug': prefix})
+    cluster = call(url, token, 'POST', 'virtualization/clusters/', {'name': prefix, 'type': ctype['id']})
+
+    def marks(**cf):
+        """The operator's ownership marks (only in --same-objects)."""
+        if not same:
+            return {}
+        return {'tags': [owner_tag], 'custom_fields': dict({'proxmox_owner': 'floor/' + prefix}, **cf)}
+
+    if same:
+        owner_tag = call(url, token, 'GET', 'extras/tags/?slug=proxmox-netbox-operator')['results'][0]['id']
+    steps = {}
+    started = time.time()
+
+    def step(name, method, path, objects):
+        t = time.time()
+        out = bulk(url, token, method, path, objects) if objects else []
+        steps[name] = round(time.time() - t, 1)
+        return out
+
+    vms = step('vms', 'POST', 'virtualization/virtual-machines/',
+               [dict({'name': g['name'], 'cluster': cluster['id'], 'status': 'active'},
+                     **marks(proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
+    ids = dict((g['vmid'], vm['id']) for g, vm in zip(guests, vms))
+    nic_keys = [(g['vmid'], n) for g in guests for n in g['nics']]
+    ifaces = step('vm interfaces', 'POST', 'virtualization/interfaces/',
+                  [dict({'virtual_machine': ids[vmid], 'name': n['slot']}, **marks()) for vmid, n in nic_keys])
+    with_mac = [(n, i) for (_, n), i in zip(nic_keys, ifaces) if n['mac']]
+    macs = step('mac addresses', 'POST', 'dcim/mac-addresses/',
+                [dict({'mac_address': n['mac'], 'assigned_object_type': 'virtualization.vminterface',
+                       'assigned_object_id': i['id']}, **marks()) for n, i in with_mac])
+    if same:
+        step('primary mac (PATCH)', 'PATCH', 'virtualization/interfaces/',
+             [{'id': i['id'], 'primary_mac_address': m['id']} for (_, i), m in zip(with_mac, macs)])
+    disks = [dict({'virtual_machine': ids[g['vmid']], 'name': d['slot'],
+                   'size': max(1, (d['sizeBytes'] or 0) // 1048576)}, **marks())
+             for g in guests for d in g['disks']]
+    step('virtual disks', 'POST', 'virtualization/virtual-disks/', disks)
+    first_iface = {}
+    for (vmid, _), i in zip(nic_keys, ifaces):
+        first_iface.setdefault(vmid, i['id'])
+    ip_keys = [(g['vmid'], a) for g in guests for a in g.get('addresses', []) if g['vmid'] in first_iface]
+    ips = step('ip addresses', 'POST', 'ipam/ip-addresses/',
+               [dict({'address': a, 'assigned_object_type': 'virtualization.vminterface',
+                      'assigned_object_id': first_iface[vmid]}, **marks()) for vmid, a in ip_keys])
+    if same:
+        primary = {}
+        for (vmid, a), ip in zip(ip_keys, ips):
+            primary.setdefault(vmid, {}).setdefault('primary_ip6' if ':' in a else 'primary_ip4', ip['id'])
+        step('primary ips (PATCH)', 'PATCH', 'virtualization/virtual-machines/',
+             [dict({'id': ids[vmid]}, **p) for vmid, p in primary.items()])
+    elapsed = time.time() - started
+    objects = len(vms) + len(ifaces) + len(macs) + len(disks) + len(ips)
+    print(json.dumps({'seconds': round(elapsed, 1), 'objects': objects, 'steps': steps}))
+
+
+if __name__ == '__main__':
+    main()
