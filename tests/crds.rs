@@ -30,6 +30,21 @@ fn crd_reference_doc_is_current() {
     );
 }
 
+#[test]
+fn integer_formats_are_ones_the_api_server_knows() {
+    // Kubernetes knows int32 and int64; `uint32` from a Rust u32 is not a valid format.
+    let generated = crds_yaml().unwrap();
+    let formats: std::collections::BTreeSet<&str> = generated
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("format: "))
+        .collect();
+    let known = ["int32", "int64", "date-time", "double", "byte"];
+    assert!(
+        formats.iter().all(|f| known.contains(f)),
+        "unknown formats in the CRDs: {formats:?}"
+    );
+}
+
 fn schema_of<K: CustomResourceExt>() -> Value {
     let crd = K::crd();
     serde_json::to_value(

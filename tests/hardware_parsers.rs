@@ -324,7 +324,8 @@ fn every_ethtool_fixture_gives_exactly_the_values_it_shows() {
         let (info, problems) = ethtool(text);
         // Speed: a number of Mb/s, or absent (`Unknown!`, or no line at all).
         let speed = ethtool_value(text, "Speed")
-            .and_then(|v| v.strip_suffix("Mb/s").and_then(|n| n.parse::<u32>().ok()));
+            .and_then(|v| v.strip_suffix("Mb/s").and_then(|n| n.parse::<u32>().ok()))
+            .map(i64::from);
         assert_eq!(info.speed_mbps, speed, "{name}: speed");
         with_speed += usize::from(speed.is_some());
         let duplex = ethtool_value(text, "Duplex")

@@ -190,7 +190,7 @@ fn tag_slugs(obj: &Value) -> Vec<String> {
 }
 
 fn hardware() -> BTreeMap<String, NodeHardware> {
-    let nic = |name: &str, mac: &str, kind: LinkKind, speed: Option<u32>| NicFacts {
+    let nic = |name: &str, mac: &str, kind: LinkKind, speed: Option<i64>| NicFacts {
         link: LinkInfo {
             name: name.into(),
             mac: Some(mac.into()),

@@ -84,7 +84,7 @@ pub struct LinkInfo {
     pub name: String,
     /// Interface index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
+    pub index: Option<i64>,
     /// Parent device of a VLAN (`name@parent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -96,7 +96,7 @@ pub struct LinkInfo {
     pub state: Option<String>,
     /// MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
+    pub mtu: Option<i64>,
     /// MAC address, upper case with colons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -113,7 +113,7 @@ pub struct LinkInfo {
 pub struct EthtoolInfo {
     /// Speed in Mb/s; absent when `Unknown!`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speed_mbps: Option<u32>,
+    pub speed_mbps: Option<i64>,
     /// Duplex (`full`, `half`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplex: Option<String>,

@@ -237,11 +237,13 @@ fn parse_header(line: &str) -> Option<LinkInfo> {
     };
     Some(LinkInfo {
         name,
-        index: Some(index),
+        index: Some(i64::from(index)),
         parent: parent.filter(|p| p != "NONE"),
         master: value_after("master"),
         state: value_after("state"),
-        mtu: value_after("mtu").and_then(|m| m.parse().ok()),
+        mtu: value_after("mtu")
+            .and_then(|m| m.parse::<u32>().ok())
+            .map(i64::from),
         mac: None,
         altnames: Vec::new(),
         kind: LinkKind::Other,
@@ -261,10 +263,10 @@ fn ip_link_json(text: &str) -> Vec<LinkInfo> {
             let detail = i["linkinfo"]["info_kind"].as_str();
             Some(LinkInfo {
                 kind: kind_of(&name, parent.as_deref(), link_type, detail),
-                index: i["ifindex"].as_u64().and_then(|n| u32::try_from(n).ok()),
+                index: i["ifindex"].as_u64().and_then(|n| i64::try_from(n).ok()),
                 master: i["master"].as_str().map(str::to_string),
                 state: i["operstate"].as_str().map(str::to_string),
-                mtu: i["mtu"].as_u64().and_then(|n| u32::try_from(n).ok()),
+                mtu: i["mtu"].as_u64().and_then(|n| i64::try_from(n).ok()),
                 mac: i["address"]
                     .as_str()
                     .filter(|_| link_type == Some("ether"))
@@ -311,9 +313,12 @@ pub fn ethtool(text: &str) -> (EthtoolInfo, EthtoolProblems) {
         let value = value.trim();
         match key.trim() {
             "Speed" => {
+                // Some drivers print SPEED_UNKNOWN (-1 as u32) instead of `Unknown!`.
                 info.speed_mbps = value
                     .strip_suffix("Mb/s")
-                    .and_then(|v| v.trim().parse().ok());
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .filter(|s| *s != u32::MAX)
+                    .map(i64::from);
             }
             "Duplex" => {
                 let d = value

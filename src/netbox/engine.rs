@@ -1345,7 +1345,7 @@ impl Engine<'_> {
                 if let Some(e) = ethtool {
                     f.insert(
                         "speed".into(),
-                        json!(e.speed_mbps.map(|s| u64::from(s) * 1000)),
+                        json!(e.speed_mbps.map(|s| s.saturating_mul(1000))),
                     );
                     f.insert(
                         "duplex".into(),
