@@ -125,6 +125,15 @@ async fn tls(
     field: &str,
     spec: &TlsSpec,
 ) -> Result<TlsSettings, StageError> {
+    // The CRD's CEL rule says the same; a file given to `sync` is not checked by an API server.
+    if spec.ca_secret_ref.is_some() && spec.insecure_skip_verify {
+        return Err(StageError {
+            reason: reasons::INVALID_SPEC,
+            message: format!(
+                "{field}: caSecretRef and insecureSkipVerify: true exclude each other: trust that CA, or remove caSecretRef"
+            ),
+        });
+    }
     let ca_pem = match &spec.ca_secret_ref {
         Some(r) => Some(
             read_key(secrets, &format!("{field}.caSecretRef"), r)
@@ -309,6 +318,27 @@ mod tests {
         assert_eq!(err.reason, reasons::SECRET_NOT_FOUND);
         assert!(
             err.message.contains("spec.proxmox.credentialsSecretRef"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ca_bundle_with_skipped_verification_is_a_spec_error() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "pve", "tokenId", "sync@pve!op");
+        write(d.path(), "pve", "tokenSecret", "x");
+        write(d.path(), "pve-ca", "ca.crt", "pem");
+        write(d.path(), "nb", "token", "t");
+        let mut c = cluster();
+        c.spec.proxmox.tls.insecure_skip_verify = true;
+        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert!(
+            err.message
+                .starts_with("spec.proxmox.tls: caSecretRef and insecureSkipVerify"),
             "{}",
             err.message
         );

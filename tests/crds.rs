@@ -107,6 +107,47 @@ fn cel_requires_exactly_one_ssh_auth_method() {
     assert!(v.validate(&schema, &credential(neither), None).is_err());
 }
 
+#[test]
+fn cel_rejects_a_ca_bundle_together_with_skipped_verification() {
+    let schema = schema_of::<ProxmoxCluster>();
+    let v = Validator::new();
+    let cluster = |tls: Value| {
+        json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+            "metadata": {"name": "lab", "namespace": "infra"},
+            "spec": {
+                "proxmox": {"endpoints": ["https://pve1.example.com:8006"],
+                            "credentialsSecretRef": {"name": "lab-pve"}, "tls": tls},
+                "netbox": {"url": "https://netbox.example.com",
+                           "tokenSecretRef": {"name": "netbox", "key": "token"}, "site": "dc1"}
+            }
+        })
+    };
+    let ca = json!({"name": "lab-pve-ca", "key": "ca.crt"});
+    for ok in [
+        json!({"caSecretRef": ca}),
+        json!({"caSecretRef": ca, "insecureSkipVerify": false}),
+        json!({"insecureSkipVerify": true}),
+        json!({}),
+    ] {
+        assert!(
+            v.validate(&schema, &cluster(ok.clone()), None).is_ok(),
+            "{ok}"
+        );
+    }
+    let err = v
+        .validate(
+            &schema,
+            &cluster(json!({"caSecretRef": ca, "insecureSkipVerify": true})),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("caSecretRef and insecureSkipVerify: true exclude each other"),
+        "{err:?}"
+    );
+}
+
 /// Looks up the schema of a property path like `spec.hostKeyFingerprint`.
 fn property<'a>(schema: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(schema, |s, p| &s["properties"][p])

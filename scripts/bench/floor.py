@@ -15,6 +15,7 @@ Prints JSON: total seconds, object count, and seconds per step.
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,12 +28,24 @@ def call(url, token, method, path, body=None):
                                  data=json.dumps(body).encode() if body is not None else None,
                                  headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json',
                                           'Accept': 'application/json'})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read() or b'null')
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read() or b'null')
+    except urllib.error.HTTPError as e:
+        raise SystemExit('{0} {1}: {2} {3}'.format(method, path, e.code, e.read()[:2000].decode(errors='replace')))
 
 
-def bulk(url, token, method, path, objects):
-    batches = [objects[i:i + BATCH] for i in range(0, len(objects), BATCH)]
+def bulk(url, token, method, path, objects, group=None):
+    """Batches of BATCH objects, IN_FLIGHT at a time. Objects with the same group (a VM's
+    virtual disks) stay in one batch: NetBox recomputes the VM's disk total on each disk
+    save, and two batches in flight for one VM leave a wrong total behind."""
+    batches = []
+    for o in objects:
+        same = group and batches and group(batches[-1][-1]) == group(o)
+        if batches and (len(batches[-1]) < BATCH or same):
+            batches[-1].append(o)
+        else:
+            batches.append([o])
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         results = list(pool.map(lambda b: call(url, token, method, path, b), batches))
     return [o for r in results for o in r]
@@ -58,9 +71,9 @@ def main():
     steps = {}
     started = time.time()
 
-    def step(name, method, path, objects):
+    def step(name, method, path, objects, group=None):
         t = time.time()
-        out = bulk(url, token, method, path, objects) if objects else []
+        out = bulk(url, token, method, path, objects, group) if objects else []
         steps[name] = round(time.time() - t, 1)
         return out
 
@@ -81,7 +94,7 @@ def main():
     disks = [dict({'virtual_machine': ids[g['vmid']], 'name': d['slot'],
                    'size': max(1, (d['sizeBytes'] or 0) // 1048576)}, **marks())
              for g in guests for d in g['disks']]
-    step('virtual disks', 'POST', 'virtualization/virtual-disks/', disks)
+    step('virtual disks', 'POST', 'virtualization/virtual-disks/', disks, group=lambda d: d['virtual_machine'])
     first_iface = {}
     for (vmid, _), i in zip(nic_keys, ifaces):
         first_iface.setdefault(vmid, i['id'])

@@ -10,7 +10,7 @@ pub use cluster::*;
 pub use reference::reference_markdown;
 pub use ssh_credential::*;
 
-use kube::CustomResourceExt;
+use kube::{CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,8 @@ pub struct SecretKeyRef {
 }
 
 /// TLS settings for an HTTPS endpoint. Verification is on unless `insecureSkipVerify` is set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.caSecretRef) && has(self.insecureSkipVerify) && self.insecureSkipVerify)").message("caSecretRef and insecureSkipVerify: true exclude each other: trust that CA, or remove caSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
     /// PEM bundle of the CA certificates to trust, from a Secret key. When set, only these CAs are

@@ -1018,8 +1018,7 @@ impl Engine<'_> {
         if items.is_empty() {
             return out;
         }
-        let size = self.s.batch_size.max(1);
-        let chunks: Vec<Vec<WriteItem>> = items.chunks(size).map(<[_]>::to_vec).collect();
+        let chunks = batches(kind, items, self.s.batch_size.max(1));
         let api = self.api;
         let send = |chunk: Vec<WriteItem>| async move {
             let bodies: Vec<Value> = chunk.iter().map(|c| c.2.clone()).collect();
@@ -1407,6 +1406,7 @@ impl Engine<'_> {
         let unowned = self
             .unowned_by_name(VM, &wanted, ("cluster_id", self.shared.cluster))
             .await?;
+        let disk_repairs = self.disk_totals_to_repair().await?;
         let mut desired = Vec::new();
         for g in self.synced_guests(inv).collect::<Vec<_>>() {
             let key = g.vmid.to_string();
@@ -1463,6 +1463,9 @@ impl Engine<'_> {
                     if total > 0 { json!(total) } else { Value::Null },
                 );
             }
+            if let Some(total) = disk_repairs.get(&key) {
+                f.insert("disk".into(), total.clone());
+            }
             let config_read = inv
                 .completeness
                 .is_complete(&ReadScope::GuestConfig(g.vmid));
@@ -1479,6 +1482,54 @@ impl Engine<'_> {
             });
         }
         Ok(self.apply(VM, desired).await)
+    }
+
+    /// VMs whose `disk` total in NetBox is not the sum of their virtual disks (left by
+    /// another client writing disks of one VM concurrently): NetBox then refuses every
+    /// update of the VM, so the total is put back. Checked against the owned disks read at
+    /// the start (no request when they agree); on a mismatch all of the VM's disks are read,
+    /// hand-made ones included, since NetBox sums them all. By vmid key.
+    async fn disk_totals_to_repair(&mut self) -> Result<BTreeMap<String, Value>, NetBoxError> {
+        let mut out = BTreeMap::new();
+        if !self.s.virtual_disks {
+            return Ok(out);
+        }
+        let mut owned_sum: BTreeMap<u64, u64> = BTreeMap::new();
+        for d in self.current[VDISK.name].values() {
+            if let Some(vm) = d["virtual_machine"]["id"].as_u64() {
+                *owned_sum.entry(vm).or_default() += d["size"].as_u64().unwrap_or(0);
+            }
+        }
+        let suspects: Vec<(String, u64, u64)> = self.current[VM.name]
+            .iter()
+            .filter_map(|(key, vm)| {
+                let id = id_of(vm)?;
+                let have = vm["disk"].as_u64().unwrap_or(0);
+                (have != owned_sum.get(&id).copied().unwrap_or(0)).then(|| (key.clone(), id, have))
+            })
+            .collect();
+        for chunk in suspects.chunks(100) {
+            let q: Vec<(String, String)> = chunk
+                .iter()
+                .map(|(_, id, _)| ("virtual_machine_id".to_string(), id.to_string()))
+                .collect();
+            let mut total: BTreeMap<u64, u64> = BTreeMap::new();
+            for d in self.api.list(VDISK.endpoint, &q).await? {
+                if let Some(vm) = d["virtual_machine"]["id"].as_u64() {
+                    *total.entry(vm).or_default() += d["size"].as_u64().unwrap_or(0);
+                }
+            }
+            for (key, id, have) in chunk {
+                let want = total.get(id).copied().unwrap_or(0);
+                if want != *have {
+                    out.insert(
+                        key.clone(),
+                        if want > 0 { json!(want) } else { Value::Null },
+                    );
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn sync_vm_interfaces(
@@ -2330,6 +2381,28 @@ impl Engine<'_> {
     }
 }
 
+/// Splits writes into batches of about `size`. The virtual disks of one VM always go in
+/// the same batch: NetBox recomputes the VM's total disk size on each disk save, and two
+/// batches in flight for one VM would race and leave a total that later fails validation
+/// ("must match the aggregate size of assigned virtual disks").
+fn batches(kind: Kind, items: Vec<WriteItem>, size: usize) -> Vec<Vec<WriteItem>> {
+    let group = |key: &str| -> Option<String> {
+        (kind.name == VDISK.name).then(|| key.split('/').next().unwrap_or_default().to_string())
+    };
+    let mut out: Vec<Vec<WriteItem>> = Vec::new();
+    for item in items {
+        let same_group = out
+            .last()
+            .and_then(|b| b.last())
+            .is_some_and(|last| group(&last.0).is_some() && group(&last.0) == group(&item.0));
+        match out.last_mut() {
+            Some(b) if b.len() < size || same_group => b.push(item),
+            _ => out.push(vec![item]),
+        }
+    }
+    out
+}
+
 /// Canonical `address/prefix` (NetBox stores the canonical form).
 fn normalize_cidr(cidr: &str) -> Option<String> {
     let (ip, prefix) = cidr.split_once('/')?;
@@ -2393,6 +2466,42 @@ pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vms_disks_never_straddle_two_batches() {
+        let item = |key: &str| (key.to_string(), key.to_string(), json!({}));
+        let disks: Vec<WriteItem> = [
+            "1/scsi0",
+            "1/scsi1",
+            "2/scsi0",
+            "2/scsi1",
+            "2/virtio0",
+            "3/scsi0",
+        ]
+        .into_iter()
+        .map(item)
+        .collect();
+        let keys = |b: Vec<Vec<WriteItem>>| -> Vec<Vec<String>> {
+            b.into_iter()
+                .map(|c| c.into_iter().map(|i| i.0).collect())
+                .collect()
+        };
+        assert_eq!(
+            keys(batches(VDISK, disks.clone(), 3)),
+            vec![
+                vec!["1/scsi0", "1/scsi1", "2/scsi0", "2/scsi1", "2/virtio0"],
+                vec!["3/scsi0"]
+            ]
+        );
+        // Other kinds are cut at the size.
+        assert_eq!(
+            keys(batches(VMIF, disks, 3)),
+            vec![
+                vec!["1/scsi0", "1/scsi1", "2/scsi0"],
+                vec!["2/scsi1", "2/virtio0", "3/scsi0"]
+            ]
+        );
+    }
 
     #[test]
     fn cidrs_are_canonical() {
