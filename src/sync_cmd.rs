@@ -262,8 +262,40 @@ pub fn render_text(out: &SyncOutput) -> String {
             ));
         }
     }
+    if out.mode == "DryRun"
+        && let Some(plan) = out.netbox.as_ref().and_then(|r| r["plan"].as_array())
+    {
+        s.push_str(&format!(
+            "Plan ({} changes, nothing written):\n",
+            plan.len()
+        ));
+        for p in plan.iter().take(TEXT_PLAN_LINES) {
+            let fields: Vec<&str> = p["fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            s.push_str(&format!(
+                "  {:<10} {:<30} {} [{}]\n",
+                p["action"].as_str().unwrap_or_default(),
+                p["kind"].as_str().unwrap_or_default(),
+                p["object"].as_str().unwrap_or_default(),
+                fields.join(", ")
+            ));
+        }
+        if plan.len() > TEXT_PLAN_LINES {
+            s.push_str(&format!(
+                "  ... and {} more (--output json has the whole plan)\n",
+                plan.len() - TEXT_PLAN_LINES
+            ));
+        }
+    }
     s
 }
+
+/// Plan entries shown by the text output of a dry-run.
+const TEXT_PLAN_LINES: usize = 200;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,9 @@ use common::harness::{FakePve, HarnessEnv, topology};
 use common::sshd::Sshd;
 use serde_json::Value;
 
+/// Tests that write to NetBox, or count its change log, take turns.
+static NETBOX: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn write(dir: &Path, secret: &str, key: &str, value: &str) {
     std::fs::create_dir_all(dir.join(secret)).unwrap();
     std::fs::write(dir.join(secret).join(key), value).unwrap();
@@ -66,12 +69,16 @@ fn setup(
 }
 
 fn sync(setup: &Setup, output: &str) -> (bool, String, String) {
+    sync_with(setup, &["--output", output])
+}
+
+fn sync_with(setup: &Setup, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"))
         .args(["sync", "-f"])
         .arg(setup.dir.path().join("cluster.yaml"))
         .arg("--secrets-dir")
         .arg(setup.dir.path().join("secrets"))
-        .args(["--output", output])
+        .args(args)
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();
@@ -91,6 +98,31 @@ fn sync(setup: &Setup, output: &str) -> (bool, String, String) {
         );
     }
     (out.status.success(), stdout, stderr)
+}
+
+/// GET of a NetBox API path (after `/api/`).
+async fn netbox_get(env: &HarnessEnv, path: &str) -> Value {
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    reqwest::Client::new()
+        .get(format!("{}/api/{path}", env.netbox_url))
+        .bearer_auth(&env.netbox_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The condition of a type in the `sync --output json` document.
+fn condition(out: &Value, type_: &str) -> Value {
+    out["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+        .clone()
 }
 
 /// The harness, a fresh fake PVE with `topo`, an sshd, and the files of one cluster.
@@ -118,6 +150,7 @@ fn start(topo: &str, discovery: bool, name: &str, token_secret: Option<&str>) ->
 
 #[tokio::test]
 async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
+    let _turn = NETBOX.lock().await;
     let Run {
         env,
         _pve,
@@ -140,13 +173,7 @@ async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
         assert!(n["lastDiscoveryTime"].is_string());
         assert!(n.get("warning").is_none());
     }
-    let ready = out["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "HardwareDiscovered")
-        .unwrap()
-        .clone();
+    let ready = condition(&out, "HardwareDiscovered");
     assert_eq!(ready["status"], "True");
     assert_eq!(
         sshd.log()
@@ -157,8 +184,6 @@ async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
     );
 
     // In NetBox: serial and chassis facts on the device, link facts on the NIC.
-    proxmox_netbox_operator::tls::install_crypto_provider();
-    let http = reqwest::Client::new();
     let cluster = out["cluster"]
         .as_str()
         .unwrap()
@@ -166,33 +191,19 @@ async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
         .nth(1)
         .unwrap()
         .to_string();
-    let devices: Value = http
-        .get(format!(
-            "{}/api/dcim/devices/?cf_proxmox_owner=cli/{cluster}&name=pve1",
-            env.netbox_url
-        ))
-        .bearer_auth(&env.netbox_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let devices = netbox_get(
+        &env,
+        &format!("dcim/devices/?cf_proxmox_owner=cli/{cluster}&name=pve1"),
+    )
+    .await;
     let dev = &devices["results"][0];
     assert_eq!(dev["serial"], "2RJF153");
     assert_eq!(dev["device_type"]["model"], "PowerEdge R640");
-    let ifaces: Value = http
-        .get(format!(
-            "{}/api/dcim/interfaces/?device_id={}&name=enp65s0f0",
-            env.netbox_url, dev["id"]
-        ))
-        .bearer_auth(&env.netbox_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ifaces = netbox_get(
+        &env,
+        &format!("dcim/interfaces/?device_id={}&name=enp65s0f0", dev["id"]),
+    )
+    .await;
     let nic = &ifaces["results"][0];
     assert_eq!(nic["speed"], 10_000_000);
     assert_eq!(nic["custom_fields"]["nic_speed_gbps"], 10);
@@ -215,6 +226,7 @@ async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
 
 #[tokio::test]
 async fn discovery_disabled_opens_no_ssh_connection() {
+    let _turn = NETBOX.lock().await;
     let Run {
         _pve, sshd, setup, ..
     } = start("small.json", false, "nodiscovery", None);
@@ -237,17 +249,58 @@ async fn rejected_pve_token_fails_with_a_clear_reason_and_no_secret() {
     assert!(!ok, "a failed sync exits non-zero");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(out["success"], false);
-    let ready = out["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition(&out, "Ready");
     assert_eq!(ready["reason"], "ProxmoxUnauthorized");
     assert!(ready["message"].as_str().unwrap().contains("401"));
     assert!(
         out.get("netbox").is_none(),
         "NetBox is not touched after a failed read"
+    );
+}
+
+/// Rows in NetBox's change log.
+async fn netbox_changes(env: &HarnessEnv) -> u64 {
+    netbox_get(env, "core/object-changes/?limit=1").await["count"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dry_run_prints_the_inventory_and_the_plan_and_writes_nothing() {
+    let _turn = NETBOX.lock().await;
+    let Run {
+        env, _pve, setup, ..
+    } = start("small.json", false, "dryrun", None);
+    let before = netbox_changes(&env).await;
+    let (ok, stdout, stderr) = sync_with(&setup, &["--dry-run"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(DryRun): OK"), "{stdout}");
+    assert!(
+        stdout.contains("Proxmox inventory: 1 nodes (1 online), 2 VMs, 1 containers, 0 templates,"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 write requests"),
+        "dry-run sends no write: {stdout}"
+    );
+    let plan_line = regex::Regex::new(
+        r"(?m)^  create +virtualization\.virtualmachine +vm 100 \(web01\) \[.*name.*\]$",
+    )
+    .unwrap();
+    assert!(plan_line.is_match(&stdout), "{stdout}");
+    assert_eq!(netbox_changes(&env).await, before, "nothing written");
+    // The JSON form has the same plan in full.
+    let (_, json, _) = sync_with(&setup, &["--dry-run", "--output", "json"]);
+    let out: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(out["mode"], "DryRun");
+    assert_eq!(out["inventory"]["vms"], 2);
+    assert!(
+        out["netbox"]["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["action"] == "create" && p["object"] == "vm 200 (dns01)"),
+        "{}",
+        out["netbox"]["plan"]
     );
 }

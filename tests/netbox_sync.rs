@@ -173,6 +173,13 @@ impl Rest {
         );
         r.json().await.unwrap_or(Value::Null)
     }
+    /// Id of the NetBox cluster a sync with these settings writes to.
+    async fn cluster_id(&self, s: &SyncSettings) -> u64 {
+        self.one(&format!("virtualization/clusters/?name={}", s.cluster_name))
+            .await["id"]
+            .as_u64()
+            .unwrap()
+    }
     async fn changes(&self) -> u64 {
         self.get("core/object-changes/?limit=1").await["count"]
             .as_u64()
@@ -245,10 +252,7 @@ async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
         "6 VMs + 4 containers, templates skipped"
     );
 
-    let cluster = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await;
-    let cid = cluster["id"].as_u64().unwrap();
+    let cid = rest.cluster_id(&s).await;
     // Nodes -> devices with hardware facts.
     let pve1 = rest
         .one(&format!("dcim/devices/?cluster_id={cid}&name=pve1"))
@@ -550,11 +554,7 @@ async fn deleted_guest_is_kept_then_marked_stale_then_deleted_after_the_grace_pe
     let mut s = settings("prune");
     let t0 = Utc::now();
     run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
-    let cid = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await["id"]
-        .as_u64()
-        .unwrap();
+    let cid = rest.cluster_id(&s).await;
     let vm103 = format!("virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=103");
 
     let mut gone = inv.clone();
@@ -679,11 +679,7 @@ async fn parts_that_could_not_be_read_change_nothing_in_netbox() {
     let t0 = Utc::now();
     let first = run_at(&nb, &s, &inv, &hw, false, t0).await;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
-    let cid = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await["id"]
-        .as_u64()
-        .unwrap();
+    let cid = rest.cluster_id(&s).await;
     let vm = |vmid: u32| {
         format!("virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid={vmid}")
     };
@@ -807,11 +803,7 @@ async fn kinds_taken_out_of_the_sync_and_human_tags_are_never_pruned() {
     s.prune = true;
     let t0 = Utc::now();
     run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
-    let cid = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await["id"]
-        .as_u64()
-        .unwrap();
+    let cid = rest.cluster_id(&s).await;
     let web = rest
         .one(&format!(
             "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
@@ -910,6 +902,19 @@ async fn a_deleted_owner_field_is_recreated_and_owned_objects_are_taken_back() {
         .await
         .unwrap();
     assert!(r.status().is_success());
+    // With many objects NetBox purges the field's data in a background job first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !rest
+        .list("extras/custom-fields/?name=proxmox_owner")
+        .await
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "custom field not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let r = run(&nb, &s, &inv, false).await;
     assert!(r.errors.is_empty(), "no duplicate creates: {:?}", r.errors);
@@ -995,11 +1000,7 @@ async fn a_create_whose_answer_was_lost_is_found_not_repeated() {
     let r = run(&nb, &s, &inv, false).await;
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(r.kinds["virtualization.virtualmachine"].created, 10);
-    let cid = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await["id"]
-        .as_u64()
-        .unwrap();
+    let cid = rest.cluster_id(&s).await;
     let vms = rest
         .list(&format!(
             "virtualization/virtual-machines/?cluster_id={cid}"
@@ -1020,11 +1021,7 @@ async fn a_vm_disk_total_left_wrong_by_a_concurrent_writer_is_put_back() {
     let rest = Rest::new(&env);
     let s = settings("disktotal");
     assert!(run(&nb, &s, &inv, false).await.errors.is_empty());
-    let cid = rest
-        .one(&format!("virtualization/clusters/?name={}", s.cluster_name))
-        .await["id"]
-        .as_u64()
-        .unwrap();
+    let cid = rest.cluster_id(&s).await;
     let db = rest
         .one(&format!(
             "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=101"

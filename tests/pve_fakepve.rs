@@ -35,6 +35,26 @@ fn client(pve: &FakePve, ca: bool) -> PveClient {
     .unwrap()
 }
 
+/// A client with ticket (user and password) authentication and no retries.
+fn ticket_client(pve: &FakePve) -> PveClient {
+    install_crypto_provider();
+    PveClient::new(PveConnection {
+        endpoints: vec![pve.url.clone()],
+        auth: PveAuth::Ticket {
+            username: pve.username.clone(),
+            password: SecretString::new(pve.password.clone()),
+        },
+        tls: TlsSettings {
+            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
+            insecure_skip_verify: false,
+        },
+        timeout: Duration::from_secs(10),
+        max_concurrency: 4,
+        retries: 0,
+    })
+    .unwrap()
+}
+
 /// Compares the inventory with the seeded expectation, guest by guest.
 fn assert_matches_seed(inv: &Inventory, expected: &Value) {
     let nodes: Vec<&str> = expected["nodes"]
@@ -299,22 +319,7 @@ async fn unknown_ca_fails_tls_and_the_right_ca_bundle_succeeds() {
 async fn ticket_auth_with_user_and_password() {
     let env = HarnessEnv::load();
     let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
-    install_crypto_provider();
-    let c = PveClient::new(PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Ticket {
-            username: pve.username.clone(),
-            password: SecretString::new(pve.password.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(10),
-        max_concurrency: 4,
-        retries: 0,
-    })
-    .unwrap();
+    let c = ticket_client(&pve);
     let inv = read_inventory(&c, &ReadOptions::default()).await.unwrap();
     assert_matches_seed(&inv, &pve.expected());
 }
@@ -327,22 +332,7 @@ async fn an_expired_ticket_is_renewed_by_logging_in_again() {
         &env,
         &["--topology", &topology("small.json"), "--ticket-ttl", "2"],
     );
-    install_crypto_provider();
-    let c = PveClient::new(PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Ticket {
-            username: pve.username.clone(),
-            password: SecretString::new(pve.password.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(10),
-        max_concurrency: 4,
-        retries: 0,
-    })
-    .unwrap();
+    let c = ticket_client(&pve);
     read_inventory(&c, &ReadOptions::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let inv = read_inventory(&c, &ReadOptions::default()).await.unwrap();

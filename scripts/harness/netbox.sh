@@ -2,8 +2,10 @@
 # A real NetBox (PyPI `netbox`) with PostgreSQL and Redis from Debian, on loopback only.
 #
 #   netbox.sh setup   install + migrate once; cached outside the clone, keyed by version
-#   netbox.sh start   clean database from the template, gunicorn, admin user + API token
-#   netbox.sh stop    stop gunicorn, redis and postgres (by PID)
+#   netbox.sh start   clean database from the template, gunicorn, the background worker
+#                     (rqworker: custom field provisioning and purges run there, as in any
+#                     real NetBox), admin user + API token
+#   netbox.sh stop    stop gunicorn, the worker, redis and postgres (by PID)
 #   netbox.sh env     print the variables of the running instance
 #
 # Cache: $PNBO_CACHE_DIR/netbox-<version>/ (venv, conf, PostgreSQL data with a migrated
@@ -144,6 +146,7 @@ cmd_start() {
   cmd_setup
   mkdir -p "$STATE"
   cmd_stop_gunicorn
+  cmd_stop_worker
   pg_start
   redis_start
   write_config
@@ -172,6 +175,8 @@ PYEOF
   "$VENV/bin/gunicorn" --chdir "$ROOT" --bind "127.0.0.1:$NETBOX_PORT" \
     --workers 2 --threads 3 --timeout 600 --preload --daemon --pid "$STATE/gunicorn.pid" \
     --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" netbox.wsgi
+  NETBOX_ROOT="$ROOT" nohup "$VENV/bin/netbox" rqworker high default low >"$STATE/rqworker.log" 2>&1 &
+  echo $! > "$STATE/rqworker.pid"
   for _ in $(seq 120); do
     if curl -fs -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$NETBOX_PORT/api/status/" 2>/dev/null; then
       log "ready on http://127.0.0.1:$NETBOX_PORT"
@@ -194,8 +199,19 @@ cmd_stop_gunicorn() {
   fi
 }
 
+cmd_stop_worker() {
+  if [ -f "$STATE/rqworker.pid" ]; then
+    local pid
+    pid="$(cat "$STATE/rqworker.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$STATE/rqworker.pid"
+  fi
+}
+
 cmd_stop() {
   cmd_stop_gunicorn
+  cmd_stop_worker
   redis_stop
   pg_stop
 }

@@ -97,35 +97,47 @@ pub struct SyncSettings {
 struct Kind {
     name: &'static str,
     endpoint: &'static str,
+    /// The fields read of owned objects (NetBox's `?fields=`): identity, ownership marks
+    /// and every field the operator manages. Reading only these halves the time of a
+    /// no-op resync; a field missing here would show as changed at every sync (the
+    /// zero-write tests catch it).
+    fields: &'static str,
 }
 
 const DEVICE: Kind = Kind {
     name: "dcim.device",
     endpoint: "dcim/devices",
+    fields: "id,name,device_type,role,site,cluster,status,tenant,serial,primary_ip4,primary_ip6,tags,custom_fields",
 };
 const INTERFACE: Kind = Kind {
     name: "dcim.interface",
     endpoint: "dcim/interfaces",
+    fields: "id,device,name,type,enabled,mtu,mode,description,speed,duplex,parent,lag,bridge,primary_mac_address,tags,custom_fields",
 };
 const MAC: Kind = Kind {
     name: "dcim.macaddress",
     endpoint: "dcim/mac-addresses",
+    fields: "id,mac_address,assigned_object_type,assigned_object_id,tags,custom_fields",
 };
 const IP: Kind = Kind {
     name: "ipam.ipaddress",
     endpoint: "ipam/ip-addresses",
+    fields: "id,address,status,assigned_object_type,assigned_object_id,tenant,description,tags,custom_fields",
 };
 const VM: Kind = Kind {
     name: "virtualization.virtualmachine",
     endpoint: "virtualization/virtual-machines",
+    fields: "id,name,status,cluster,device,role,tenant,platform,vcpus,memory,disk,description,primary_ip4,primary_ip6,tags,custom_fields",
 };
 const VMIF: Kind = Kind {
     name: "virtualization.vminterface",
     endpoint: "virtualization/interfaces",
+    fields: "id,virtual_machine,name,enabled,mtu,description,mode,untagged_vlan,primary_mac_address,tags,custom_fields",
 };
 const VDISK: Kind = Kind {
     name: "virtualization.virtualdisk",
     endpoint: "virtualization/virtual-disks",
+    fields: "id,virtual_machine,name,size,description,tags,custom_fields",
 };
 
 /// Owned kinds, children first (the order of deletion).
@@ -427,6 +439,25 @@ impl Engine<'_> {
             .map(|s| ("name".to_string(), s.0.to_string()))
             .collect::<Vec<_>>();
         let existing = self.api.list("extras/custom-fields", &names).await?;
+        // NetBox >= 4.7 provisions and purges a field's data in a background job; until the
+        // job is done the field is not live and its name stays taken.
+        if let Some(cf) = existing.iter().find(|c| {
+            let status = c["status"]["value"].as_str().or(c["status"].as_str());
+            status.is_some_and(|st| st != "active")
+        }) {
+            return Err(NetBoxError::Invalid {
+                endpoint: "extras/custom-fields".into(),
+                message: format!(
+                    "custom field {} is being {} by a NetBox background job (is netbox-rqworker running?); syncing again when the job is done",
+                    cf["name"],
+                    match cf["status"]["value"].as_str().or(cf["status"].as_str()) {
+                        Some("deleting") => "deleted",
+                        Some("provisioning") => "provisioned",
+                        _ => "updated",
+                    }
+                ),
+            });
+        }
         let mut creates = Vec::new();
         let mut patches = Vec::new();
         for (name, label, type_, types, description) in &specs {
@@ -807,7 +838,8 @@ impl Engine<'_> {
         let api = self.api;
         let results = stream::iter(OWNED_KINDS)
             .map(|k| {
-                let q = q.clone();
+                let mut q = q.clone();
+                q.push(("fields".to_string(), k.fields.to_string()));
                 async move { (k, api.list(k.endpoint, &q).await) }
             })
             .buffer_unordered(4)
@@ -857,13 +889,14 @@ impl Engine<'_> {
             (MAC, None),
             (IP, None),
         ] {
-            let q = if parent_field.is_none()
+            let mut q = if parent_field.is_none()
                 && matches!(kind.name, "dcim.device" | "virtualization.virtualmachine")
             {
                 in_cluster.clone()
             } else {
                 tagged(None)
             };
+            q.push(("fields".to_string(), kind.fields.to_string()));
             let mut map = BTreeMap::new();
             for o in self.api.list(kind.endpoint, &q).await? {
                 let parent_ok = match (kind.name, parent_field) {
@@ -2466,6 +2499,100 @@ pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NetBox with every lookup answering one object, and `proxmox_owner` being purged.
+    struct PurgingNetBox;
+
+    impl NetBoxApi for PurgingNetBox {
+        fn list<'a>(
+            &'a self,
+            endpoint: &'a str,
+            _query: &'a [(String, String)],
+        ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            Box::pin(async move {
+                Ok(match endpoint {
+                    "extras/custom-fields" => vec![json!({
+                        "id": 7, "name": CF_OWNER, "group_name": CF_GROUP,
+                        "type": {"value": "text"}, "object_types": [],
+                        "status": {"value": "deleting", "label": "Deleting"},
+                    })],
+                    _ => vec![json!({"id": 1})],
+                })
+            })
+        }
+        fn create<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<Value>,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            unreachable!("nothing is created while a field is not live")
+        }
+        fn update<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<Value>,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            unreachable!("nothing is updated while a field is not live")
+        }
+        fn delete<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<u64>,
+        ) -> futures::future::BoxFuture<'a, Result<(), NetBoxError>> {
+            unreachable!("nothing is deleted while a field is not live")
+        }
+        fn request_counts(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_field_being_purged_stops_the_sync_with_a_clear_reason() {
+        let settings = SyncSettings {
+            owner: "infra/lab".into(),
+            site: "dc1".into(),
+            tenant: None,
+            cluster_name: "lab".into(),
+            cluster_group: None,
+            cluster_type: "Proxmox VE".into(),
+            device_role: "Proxmox Node".into(),
+            role_qemu: "VM".into(),
+            role_lxc: "CT".into(),
+            role_template: "Template".into(),
+            extra_tags: Vec::new(),
+            sync_templates: false,
+            nodes: true,
+            node_interfaces: true,
+            virtual_machines: true,
+            vm_interfaces: true,
+            virtual_disks: true,
+            ip_addresses: true,
+            adopt_existing: false,
+            prune: true,
+            hardware_discovery: false,
+            grace_period: Duration::from_secs(60),
+            batch_size: 100,
+            max_in_flight: 4,
+        };
+        let err = sync(
+            &PurgingNetBox,
+            &settings,
+            &Inventory::default(),
+            &BTreeMap::new(),
+            false,
+            Utc::now(),
+        )
+        .await
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains(
+                "custom field \"proxmox_owner\" is being deleted by a NetBox background job"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("netbox-rqworker"), "{message}");
+    }
 
     #[test]
     fn a_vms_disks_never_straddle_two_batches() {
