@@ -262,6 +262,16 @@ mod tests {
         std::fs::write(dir.join(secret).join(key), value).unwrap();
     }
 
+    /// Every Secret key `cluster()` references, with placeholder values.
+    fn all_secrets() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "pve", "tokenId", "sync@pve!op");
+        write(d.path(), "pve", "tokenSecret", "x");
+        write(d.path(), "pve-ca", "ca.crt", "pem");
+        write(d.path(), "nb", "token", "t");
+        d
+    }
+
     #[tokio::test]
     async fn resolves_token_credentials_ca_and_defaults() {
         let d = tempfile::tempdir().unwrap();
@@ -325,11 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ca_bundle_with_skipped_verification_is_a_spec_error() {
-        let d = tempfile::tempdir().unwrap();
-        write(d.path(), "pve", "tokenId", "sync@pve!op");
-        write(d.path(), "pve", "tokenSecret", "x");
-        write(d.path(), "pve-ca", "ca.crt", "pem");
-        write(d.path(), "nb", "token", "t");
+        let d = all_secrets();
         let mut c = cluster();
         c.spec.proxmox.tls.insecure_skip_verify = true;
         let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
@@ -346,11 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn sync_interval_below_the_minimum_is_a_spec_error_naming_the_field() {
-        let d = tempfile::tempdir().unwrap();
-        write(d.path(), "pve", "tokenId", "sync@pve!op");
-        write(d.path(), "pve", "tokenSecret", "x");
-        write(d.path(), "pve-ca", "ca.crt", "pem");
-        write(d.path(), "nb", "token", "t");
+        let d = all_secrets();
         let mut c = cluster();
         c.spec.sync.interval = "10s".into();
         let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::crd::{NodeSSHCredential, ProxmoxCluster, ProxmoxClusterStatus};
 use crate::inventory::InventoryCounts;
+use crate::netbox::report::SyncReport;
 use crate::pipeline::{HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, run_pipeline};
 use crate::secrets::DirSecrets;
 use crate::status::{NetBoxOutcome, build_status};
@@ -164,7 +165,7 @@ pub struct SyncOutput {
     pub status: ProxmoxClusterStatus,
     /// The NetBox report (per kind counts, request counts, errors, plan), when the sync ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub netbox: Option<Value>,
+    pub netbox: Option<SyncReport>,
 }
 
 /// Runs `sync` with the given stages; returns the document and whether it succeeded.
@@ -251,37 +252,29 @@ pub fn render_text(out: &SyncOutput) -> String {
             s.push_str(&format!("  error: {e}\n"));
         }
     }
-    if let Some(report) = &out.netbox
-        && let Some(kinds) = report["kinds"].as_object()
-    {
+    if let Some(report) = &out.netbox {
         s.push_str("Per kind (created/updated/unchanged/deleted/failed):\n");
-        for (kind, c) in kinds {
+        for (kind, c) in &report.kinds {
             s.push_str(&format!(
                 "  {:<22} {}/{}/{}/{}/{}\n",
-                kind, c["created"], c["updated"], c["unchanged"], c["deleted"], c["failed"]
+                kind, c.created, c.updated, c.unchanged, c.deleted, c.failed
             ));
         }
     }
     if out.mode == "DryRun"
-        && let Some(plan) = out.netbox.as_ref().and_then(|r| r["plan"].as_array())
+        && let Some(plan) = out.netbox.as_ref().map(|r| &r.plan)
     {
         s.push_str(&format!(
             "Plan ({} changes, nothing written):\n",
             plan.len()
         ));
         for p in plan.iter().take(TEXT_PLAN_LINES) {
-            let fields: Vec<&str> = p["fields"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
             s.push_str(&format!(
                 "  {:<10} {:<30} {} [{}]\n",
-                p["action"].as_str().unwrap_or_default(),
-                p["kind"].as_str().unwrap_or_default(),
-                p["object"].as_str().unwrap_or_default(),
-                fields.join(", ")
+                p.action,
+                p.kind,
+                p.object,
+                p.fields.join(", ")
             ));
         }
         if plan.len() > TEXT_PLAN_LINES {

@@ -189,25 +189,20 @@ PYEOF
   exit 1
 }
 
-cmd_stop_gunicorn() {
-  if [ -f "$STATE/gunicorn.pid" ]; then
+# Stops the process whose PID is in $STATE/$1 and waits up to 5 s for it to go.
+stop_pidfile() {
+  local file="$STATE/$1"
+  if [ -f "$file" ]; then
     local pid
-    pid="$(cat "$STATE/gunicorn.pid")"
+    pid="$(cat "$file")"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$STATE/gunicorn.pid"
+    rm -f "$file"
   fi
 }
 
-cmd_stop_worker() {
-  if [ -f "$STATE/rqworker.pid" ]; then
-    local pid
-    pid="$(cat "$STATE/rqworker.pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    rm -f "$STATE/rqworker.pid"
-  fi
-}
+cmd_stop_gunicorn() { stop_pidfile gunicorn.pid; }
+cmd_stop_worker() { stop_pidfile rqworker.pid; }
 
 cmd_stop() {
   cmd_stop_gunicorn

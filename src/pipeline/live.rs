@@ -312,7 +312,7 @@ impl NetBoxWriter for LiveWriter {
             Ok(NetBoxResult {
                 summary: report.summary(),
                 kinds: report.kinds.clone(),
-                report: serde_json::to_value(&report).unwrap_or_default(),
+                report,
             })
         })
     }

@@ -16,7 +16,7 @@ use crate::config::{ResolvedCluster, resolve};
 use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
-use crate::netbox::report::KindCounts;
+use crate::netbox::report::{KindCounts, SyncReport};
 use crate::secrets::SecretSource;
 use crate::status::{
     CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError, systems,
@@ -102,7 +102,7 @@ pub struct NetBoxResult {
     /// Counts per NetBox object kind (for the metrics).
     pub kinds: BTreeMap<String, KindCounts>,
     /// The full report (per kind, per object, plan) for the `sync` command's output.
-    pub report: serde_json::Value,
+    pub report: SyncReport,
 }
 
 /// Writes the inventory to NetBox.
@@ -135,7 +135,7 @@ pub struct PipelineRun {
     /// What the status is built from.
     pub outcome: PipelineOutcome,
     /// The NetBox report, when the sync ran.
-    pub report: Option<serde_json::Value>,
+    pub report: Option<SyncReport>,
 }
 
 /// Options that override the spec for one run (used by the `sync` command).
