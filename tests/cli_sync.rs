@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::harness::{FakePve, HarnessEnv, topology};
+use common::harness::{FakePve, HarnessEnv, checking_http_client, topology};
 use common::sshd::Sshd;
 use serde_json::Value;
 
@@ -102,8 +102,7 @@ fn sync_with(setup: &Setup, args: &[&str]) -> (bool, String, String) {
 
 /// GET of a NetBox API path (after `/api/`).
 async fn netbox_get(env: &HarnessEnv, path: &str) -> Value {
-    proxmox_netbox_operator::tls::install_crypto_provider();
-    reqwest::Client::new()
+    checking_http_client()
         .get(format!("{}/api/{path}", env.netbox_url))
         .bearer_auth(&env.netbox_token)
         .send()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::harness::{FakePve, HarnessEnv, topology};
+use common::harness::{FakePve, HarnessEnv, checking_http_client, topology};
 use proxmox_netbox_operator::hardware::facts::{
     ChassisInfo, EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware, SystemInfo,
 };
@@ -91,6 +91,8 @@ fn settings(test: &str) -> SyncSettings {
         virtual_disks: true,
         ip_addresses: true,
         adopt_existing: false,
+        description_from_notes: true,
+        create_missing_vlans: false,
         prune: false,
         hardware_discovery: false,
         grace_period: Duration::from_secs(3600),
@@ -127,9 +129,8 @@ struct Rest {
 
 impl Rest {
     fn new(env: &HarnessEnv) -> Self {
-        install_crypto_provider();
         Self {
-            http: reqwest::Client::new(),
+            http: checking_http_client(),
             url: env.netbox_url.clone(),
             token: env.netbox_token.clone(),
         }
@@ -944,7 +945,7 @@ async fn lossy_proxy(netbox_url: String) -> String {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let lost = Arc::new(AtomicBool::new(false));
-    let http = reqwest::Client::new();
+    let http = checking_http_client();
     let app = axum::Router::new().fallback(move |req: Request<Body>| {
         let (http, lost, netbox_url) = (http.clone(), lost.clone(), netbox_url.clone());
         async move {
@@ -1060,4 +1061,64 @@ async fn a_vm_disk_total_left_wrong_by_a_concurrent_writer_is_put_back() {
         .await;
     assert_eq!(after["disk"].as_u64(), Some(total));
     assert_eq!(run(&nb, &s, &inv, false).await.write_requests, 0);
+}
+
+#[tokio::test]
+async fn missing_vlans_are_created_by_policy_and_notes_can_be_left_to_people() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("vlans");
+    s.create_missing_vlans = true;
+    s.description_from_notes = false;
+    let r = run(&nb, &s, &inv, false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let site = rest.one(&format!("dcim/sites/?slug={}", s.site)).await;
+    let vlans = rest
+        .list(&format!("ipam/vlans/?site_id={}", site["id"]))
+        .await;
+    let mut vids: Vec<u64> = vlans.iter().map(|v| v["vid"].as_u64().unwrap()).collect();
+    vids.sort_unstable();
+    let mut tags: Vec<u64> = inv
+        .guests
+        .iter()
+        .filter(|g| !g.template)
+        .flat_map(|g| g.nics.iter().filter_map(|n| n.vlan_tag.map(u64::from)))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(vids, tags, "one VLAN per guest NIC tag, in the site");
+    assert!(tag_slugs(&vlans[0]).contains(&"proxmox-netbox-operator".to_string()));
+    let cid = rest.cluster_id(&s).await;
+    let web = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
+        ))
+        .await;
+    let net0 = rest
+        .one(&format!(
+            "virtualization/interfaces/?virtual_machine_id={}&name=net0",
+            web["id"]
+        ))
+        .await;
+    assert_eq!(net0["untagged_vlan"]["vid"], 100, "net0 has tag=100");
+    assert_eq!(net0["mode"]["value"], "access");
+    assert_eq!(web["description"], "", "notes are not copied");
+    // A description written by a person stays, and the VLANs are not created twice.
+    rest.write(
+        reqwest::Method::PATCH,
+        &format!("virtualization/virtual-machines/{}/", web["id"]),
+        json!({"description": "owned by the web team"}),
+    )
+    .await;
+    let again = run(&nb, &s, &inv, false).await;
+    assert_eq!(again.write_requests, 0, "{:?}", again.plan);
+    assert_eq!(
+        rest.list(&format!("ipam/vlans/?site_id={}", site["id"]))
+            .await
+            .len(),
+        vlans.len()
+    );
 }

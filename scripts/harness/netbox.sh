@@ -173,7 +173,7 @@ PYEOF
   printf '%s' "$password" > "$STATE/admin_password"
   rm -f "$STATE/token.out"
   "$VENV/bin/gunicorn" --chdir "$ROOT" --bind "127.0.0.1:$NETBOX_PORT" \
-    --workers 2 --threads 3 --timeout 600 --preload --daemon --pid "$STATE/gunicorn.pid" \
+    --workers 2 --threads 3 --timeout 600 --keep-alive 30 --preload --daemon --pid "$STATE/gunicorn.pid" \
     --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" netbox.wsgi
   NETBOX_ROOT="$ROOT" nohup "$VENV/bin/netbox" rqworker high default low >"$STATE/rqworker.log" 2>&1 &
   echo $! > "$STATE/rqworker.pid"

@@ -150,6 +150,27 @@ pub struct NetBoxSpec {
     /// reported and left untouched.
     #[serde(default)]
     pub adopt_existing: bool,
+    /// Set each VM's description from the first line of its Proxmox VE notes (default
+    /// true). When false the operator never writes VM descriptions, so people can keep
+    /// their own.
+    #[serde(default = "default_true")]
+    pub description_from_notes: bool,
+    /// When a guest NIC has a VLAN tag (`tag=` in PVE) and no NetBox VLAN with that VID
+    /// exists in the site (or globally, unambiguously): `Ignore` (default) leaves the
+    /// interface without an untagged VLAN; `Create` creates the VLAN in the site (owned and
+    /// marked like every object of the operator, never pruned).
+    #[serde(default)]
+    pub missing_vlans: MissingVlanPolicy,
+}
+
+/// What to do about a guest NIC's VLAN tag that has no NetBox VLAN.
+#[derive(JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MissingVlanPolicy {
+    /// Leave the interface without an untagged VLAN.
+    #[default]
+    Ignore,
+    /// Create the VLAN in the site.
+    Create,
 }
 
 /// NetBox roles given to guests by kind.

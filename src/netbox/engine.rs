@@ -80,6 +80,10 @@ pub struct SyncSettings {
     pub ip_addresses: bool,
     /// Take over unowned objects with the same identity.
     pub adopt_existing: bool,
+    /// VM descriptions come from the PVE notes (else they are not managed).
+    pub description_from_notes: bool,
+    /// Create missing VLANs of guest NIC tags in the site (else leave the NIC without one).
+    pub create_missing_vlans: bool,
     /// Prune owned objects gone from Proxmox.
     pub prune: bool,
     /// Hardware discovery is on: a node without facts in this run failed discovery, and
@@ -351,6 +355,7 @@ impl Engine<'_> {
             "dcim.macaddress",
             "ipam.ipaddress",
             "virtualization.cluster",
+            "ipam.vlan",
             "virtualization.virtualmachine",
             "virtualization.vminterface",
             "virtualization.virtualdisk",
@@ -702,25 +707,34 @@ impl Engine<'_> {
                     .map(|v| ("vid".to_string(), v.to_string()))
                     .collect();
                 let vlans = self.api.list("ipam/vlans", &q).await?;
-                for vid in vids {
+                for &vid in &vids {
                     let matching: Vec<&Value> = vlans
                         .iter()
                         .filter(|v| v["vid"].as_u64() == Some(u64::from(vid)))
                         .collect();
-                    let site_scoped: Vec<&&Value> = matching
+                    // NetBox accepts a VLAN of the VM's site or a global one (no site), never
+                    // one of another site: the site's first, else the one global VLAN.
+                    let in_site: Vec<&&Value> = matching
                         .iter()
                         .filter(|v| id_of(&v["site"]) == Some(self.shared.site))
                         .collect();
-                    let pick = if site_scoped.len() == 1 {
-                        Some(*site_scoped[0])
-                    } else if matching.len() == 1 {
-                        Some(matching[0])
-                    } else {
-                        None
+                    let global: Vec<&&Value> =
+                        matching.iter().filter(|v| v["site"].is_null()).collect();
+                    let pick = match (in_site.as_slice(), global.as_slice()) {
+                        ([one], _) => Some(**one),
+                        ([], [one]) => Some(**one),
+                        _ => None,
                     };
                     if let Some(id) = pick.and_then(id_of) {
                         self.shared.vlans.insert(vid, id);
                     }
+                }
+                let missing: Vec<u16> = vids
+                    .into_iter()
+                    .filter(|v| !self.shared.vlans.contains_key(v))
+                    .collect();
+                if self.s.create_missing_vlans && !missing.is_empty() {
+                    self.create_vlans(&missing).await?;
                 }
             }
         }
@@ -774,6 +788,44 @@ impl Engine<'_> {
                     }
                 };
                 self.shared.device_types.insert(key, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the site's VLANs for guest NIC tags that have none (policy `Create`).
+    async fn create_vlans(&mut self, vids: &[u16]) -> Result<(), NetBoxError> {
+        const EP: &str = "ipam/vlans";
+        let mut bodies = Vec::new();
+        for vid in vids {
+            let name = format!("VLAN {vid}");
+            self.report.counts("ipam.vlan").created += 1;
+            self.report.plan(
+                "ipam.vlan",
+                &name,
+                "create",
+                vec!["vid".into(), "name".into()],
+            );
+            bodies.push(json!({
+                "vid": vid, "name": name, "status": "active", "site": self.shared.site,
+                "tenant": self.shared.tenant,
+                "description": "Created by proxmox-netbox-operator for a Proxmox VE VLAN tag",
+                "tags": self.owned_tags(), "custom_fields": self.owner_cf(),
+            }));
+        }
+        if self.dry_run {
+            for vid in vids {
+                let id = self.next_placeholder();
+                self.shared.vlans.insert(*vid, id);
+            }
+            return Ok(());
+        }
+        for created in self.api.create(EP, bodies).await? {
+            if let (Some(vid), Some(id)) = (
+                created["vid"].as_u64().and_then(|v| u16::try_from(v).ok()),
+                id_of(&created),
+            ) {
+                self.shared.vlans.insert(vid, id);
             }
         }
         Ok(())
@@ -1507,6 +1559,9 @@ impl Engine<'_> {
             let config_read = inv
                 .completeness
                 .is_complete(&ReadScope::GuestConfig(g.vmid));
+            if !self.s.description_from_notes {
+                f.remove("description");
+            }
             if !config_read && self.current[VM.name].contains_key(&key) {
                 // Its config could not be read: what comes from it is unknown, not empty.
                 for field in ["platform", "vcpus", "memory", "description", "disk"] {
@@ -2608,6 +2663,8 @@ mod tests {
             virtual_disks: true,
             ip_addresses: true,
             adopt_existing: false,
+            description_from_notes: true,
+            create_missing_vlans: false,
             prune: true,
             hardware_discovery: false,
             grace_period: Duration::from_secs(60),

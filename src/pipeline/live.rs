@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
 use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster};
-use crate::crd::{ProxmoxCluster, SyncKind, TemplatePolicy};
+use crate::crd::{MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadOutcome, ReadScope};
 use crate::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError};
@@ -256,6 +256,8 @@ pub fn sync_settings(
             && kinds.contains(&SyncKind::VirtualDisks),
         ip_addresses: kinds.contains(&SyncKind::IpAddresses),
         adopt_existing: nb.adopt_existing,
+        description_from_notes: nb.description_from_notes,
+        create_missing_vlans: nb.missing_vlans == MissingVlanPolicy::Create,
         prune: cluster.spec.sync.prune.enabled,
         hardware_discovery: cluster.spec.hardware_discovery.enabled,
         grace_period: config.prune_grace_period,

@@ -180,3 +180,13 @@ pub fn ensure_up() -> HarnessEnv {
     }
     HarnessEnv::load()
 }
+
+/// An HTTP client for checking NetBox from tests: a fresh connection per request, so a
+/// keep-alive connection the server is just closing is never reused.
+pub fn checking_http_client() -> reqwest::Client {
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client")
+}
