@@ -71,6 +71,8 @@ cmd_start() {
     *) echo "sshd.sh: unknown mode $mode" >&2; exit 2 ;;
   esac
   ensure_system
+  # A second start replaces the first: stop it before its files go (it would keep the port).
+  cmd_stop "$dir"
   rm -rf "$dir"
   mkdir -p "$dir/authorized_keys"
   chmod 755 "$dir" "$dir/authorized_keys"
@@ -141,7 +143,10 @@ ENV
 cmd_stop() {
   local dir="$1"
   if [ -f "$dir/sshd.pid" ]; then
-    kill "$(cat "$dir/sshd.pid")" 2>/dev/null || true
+    local pid
+    pid="$(cat "$dir/sshd.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$dir/sshd.pid"
   fi
 }
