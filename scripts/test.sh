@@ -7,15 +7,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/proxmox-netbox-operator/cargo-target}"
 export PNBO_HARNESS_DIR="${PNBO_HARNESS_DIR:-/tmp/pnbo-harness}"
-# The shared fixtures: $PNBO_SHARED_DIR, else ../shared next to the clone, else /work/shared.
-if [ -z "${PNBO_SHARED_DIR:-}" ]; then
-  for d in "$(cd "$REPO/.." && pwd)/shared" /work/shared; do
-    [ -d "$d/fixtures" ] && { PNBO_SHARED_DIR="$d"; break; }
-  done
-fi
-[ -d "${PNBO_SHARED_DIR:-}/fixtures" ] || {
-  echo "test.sh: the shared fixtures (../shared/fixtures) are not there; set PNBO_SHARED_DIR" >&2; exit 1; }
-export PNBO_SHARED_DIR
+# shellcheck source=harness/shared-dir.sh
+source scripts/harness/shared-dir.sh
 
 cleanup() { bash scripts/harness/harness.sh down || true; }
 trap cleanup EXIT

@@ -24,8 +24,6 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-SHARED="${PNBO_SHARED_DIR:-$(cd "$REPO/.." && pwd)/shared}"
-HW="$SHARED/fixtures/hardware"
 SUDO_STUBS=/usr/local/lib/pnbo-stubs
 
 ensure_system() {
@@ -70,6 +68,9 @@ cmd_start() {
     normal|hang|huge|metachar|no-remote-timeout|wrapper) ;;
     *) echo "sshd.sh: unknown mode $mode" >&2; exit 2 ;;
   esac
+  # shellcheck source=shared-dir.sh
+  source "$HERE/shared-dir.sh"
+  HW="$PNBO_SHARED_DIR/fixtures/hardware"
   ensure_system
   # A second start replaces the first: stop it before its files go (it would keep the port).
   cmd_stop "$dir"
