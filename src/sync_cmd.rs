@@ -254,10 +254,11 @@ pub fn render_text(out: &SyncOutput) -> String {
     }
     if let Some(report) = &out.netbox {
         s.push_str("Per kind (created/updated/unchanged/deleted/failed):\n");
+        let width = report.kinds.keys().map(|k| k.len()).max().unwrap_or(0);
         for (kind, c) in &report.kinds {
             s.push_str(&format!(
-                "  {:<22} {}/{}/{}/{}/{}\n",
-                kind, c.created, c.updated, c.unchanged, c.deleted, c.failed
+                "  {kind:<width$} {}/{}/{}/{}/{}\n",
+                c.created, c.updated, c.unchanged, c.deleted, c.failed
             ));
         }
     }
