@@ -16,33 +16,15 @@ use proxmox_netbox_operator::secret::SecretString;
 use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
 use serde_json::Value;
 
-fn client(pve: &FakePve, ca: bool) -> PveClient {
+/// A connection to `pve` verified by its CA bundle: token auth, 10 s timeout, 4 requests in
+/// flight, no retries. Tests change what they need.
+fn connection(pve: &FakePve) -> PveConnection {
     install_crypto_provider();
-    PveClient::new(PveConnection {
+    PveConnection {
         endpoints: vec![pve.url.clone()],
         auth: PveAuth::Token {
             token_id: pve.token_id.clone(),
             secret: SecretString::new(pve.token_secret.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: ca.then(|| std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(30),
-        max_concurrency: 8,
-        retries: 2,
-    })
-    .unwrap()
-}
-
-/// A client with ticket (user and password) authentication and no retries.
-fn ticket_client(pve: &FakePve) -> PveClient {
-    install_crypto_provider();
-    PveClient::new(PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Ticket {
-            username: pve.username.clone(),
-            password: SecretString::new(pve.password.clone()),
         },
         tls: TlsSettings {
             ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
@@ -51,8 +33,30 @@ fn ticket_client(pve: &FakePve) -> PveClient {
         timeout: Duration::from_secs(10),
         max_concurrency: 4,
         retries: 0,
-    })
-    .unwrap()
+    }
+}
+
+/// The reading client of most tests: with or without the CA bundle, 30 s timeout, 8 in
+/// flight, 2 retries.
+fn client(pve: &FakePve, ca: bool) -> PveClient {
+    let mut conn = connection(pve);
+    if !ca {
+        conn.tls.ca_pem = None;
+    }
+    conn.timeout = Duration::from_secs(30);
+    conn.max_concurrency = 8;
+    conn.retries = 2;
+    PveClient::new(conn).unwrap()
+}
+
+/// A client with ticket (user and password) authentication and no retries.
+fn ticket_client(pve: &FakePve) -> PveClient {
+    let mut conn = connection(pve);
+    conn.auth = PveAuth::Ticket {
+        username: pve.username.clone(),
+        password: SecretString::new(pve.password.clone()),
+    };
+    PveClient::new(conn).unwrap()
 }
 
 /// Compares the inventory with the seeded expectation, guest by guest.
@@ -278,22 +282,13 @@ async fn large_topology_of_1000_guests_reads_completely() {
 async fn bad_token_is_unauthorized_and_never_echoed() {
     let env = HarnessEnv::load();
     let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
-    install_crypto_provider();
-    let c = PveClient::new(PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Token {
-            token_id: pve.token_id.clone(),
-            secret: SecretString::new("wrong-secret-value"),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(10),
-        max_concurrency: 2,
-        retries: 0,
-    })
-    .unwrap();
+    let mut conn = connection(&pve);
+    conn.auth = PveAuth::Token {
+        token_id: pve.token_id.clone(),
+        secret: SecretString::new("wrong-secret-value"),
+    };
+    conn.max_concurrency = 2;
+    let c = PveClient::new(conn).unwrap();
     let err = read_inventory(&c, &ReadOptions::default())
         .await
         .unwrap_err();
@@ -348,23 +343,11 @@ async fn an_expired_ticket_is_renewed_by_logging_in_again() {
 async fn failover_to_the_second_endpoint_when_the_first_is_down() {
     let env = HarnessEnv::load();
     let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
-    install_crypto_provider();
+    let mut conn = connection(&pve);
     // Port 9 on loopback: nothing listens there, the connection is refused at once.
-    let c = PveClient::new(PveConnection {
-        endpoints: vec!["https://127.0.0.1:9".into(), pve.url.clone()],
-        auth: PveAuth::Token {
-            token_id: pve.token_id.clone(),
-            secret: SecretString::new(pve.token_secret.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(10),
-        max_concurrency: 4,
-        retries: 1,
-    })
-    .unwrap();
+    conn.endpoints = vec!["https://127.0.0.1:9".into(), pve.url.clone()];
+    conn.retries = 1;
+    let c = PveClient::new(conn).unwrap();
     let inv = read_inventory(&c, &ReadOptions::default()).await.unwrap();
     assert!(inv.completeness.all_complete());
 }

@@ -446,18 +446,18 @@ impl Engine<'_> {
         let existing = self.api.list("extras/custom-fields", &names).await?;
         // NetBox >= 4.7 provisions and purges a field's data in a background job; until the
         // job is done the field is not live and its name stays taken.
-        if let Some(cf) = existing.iter().find(|c| {
-            let status = c["status"]["value"].as_str().or(c["status"].as_str());
-            status.is_some_and(|st| st != "active")
+        if let Some((cf, status)) = existing.iter().find_map(|c| {
+            let status = c["status"]["value"].as_str().or(c["status"].as_str())?;
+            (status != "active").then_some((c, status))
         }) {
             return Err(NetBoxError::Invalid {
                 endpoint: "extras/custom-fields".into(),
                 message: format!(
                     "custom field {} is being {} by a NetBox background job (is netbox-rqworker running?); syncing again when the job is done",
                     cf["name"],
-                    match cf["status"]["value"].as_str().or(cf["status"].as_str()) {
-                        Some("deleting") => "deleted",
-                        Some("provisioning") => "provisioned",
+                    match status {
+                        "deleting" => "deleted",
+                        "provisioning" => "provisioned",
                         _ => "updated",
                     }
                 ),
@@ -2190,8 +2190,10 @@ impl Engine<'_> {
             .unwrap_or_default();
 
         // Children of objects that still exist: deleted at once when their scope was read.
-        // (kind, id, key, delete it) of each owned child nothing wanted this sync.
-        let mut unwanted: Vec<(Kind, u64, String, bool)> = Vec::new();
+        // Owned children nothing wanted this sync: deleted, or (not prunable) counted as
+        // orphaned once the borrow of the current objects ends.
+        let mut deletes: Vec<(Kind, u64, String)> = Vec::new();
+        let mut orphaned: Vec<&'static str> = Vec::new();
         let wanted_keys = self.desired_child_keys(inv, devices, vms);
         for kind in [IP, MAC, VDISK, VMIF, INTERFACE] {
             let Some(objs) = self.current.get(kind.name) else {
@@ -2257,16 +2259,15 @@ impl Engine<'_> {
                     // Goes with its parent (stale, then deleted by NetBox's cascade).
                     continue;
                 }
-                unwanted.push((kind, id, key.clone(), self.s.prune && scope_ok));
+                if self.s.prune && scope_ok {
+                    deletes.push((kind, id, key.clone()));
+                } else {
+                    orphaned.push(kind.name);
+                }
             }
         }
-        let mut deletes: Vec<(Kind, u64, String)> = Vec::new();
-        for (kind, id, key, delete) in unwanted {
-            if delete {
-                deletes.push((kind, id, key));
-            } else {
-                self.report.counts(kind.name).orphaned += 1;
-            }
+        for kind in orphaned {
+            self.report.counts(kind).orphaned += 1;
         }
         self.delete_many(deletes).await;
 
@@ -2490,15 +2491,14 @@ fn compact(kind: Kind, obj: Value) -> Value {
         }
     }
     let Value::Object(map) = obj else { return obj };
-    let keep: BTreeSet<&str> = kind.fields.split(',').collect();
+    let managed = |field: &str| kind.fields.split(',').any(|f| f == field);
     // A missing field reads as null, so nulls (most custom fields) need no room.
     let without_nulls = |m: Map<String, Value>| -> Map<String, Value> {
         m.into_iter().filter(|(_, v)| !v.is_null()).collect()
     };
     Value::Object(
-        without_nulls(map)
-            .into_iter()
-            .filter(|(k, _)| keep.contains(k.as_str()))
+        map.into_iter()
+            .filter(|(k, v)| !v.is_null() && managed(k))
             .map(|(k, v)| match (k.as_str(), v) {
                 ("custom_fields", Value::Object(cf)) => {
                     (k, shrink(Value::Object(without_nulls(cf))))
