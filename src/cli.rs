@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
@@ -265,13 +266,21 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Lease duration: another replica may take the Lease this long after its last renewal.
+const LEASE_SECONDS: u64 = 15;
+/// The holder renews this long before the Lease would expire (every 5 s).
+const LEASE_GRACE_SECONDS: u64 = 10;
+/// The fence stops a leader this long before its Lease could be taken.
+const FENCE_MARGIN: Duration = Duration::from_secs(4);
+
 /// Resolves when the controller must stop, and says why: `false` on `stop` (SIGTERM:
-/// running reconciles may finish), `true` when `leader` turns false or its watcher ends
-/// (leadership lost: `abort` fires first, so running reconciles stop at once and no
-/// sync of this replica overlaps with the new leader's).
+/// running reconciles may finish), `true` when `leader` turns false or its watcher ends,
+/// or `fenced` resolves (leadership lost or unproven: `abort` fires first, so running
+/// reconciles stop at once and no sync of this replica overlaps with the new leader's).
 pub async fn stop_or_lose_leadership(
     mut stop: tokio::sync::watch::Receiver<bool>,
     leader: Option<tokio::sync::watch::Receiver<bool>>,
+    fenced: impl std::future::Future<Output = ()>,
     abort: AbortTrigger,
 ) -> bool {
     let Some(mut leader) = leader else {
@@ -283,6 +292,11 @@ pub async fn stop_or_lose_leadership(
         _ = leader.wait_for(|l| !*l) => {
             abort.abort();
             tracing::error!("lost leadership: aborting running reconciles and stopping");
+            true
+        }
+        () = fenced => {
+            abort.abort();
+            tracing::error!("fenced: aborting running reconciles and stopping");
             true
         }
     }
@@ -327,17 +341,27 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
     let ctx = Arc::new(ctx);
 
     let mut leadership = None;
+    let mut fence_lease = None;
     if args.leader_election {
         let namespace = args
             .lease_namespace
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_string());
+        fence_lease = Some((
+            kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                client.clone(),
+                &namespace,
+            ),
+            identity.clone(),
+        ));
+        // Renewed every LEASE_SECONDS - LEASE_GRACE_SECONDS (5 s): the fence (below) has
+        // room to see a renewal well inside its deadline.
         let manager =
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
                 .with_namespace(namespace)
                 .with_identity(identity)
-                .with_duration(15)
-                .with_grace(5)
+                .with_duration(LEASE_SECONDS)
+                .with_grace(LEASE_GRACE_SECONDS)
                 .build()
                 .await
                 .map_err(|e| CliError::LeaderElection(e.to_string()))?;
@@ -372,8 +396,34 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         let stop = stop_rx.clone();
         let lost = lost_leadership.clone();
         let leader_rx = leadership.as_ref().map(|(rx, _)| rx.clone());
+        let lease_name = args.lease_name.clone();
         async move {
-            if stop_or_lose_leadership(stop, leader_rx, abort).await {
+            // The fence runs as its own task (its API reads are not Sync): it resolves
+            // `fenced` by dropping the sender.
+            let fence_rx = fence_lease.map(|(api, identity)| {
+                let (fence_tx, fence_rx) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(async move {
+                    crate::fence::fenced(
+                        api,
+                        lease_name,
+                        identity,
+                        Duration::from_secs(LEASE_SECONDS),
+                        FENCE_MARGIN,
+                    )
+                    .await;
+                    drop(fence_tx);
+                });
+                fence_rx
+            });
+            let fenced = async move {
+                match fence_rx {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            if stop_or_lose_leadership(stop, leader_rx, fenced, abort).await {
                 lost.store(true, Ordering::Relaxed);
             }
         }
@@ -394,7 +444,6 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn losing_leadership_fires_the_abort_and_sigterm_does_not() {
@@ -402,7 +451,12 @@ mod tests {
         let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
         let (trigger, signal) = AbortSignal::new();
-        let guard = tokio::spawn(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger));
+        let guard = tokio::spawn(stop_or_lose_leadership(
+            stop_rx,
+            Some(leader_rx),
+            std::future::pending(),
+            trigger,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!guard.is_finished(), "still leader: keeps running");
         assert!(!signal.is_aborted());
@@ -421,7 +475,12 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
         let (trigger, signal) = AbortSignal::new();
-        let guard = tokio::spawn(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger));
+        let guard = tokio::spawn(stop_or_lose_leadership(
+            stop_rx,
+            Some(leader_rx),
+            std::future::pending(),
+            trigger,
+        ));
         stop_tx.send_replace(true);
         assert!(!guard.await.unwrap());
         assert!(!signal.is_aborted());
@@ -431,7 +490,17 @@ mod tests {
         let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
         let (trigger, signal) = AbortSignal::new();
         drop(leader_tx);
-        assert!(stop_or_lose_leadership(stop_rx, Some(leader_rx), trigger).await);
+        assert!(
+            stop_or_lose_leadership(stop_rx, Some(leader_rx), std::future::pending(), trigger)
+                .await
+        );
+        assert!(signal.is_aborted());
+
+        // The fence fires: leadership counts as lost, the abort fires.
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (_leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+        let (trigger, signal) = AbortSignal::new();
+        assert!(stop_or_lose_leadership(stop_rx, Some(leader_rx), async {}, trigger).await);
         assert!(signal.is_aborted());
     }
 }

@@ -36,6 +36,10 @@ pub mod reasons {
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// A referenced Secret lacks the key.
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// A referenced Secret lacks the label that lets this operator use it.
+    pub const SECRET_NOT_MARKED: &str = "SecretNotMarked";
+    /// The reconcile of this cluster panicked (a bug); only this cluster is affected.
+    pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
     /// A spec value cannot be used (the message names the field).
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The PVE API rejected the credentials.
@@ -52,6 +56,8 @@ pub mod reasons {
     pub const READ_COMPLETE: &str = "ReadComplete";
     /// Some objects failed to sync; the rest was synced.
     pub const PARTIAL_SYNC: &str = "PartialSync";
+    /// NetBox refused the token (401/403): wrong, expired or lacking a permission.
+    pub const NETBOX_UNAUTHORIZED: &str = "NetBoxUnauthorized";
     /// NetBox could not be used at all.
     pub const NETBOX_FAILED: &str = "NetBoxFailed";
     /// Unowned NetBox objects are in the way and were left untouched.

@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use crate::conditions::reasons;
-use crate::crd::{ProxmoxCluster, SecretKeyRef, TlsSpec};
+use crate::crd::{
+    DURATION_MAX_LENGTH, DurationBounds, NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS,
+    PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
+    SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, SecretKeyRef, TlsSpec,
+};
 use crate::secret::SecretString;
 use crate::secrets::{SecretError, SecretSource};
 use crate::status::StageError;
@@ -62,24 +66,14 @@ pub struct ResolvedCluster {
 }
 
 /// Shortest `spec.sync.interval` accepted; a shorter one is a spec error naming the field.
-pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+pub const MIN_SYNC_INTERVAL: Duration = SYNC_INTERVAL_BOUNDS.min();
 
-/// `spec.sync.interval` of a cluster, validated: a Go duration of at least
-/// [`MIN_SYNC_INTERVAL`].
+/// Longest `spec.sync.interval` accepted (30 days).
+pub const MAX_SYNC_INTERVAL: Duration = SYNC_INTERVAL_BOUNDS.max();
+
+/// `spec.sync.interval` of a cluster, validated against [`SYNC_INTERVAL_BOUNDS`].
 pub fn sync_interval(cluster: &ProxmoxCluster) -> Result<Duration, StageError> {
-    let field = "spec.sync.interval";
-    let value = &cluster.spec.sync.interval;
-    let d = duration(field, value)?;
-    if d < MIN_SYNC_INTERVAL {
-        return Err(StageError {
-            reason: reasons::INVALID_SPEC,
-            message: format!(
-                "{field}: {value:?} is shorter than the minimum of {}s",
-                MIN_SYNC_INTERVAL.as_secs()
-            ),
-        });
-    }
-    Ok(d)
+    bounded_duration(&SYNC_INTERVAL_BOUNDS, &cluster.spec.sync.interval)
 }
 
 fn secret_error(field: &str, e: SecretError) -> StageError {
@@ -89,17 +83,153 @@ fn secret_error(field: &str, e: SecretError) -> StageError {
     }
 }
 
-/// Parses a Go-style duration from a spec field.
-pub fn duration(field: &str, value: &str) -> Result<Duration, StageError> {
-    value
-        .parse::<kube::core::Duration>()
-        .ok()
-        .filter(|d| !d.is_negative())
-        .map(Duration::from)
-        .ok_or_else(|| StageError {
-            reason: reasons::INVALID_SPEC,
-            message: format!("{field}: {value:?} is not a duration such as 30s, 15m or 1h"),
-        })
+/// Why a duration text was refused by [`parse_go_duration`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not a sequence of numbers with units (`30s`, `1h30m`, `1.5h`, `250ms`).
+    Syntax,
+    /// Starts with `-`.
+    Negative,
+    /// Longer than `u64::MAX` nanoseconds (about 584 years).
+    Overflow,
+}
+
+/// Nanoseconds per unit of a Go duration, `None` for an unknown unit. Both micro signs
+/// (U+00B5 and U+03BC) are accepted, as Go does.
+fn unit_nanos(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ns" => 1,
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3_600 * 1_000_000_000,
+        _ => return None,
+    })
+}
+
+/// Fraction digits that count: below 10^18, times a unit below 10^13 ns, stays far within a
+/// u128. Later digits are below a nanosecond and ignored.
+const MAX_FRACTION_DIGITS: usize = 18;
+
+/// Parses a Go duration (`30s`, `1h30m`, `1.5h`, `250ms`, `10us`): one or more numbers, each
+/// with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`); a number may have a decimal fraction.
+/// Unlike Go, a sign or a bare `0` is refused, matching the CRD's pattern. Only checked
+/// integer arithmetic is used: no input can panic, a too large value is
+/// [`DurationError::Overflow`].
+pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
+    if text.is_empty() {
+        return Err(DurationError::Syntax);
+    }
+    if text.starts_with('-') {
+        return Err(DurationError::Negative);
+    }
+    let mut rest = text;
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if int_len == 0 {
+            return Err(DurationError::Syntax);
+        }
+        let (int_digits, after) = rest.split_at(int_len);
+        let (frac_digits, after) = match after.strip_prefix('.') {
+            Some(f) => {
+                let n = f.bytes().take_while(u8::is_ascii_digit).count();
+                if n == 0 {
+                    return Err(DurationError::Syntax);
+                }
+                f.split_at(n)
+            }
+            None => ("", after),
+        };
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let nanos_per_unit = unit_nanos(unit).ok_or(DurationError::Syntax)?;
+
+        let whole = int_digits.bytes().try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        let whole = whole
+            .and_then(|w| w.checked_mul(nanos_per_unit))
+            .ok_or(DurationError::Overflow)?;
+        let mut fraction: u128 = 0;
+        let mut scale: u128 = 1;
+        for d in frac_digits.bytes().take(MAX_FRACTION_DIGITS) {
+            fraction = fraction * 10 + u128::from(d - b'0');
+            scale *= 10;
+        }
+        // Below one unit, so below u64::MAX; truncated like Go.
+        let fraction_nanos = u64::try_from(fraction * u128::from(nanos_per_unit) / scale)
+            .map_err(|_| DurationError::Overflow)?;
+        total = total
+            .checked_add(whole)
+            .and_then(|t| t.checked_add(fraction_nanos))
+            .ok_or(DurationError::Overflow)?;
+        rest = after;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// The value as error messages quote it: escaped, and cut to 40 characters so a hostile
+/// value cannot flood a condition or an Event.
+fn quoted(value: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    if value.chars().count() <= MAX_CHARS {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX_CHARS).collect();
+        format!("{head:?}... ({} characters)", value.chars().count())
+    }
+}
+
+/// Parses the duration field `bounds.field` with [`parse_go_duration`] and checks it against
+/// its bounds. Errors name the field and the bound, e.g.
+/// `spec.sync.interval: "99999999999999999999h" is longer than the maximum of 720h`.
+pub fn bounded_duration(bounds: &DurationBounds, value: &str) -> Result<Duration, StageError> {
+    let field = bounds.field;
+    let invalid = |message: String| StageError {
+        reason: reasons::INVALID_SPEC,
+        message: format!("{field}: {message}"),
+    };
+    let too_long = || {
+        invalid(format!(
+            "{} is longer than the maximum of {}",
+            quoted(value),
+            bounds.max_text()
+        ))
+    };
+    if value.chars().count() > DURATION_MAX_LENGTH {
+        return Err(invalid(format!(
+            "{} is longer than {DURATION_MAX_LENGTH} characters",
+            quoted(value)
+        )));
+    }
+    let d = match parse_go_duration(value) {
+        Ok(d) => d,
+        Err(DurationError::Overflow) => return Err(too_long()),
+        Err(DurationError::Negative) => {
+            return Err(invalid(format!("{} must not be negative", quoted(value))));
+        }
+        Err(DurationError::Syntax) => {
+            return Err(invalid(format!(
+                "{} is not a duration such as 30s, 15m or 1h",
+                quoted(value)
+            )));
+        }
+    };
+    if d > bounds.max() {
+        return Err(too_long());
+    }
+    if d < bounds.min() {
+        return Err(invalid(format!(
+            "{} is shorter than the minimum of {}",
+            quoted(value),
+            bounds.min_text()
+        )));
+    }
+    Ok(d)
 }
 
 async fn read_key(
@@ -210,14 +340,31 @@ pub async fn resolve(
     }
     // Checked before any Secret is read: a spec error is reported as such.
     let sync_interval = sync_interval(cluster)?;
+    let pve_timeout = bounded_duration(&PVE_REQUEST_TIMEOUT_BOUNDS, &spec.proxmox.request_timeout)?;
+    let netbox_timeout =
+        bounded_duration(&NETBOX_REQUEST_TIMEOUT_BOUNDS, &spec.netbox.request_timeout)?;
+    let prune_grace_period =
+        bounded_duration(&PRUNE_GRACE_PERIOD_BOUNDS, &spec.sync.prune.grace_period)?;
+    let ssh_connect_timeout = bounded_duration(
+        &SSH_CONNECT_TIMEOUT_BOUNDS,
+        &spec.hardware_discovery.connect_timeout,
+    )?;
+    let ssh_command_timeout = bounded_duration(
+        &SSH_COMMAND_TIMEOUT_BOUNDS,
+        &spec.hardware_discovery.command_timeout,
+    )?;
     Ok(ResolvedCluster {
         sync_interval,
+        pve_timeout,
+        netbox_timeout,
+        prune_grace_period,
+        ssh_connect_timeout,
+        ssh_command_timeout,
         owner,
         pve_endpoints: spec.proxmox.endpoints.clone(),
         pve_credentials: pve_credentials(secrets, &spec.proxmox.credentials_secret_ref.name)
             .await?,
         pve_tls: tls(secrets, "spec.proxmox.tls", &spec.proxmox.tls).await?,
-        pve_timeout: duration("spec.proxmox.requestTimeout", &spec.proxmox.request_timeout)?,
         pve_concurrency: usize::try_from(spec.proxmox.max_concurrency.clamp(1, 64)).unwrap_or(8),
         netbox_token: read_key(
             secrets,
@@ -226,16 +373,6 @@ pub async fn resolve(
         )
         .await?,
         netbox_tls: tls(secrets, "spec.netbox.tls", &spec.netbox.tls).await?,
-        netbox_timeout: duration("spec.netbox.requestTimeout", &spec.netbox.request_timeout)?,
-        prune_grace_period: duration("spec.sync.prune.gracePeriod", &spec.sync.prune.grace_period)?,
-        ssh_connect_timeout: duration(
-            "spec.hardwareDiscovery.connectTimeout",
-            &spec.hardware_discovery.connect_timeout,
-        )?,
-        ssh_command_timeout: duration(
-            "spec.hardwareDiscovery.commandTimeout",
-            &spec.hardware_discovery.command_timeout,
-        )?,
     })
 }
 
@@ -370,6 +507,260 @@ mod tests {
         assert_eq!(ok.sync_interval, Duration::from_secs(30));
         c.spec.sync.interval = "1h30m".into();
         assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn parses_go_durations_exactly() {
+        let ok = |s: &str| parse_go_duration(s).unwrap();
+        assert_eq!(ok("30s"), Duration::from_secs(30));
+        assert_eq!(ok("15m"), Duration::from_secs(900));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("0.25s"), Duration::from_millis(250));
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok("10us"), Duration::from_micros(10));
+        assert_eq!(ok("10\u{b5}s"), Duration::from_micros(10));
+        assert_eq!(ok("10\u{3bc}s"), Duration::from_micros(10));
+        assert_eq!(ok("7ns"), Duration::from_nanos(7));
+        assert_eq!(ok("1h1m1s1ms1us1ns"), Duration::new(3661, 1_001_001));
+        assert_eq!(ok("0s"), Duration::ZERO);
+        // Fraction digits below a nanosecond are dropped, like Go does.
+        assert_eq!(ok("1.0000000009s"), Duration::from_secs(1));
+        assert_eq!(
+            ok("0.123456789123456789123456789s"),
+            Duration::from_nanos(123_456_789)
+        );
+        // The largest value that fits, and one nanosecond more.
+        assert_eq!(ok("18446744073709551615ns"), Duration::from_nanos(u64::MAX));
+        assert_eq!(
+            parse_go_duration("18446744073709551616ns"),
+            Err(DurationError::Overflow)
+        );
+    }
+
+    #[test]
+    fn refuses_what_the_crd_pattern_refuses() {
+        let pattern = regex::Regex::new(crate::crd::DURATION_PATTERN).unwrap();
+        for bad in [
+            "", "0", "15", "m", "1d", "1.s", ".5s", "1..5s", "+5s", " 5s", "5s ", "5 s", "5S",
+            "1h-30m", "1e3s", "5sec", "NaN", "inf", "٣s",
+        ] {
+            assert_eq!(
+                parse_go_duration(bad),
+                Err(DurationError::Syntax),
+                "{bad:?}"
+            );
+            assert!(!pattern.is_match(bad), "the CRD pattern accepts {bad:?}");
+        }
+        assert_eq!(parse_go_duration("-5m"), Err(DurationError::Negative));
+        assert!(!pattern.is_match("-5m"));
+        for good in ["30s", "1.5h", "10\u{b5}s", "1h1m1s1ms1us1ns", "0s"] {
+            assert!(pattern.is_match(good), "{good:?}");
+            assert!(parse_go_duration(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_interval_is_an_error_naming_the_field_and_the_bound() {
+        let mut c = cluster();
+        c.spec.sync.interval = "99999999999999999999h".into();
+        let err = sync_interval(&c).unwrap_err();
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(
+            err.message,
+            "spec.sync.interval: \"99999999999999999999h\" is longer than the maximum of 720h"
+        );
+        // In range for Go, above the field's bound.
+        c.spec.sync.interval = "721h".into();
+        assert_eq!(
+            sync_interval(&c).unwrap_err().message,
+            "spec.sync.interval: \"721h\" is longer than the maximum of 720h"
+        );
+        c.spec.sync.interval = "720h".into();
+        assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(720 * 3600));
+    }
+
+    #[test]
+    fn every_duration_field_has_its_own_bounds() {
+        let check = |b: &DurationBounds, value: &str, expected: &str| {
+            let err = bounded_duration(b, value).unwrap_err();
+            assert_eq!(err.reason, reasons::INVALID_SPEC);
+            assert_eq!(err.message, format!("{}: {expected}", b.field));
+        };
+        check(
+            &PVE_REQUEST_TIMEOUT_BOUNDS,
+            "2h",
+            "\"2h\" is longer than the maximum of 1h",
+        );
+        check(
+            &NETBOX_REQUEST_TIMEOUT_BOUNDS,
+            "500ms",
+            "\"500ms\" is shorter than the minimum of 1s",
+        );
+        check(
+            &SSH_CONNECT_TIMEOUT_BOUNDS,
+            "11m",
+            "\"11m\" is longer than the maximum of 10m",
+        );
+        check(
+            &SSH_COMMAND_TIMEOUT_BOUNDS,
+            "0s",
+            "\"0s\" is shorter than the minimum of 1s",
+        );
+        check(
+            &PRUNE_GRACE_PERIOD_BOUNDS,
+            "-1h",
+            "\"-1h\" must not be negative",
+        );
+        check(
+            &PRUNE_GRACE_PERIOD_BOUNDS,
+            "1d",
+            "\"1d\" is not a duration such as 30s, 15m or 1h",
+        );
+        check(
+            &SYNC_INTERVAL_BOUNDS,
+            &"1s".repeat(17),
+            "\"1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s1s\" is longer than 32 characters",
+        );
+        assert_eq!(
+            bounded_duration(&PRUNE_GRACE_PERIOD_BOUNDS, "0s").unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            bounded_duration(&SSH_CONNECT_TIMEOUT_BOUNDS, "10m").unwrap(),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[tokio::test]
+    async fn resolve_reports_a_bad_timeout_before_reading_any_secret() {
+        let mut c = cluster();
+        c.spec.hardware_discovery.command_timeout = "99999999999999999999999999h".into();
+        let empty = tempfile::tempdir().unwrap();
+        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(empty.path()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(
+            err.message,
+            "spec.hardwareDiscovery.commandTimeout: \"99999999999999999999999999h\" is longer than the maximum of 1h"
+        );
+    }
+
+    /// Hostile values never panic and always get an error naming the field, one line long,
+    /// whose quoted value is cut short.
+    #[test]
+    fn hostile_duration_strings_never_panic_and_get_a_clear_error() {
+        let mut hostile: Vec<String> = [
+            "",
+            " ",
+            "h",
+            ".",
+            "..",
+            ".h",
+            "1.",
+            "-",
+            "-0s",
+            "--1s",
+            "+1s",
+            "0x10s",
+            "1_000s",
+            "1e9h",
+            "1E9h",
+            "NaN",
+            "inf",
+            "-inf",
+            "1s\n",
+            "1s\0",
+            "\u{0}",
+            "1\u{0}s",
+            "🦀",
+            "1🦀",
+            "1h🦀",
+            "\u{202e}1h",
+            "1\u{b5}",
+            "\u{b5}s",
+            "1\u{301}s",
+            "١s",
+            "1ｓ",
+            "1hh",
+            "1mm",
+            "1ms1",
+            "1s.5",
+            "1.5.5s",
+            "99999999999999999999h",
+            "18446744073709551616ns",
+            "18446744073709551615ns1ns",
+            "2562048h",
+            "9223372036854775807ns",
+            "340282366920938463463374607431768211456s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        hostile.push("9".repeat(10_000) + "h");
+        hostile.push("1h".repeat(100_000));
+        hostile.push("0.".to_string() + &"9".repeat(100_000) + "s");
+        hostile.push("5124095576030431h".repeat(3));
+        hostile.push("\u{10ffff}".repeat(1000));
+        // Every digit count from 1 to 40 of every unit: the step from fitting to overflowing.
+        for unit in ["ns", "us", "\u{b5}s", "ms", "s", "m", "h"] {
+            for digits in 1..=40 {
+                hostile.push("9".repeat(digits) + unit);
+                hostile.push(format!(
+                    "{}.{}{unit}",
+                    "9".repeat(digits),
+                    "9".repeat(digits)
+                ));
+            }
+        }
+        for value in &hostile {
+            for bounds in crate::crd::DURATION_FIELDS {
+                let outcome = std::panic::catch_unwind(|| bounded_duration(&bounds, value));
+                let Ok(result) = outcome else {
+                    panic!("{}: {value:?} panicked", bounds.field)
+                };
+                match result {
+                    Ok(d) => assert!(
+                        d >= bounds.min() && d <= bounds.max(),
+                        "{}: {value:?} accepted as {d:?}",
+                        bounds.field
+                    ),
+                    Err(e) => {
+                        assert_eq!(e.reason, reasons::INVALID_SPEC);
+                        assert!(
+                            e.message.starts_with(&format!("{}: \"", bounds.field)),
+                            "{}",
+                            e.message
+                        );
+                        assert!(!e.message.contains('\n'), "{}", e.message);
+                        assert!(e.message.len() < 600, "{}", e.message);
+                        assert!(
+                            [
+                                "maximum",
+                                "minimum",
+                                "not a duration",
+                                "negative",
+                                "characters"
+                            ]
+                            .iter()
+                            .any(|w| e.message.contains(w)),
+                            "{}",
+                            e.message
+                        );
+                    }
+                }
+            }
+        }
+        // Over-long inputs are refused whatever they contain.
+        let long = "1h".repeat(100_000);
+        let err = bounded_duration(&SYNC_INTERVAL_BOUNDS, &long).unwrap_err();
+        assert!(
+            err.message
+                .ends_with("... (200000 characters) is longer than 32 characters"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]

@@ -7,16 +7,15 @@
 //! record metrics, requeue.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::Predicate;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -160,6 +159,12 @@ pub enum Error {
     /// The reconcile was abandoned because this replica lost leadership.
     #[error("aborted: this replica is no longer the leader")]
     Aborted,
+    /// The reconcile panicked; caught, so only this cluster is affected.
+    #[error("the reconcile panicked: {message}")]
+    Panicked {
+        /// The panic's message, one short line.
+        message: String,
+    },
 }
 
 impl Error {
@@ -183,6 +188,7 @@ impl Error {
             Self::MissingNamespace => "MissingNamespace",
             Self::Cleanup { .. } => "CleanupFailed",
             Self::Aborted => "Aborted",
+            Self::Panicked { .. } => reasons::RECONCILE_PANICKED,
         }
     }
 
@@ -208,6 +214,8 @@ pub struct Context<P> {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Fires when running reconciles must stop at once (leadership lost).
     pub abort: AbortSignal,
+    /// Time between two polls of the referenced Secrets' metadata.
+    pub secret_poll_interval: Duration,
 }
 
 impl<P: ClusterPipeline> Context<P> {
@@ -221,6 +229,7 @@ impl<P: ClusterPipeline> Context<P> {
             clock: Arc::new(SystemClock),
             failures: Mutex::new(HashMap::new()),
             abort: AbortSignal::never(),
+            secret_poll_interval: crate::secret_poll::DEFAULT_SECRET_POLL_INTERVAL,
         }
     }
 
@@ -229,18 +238,22 @@ impl<P: ClusterPipeline> Context<P> {
     }
 }
 
-/// The delay before the next periodic sync: the interval plus up to 10% jitter.
+/// The delay before the next periodic sync: the interval (kept within [`MIN_INTERVAL`] and
+/// [`crate::config::MAX_SYNC_INTERVAL`]) plus up to 10% jitter. Never overflows.
 pub fn next_sync_delay(interval: Duration) -> Duration {
-    let interval = interval.max(MIN_INTERVAL);
-    let jitter_ms = rand::rng().random_range(0..=interval.as_millis() as u64 / 10);
-    interval + Duration::from_millis(jitter_ms)
+    let interval = interval.clamp(MIN_INTERVAL, crate::config::MAX_SYNC_INTERVAL);
+    let max_jitter_ms = u64::try_from(interval.as_millis() / 10).unwrap_or(u64::MAX);
+    let jitter_ms = rand::rng().random_range(0..=max_jitter_ms);
+    interval.saturating_add(Duration::from_millis(jitter_ms))
 }
 
 /// Exponential backoff after `failures` consecutive failures: [`BACKOFF_BASE`] doubling,
 /// capped at the interval (but never below [`BACKOFF_BASE`]).
 pub fn backoff_delay(failures: u32, interval: Duration) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    (BACKOFF_BASE * factor).min(interval.max(BACKOFF_BASE))
+    BACKOFF_BASE
+        .saturating_mul(factor)
+        .min(interval.max(BACKOFF_BASE))
 }
 
 /// The sync interval of a cluster, or [`DEFAULT_INTERVAL`] when the spec value cannot be
@@ -280,14 +293,22 @@ pub async fn reconcile<P: ClusterPipeline>(
         })
         .inc();
     let started = Instant::now();
-    let result = finalizer(&api, FINALIZER, cluster, |event| async {
+    // A panic (a bug, whatever the input) fails this cluster only: it is caught here,
+    // reported in its status and Events, and retried with backoff like any error.
+    let reconciled = AssertUnwindSafe(finalizer(&api, FINALIZER, cluster.clone(), |event| async {
         match event {
             FinalizerEvent::Apply(c) => apply(c, &api, &ctx).await,
             FinalizerEvent::Cleanup(c) => cleanup(c, &ctx).await,
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    }))
+    .catch_unwind()
+    .await;
+    let result = match reconciled {
+        Ok(r) => r.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(payload) => {
+            Err(report_panic(&cluster, &api, &ctx, panic_message(payload.as_ref())).await)
+        }
+    };
     ctx.metrics
         .reconcile_duration
         .get_or_create(&ClusterLabels {
@@ -302,6 +323,59 @@ pub async fn reconcile<P: ClusterPipeline>(
         Ok(_) => {}
     }
     result
+}
+
+/// The text of a panic payload (`&str` or `String`), cut to one short line.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    let line: String = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    line
+}
+
+/// Records a caught panic on the cluster (Warning Event, `Ready=False`) and returns the
+/// error handed to the error policy.
+async fn report_panic<P>(
+    cluster: &ProxmoxCluster,
+    api: &Api<ProxmoxCluster>,
+    ctx: &Context<P>,
+    message: String,
+) -> Error {
+    let key = cluster_key(cluster);
+    tracing::error!(cluster = %key, panic = %message, "reconcile panicked: only this cluster is affected");
+    let note = format!("the reconcile panicked (a bug, please report it): {message}");
+    publish(
+        ctx,
+        cluster,
+        &EventSpec {
+            warning: true,
+            reason: reasons::RECONCILE_PANICKED.into(),
+            note: note.clone(),
+        },
+    )
+    .await;
+    let status = crate::status::ready_false_status(
+        cluster.metadata.generation,
+        cluster.status.as_ref(),
+        reasons::RECONCILE_PANICKED,
+        note,
+        ctx.clock.now(),
+    );
+    if crate::status::differs(cluster.status.as_ref(), &status)
+        && let Err(e) = patch_status(api, &cluster.name_any(), &status).await
+    {
+        tracing::warn!(cluster = %key, error = %e, "cannot write the panic status");
+    }
+    Error::Panicked { message }
 }
 
 /// Writes the intermediate status (per-node facts and warnings, before the NetBox sync)
@@ -503,6 +577,19 @@ async fn cleanup<P: ClusterPipeline>(
                         },
                     )
                     .await;
+                    let status = crate::status::deletion_blocked_status(
+                        cluster.metadata.generation,
+                        cluster.status.as_ref(),
+                        err.reason,
+                        &err.message,
+                        ctx.clock.now(),
+                    );
+                    if crate::status::differs(cluster.status.as_ref(), &status) {
+                        let api: Api<ProxmoxCluster> = Api::namespaced(ctx.client.clone(), &ns);
+                        if let Err(e) = patch_status(&api, &cluster.name_any(), &status).await {
+                            tracing::warn!(cluster = %key, error = %e, "cannot write the deletion status");
+                        }
+                    }
                     Err(Error::Cleanup {
                         reason: err.reason,
                         message: err.message,
@@ -1023,7 +1110,6 @@ pub async fn run_controller<P: ClusterPipeline>(
     let client = ctx.client.clone();
     let clusters: Api<ProxmoxCluster> = scoped_api(&client, namespace.as_deref());
     let creds: Api<NodeSSHCredential> = scoped_api(&client, namespace.as_deref());
-    let secrets: Api<PartialObjectMeta<Secret>> = scoped_api(&client, namespace.as_deref());
 
     let (cluster_store, cluster_writer) = reflector::store();
     let cluster_stream = watcher(clusters, watcher::Config::default())
@@ -1055,28 +1141,47 @@ pub async fn run_controller<P: ClusterPipeline>(
         })
         .flat_map(move |event| futures::stream::iter(tracker.on_event(&event)));
 
-    // Secrets are watched by metadata only (`Api<PartialObjectMeta<_>>` requests
-    // PartialObjectMetadata): the controller never receives or caches Secret data.
-    // Deletes are kept (resource_version predicate).
-    let secret_stream = watcher(secrets, watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, Default::default());
-
+    // Secrets: the operator may only `get` them (no list or watch), so the referenced
+    // ones are polled by metadata (never their data) and a change triggers their clusters.
+    let referenced = {
+        let clusters = cluster_store.clone();
+        let creds = cred_store.clone();
+        move || {
+            let mut keys = HashSet::new();
+            for c in clusters.state() {
+                let ns = c.namespace().unwrap_or_default();
+                keys.extend(referenced_secrets(&c).into_iter().map(|n| (ns.clone(), n)));
+            }
+            for cred in creds.state() {
+                let ns = cred.namespace().unwrap_or_default();
+                keys.extend(
+                    credential_secrets(&cred)
+                        .into_iter()
+                        .map(|n| (ns.clone(), n)),
+                );
+            }
+            keys
+        }
+    };
     let store_for_secrets = cluster_store.clone();
+    let creds_for_secrets = cred_store.clone();
+    let secret_triggers =
+        crate::secret_poll::changed_secrets(client.clone(), ctx.secret_poll_interval, referenced)
+            .flat_map(move |(ns, name)| {
+                let clusters = store_for_secrets.state();
+                let creds = creds_for_secrets.state();
+                let hits = clusters_for_secret(
+                    &ns,
+                    &name,
+                    clusters.iter().map(AsRef::as_ref),
+                    creds.iter().map(AsRef::as_ref),
+                );
+                futures::stream::iter(hits)
+            });
+
     Controller::for_stream(cluster_stream, cluster_store)
         .reconcile_on(cred_triggers)
-        .watches_stream(secret_stream, move |secret| {
-            let ns = secret.namespace().unwrap_or_default();
-            let clusters = store_for_secrets.state();
-            let creds = cred_store.state();
-            clusters_for_secret(
-                &ns,
-                &secret.name_any(),
-                clusters.iter().map(AsRef::as_ref),
-                creds.iter().map(AsRef::as_ref),
-            )
-        })
+        .reconcile_on(secret_triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -1126,9 +1231,8 @@ pub const KUBERNETES_API_CALLS: &[ApiCall] = &[
     call(API_GROUP, "proxmoxclusters", "watch"),
     call(API_GROUP, "nodesshcredentials", "list"),
     call(API_GROUP, "nodesshcredentials", "watch"),
-    // Secrets: metadata-only watch to trigger reconciles, and get to read values.
-    call("", "secrets", "list"),
-    call("", "secrets", "watch"),
+    // Secrets: get only (values, and metadata polled for changes), in the namespaces the
+    // chart grants; never list or watch.
     call("", "secrets", "get"),
     // Finalizer add/remove (JSON patch), status by server-side apply.
     call(API_GROUP, "proxmoxclusters", "patch"),
@@ -1221,6 +1325,20 @@ mod tests {
             "never below 15 s"
         );
         assert_eq!(backoff_delay(0, interval), BACKOFF_BASE);
+        assert_eq!(
+            backoff_delay(u32::MAX, Duration::MAX),
+            BACKOFF_BASE * 65536,
+            "the doubling stops at 2^16 whatever the interval"
+        );
+    }
+
+    #[test]
+    fn next_sync_delay_stays_bounded_for_huge_intervals() {
+        let max = crate::config::MAX_SYNC_INTERVAL;
+        for interval in [max, max + Duration::from_secs(1), Duration::MAX] {
+            let d = next_sync_delay(interval);
+            assert!(d >= max && d <= max + max / 10, "{interval:?} -> {d:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,11 @@ use kube::Api;
 
 use crate::secret::SecretString;
 
+/// The label a Secret must carry, with the value `"true"`, before the operator uses it.
+/// Without it a person who may create a ProxmoxCluster, but not read Secrets, could make
+/// the operator send any Secret of the namespace to a server of their choosing.
+pub const SECRET_ACCESS_LABEL: &str = "proxmox-netbox.io/credentials";
+
 /// Largest Secret value read from a file (Kubernetes caps a Secret at 1 MiB).
 const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -46,6 +51,15 @@ pub enum SecretError {
         /// Secret name.
         name: String,
     },
+    /// The Secret exists but is not marked for this operator ([`SECRET_ACCESS_LABEL`]).
+    #[error(
+        "Secret {name:?} is not marked for proxmox-netbox-operator: label it {label}=true to let the operator use it",
+        label = SECRET_ACCESS_LABEL
+    )]
+    NotMarked {
+        /// Secret name.
+        name: String,
+    },
     /// Reading failed for another reason.
     #[error("cannot read Secret {name:?}: {message}")]
     Unreadable {
@@ -64,6 +78,7 @@ impl SecretError {
             Self::KeyMissing { .. } | Self::NotText { .. } => {
                 crate::conditions::reasons::SECRET_KEY_MISSING
             }
+            Self::NotMarked { .. } => crate::conditions::reasons::SECRET_NOT_MARKED,
             Self::Forbidden { .. } | Self::Unreadable { .. } => {
                 crate::conditions::reasons::SECRET_UNREADABLE
             }
@@ -123,6 +138,9 @@ impl SecretSource for KubeSecrets {
                 .await
                 .map_err(|e| secret_read_error(name, &e))?
                 .ok_or_else(|| SecretError::NotFound { name: name.into() })?;
+            if !is_marked(&secret.metadata) {
+                return Err(SecretError::NotMarked { name: name.into() });
+            }
             let bytes = secret
                 .data
                 .as_ref()
@@ -147,6 +165,14 @@ impl SecretSource for KubeSecrets {
                 })
         })
     }
+}
+
+/// Whether a Secret carries [`SECRET_ACCESS_LABEL`]`=true`.
+pub fn is_marked(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(SECRET_ACCESS_LABEL))
+        .is_some_and(|v| v == "true")
 }
 
 /// The error for a failed Secret read. Only the status reason and code, or a fixed

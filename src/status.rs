@@ -766,8 +766,6 @@ pub fn suspended_status(
     previous: Option<&ProxmoxClusterStatus>,
     now: DateTime<Utc>,
 ) -> ProxmoxClusterStatus {
-    let mut status = previous.cloned().unwrap_or_default();
-    status.observed_generation = generation;
     let ready = condition(
         types::READY,
         false,
@@ -775,6 +773,52 @@ pub fn suspended_status(
         "sync is suspended (spec.sync.suspend=true): nothing is read or written".into(),
         generation,
     );
+    with_ready(ready, generation, previous, now)
+}
+
+/// The status shown while a deletion under `deletionPolicy: Delete` cannot finish: `Ready`
+/// is False with the cause and the way out; every other field is kept.
+pub fn deletion_blocked_status(
+    generation: Option<i64>,
+    previous: Option<&ProxmoxClusterStatus>,
+    reason: &str,
+    cause: &str,
+    now: DateTime<Utc>,
+) -> ProxmoxClusterStatus {
+    ready_false_status(
+        generation,
+        previous,
+        reason,
+        format!(
+            "deletion with deletionPolicy Delete cannot remove the owned NetBox objects: {cause}; \
+             it is retried with backoff, or set spec.deletionPolicy to Orphan to let the resource go \
+             and keep them"
+        ),
+        now,
+    )
+}
+
+/// `previous` with `Ready=False` for `reason` and `message`; every other field is kept.
+pub fn ready_false_status(
+    generation: Option<i64>,
+    previous: Option<&ProxmoxClusterStatus>,
+    reason: &str,
+    message: String,
+    now: DateTime<Utc>,
+) -> ProxmoxClusterStatus {
+    let ready = condition(types::READY, false, reason, message, generation);
+    with_ready(ready, generation, previous, now)
+}
+
+/// `previous` with `ready` in place of its Ready condition, all at `generation`.
+fn with_ready(
+    ready: Condition,
+    generation: Option<i64>,
+    previous: Option<&ProxmoxClusterStatus>,
+    now: DateTime<Utc>,
+) -> ProxmoxClusterStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
     let prev_conditions = status.conditions.clone();
     status.conditions.retain(|c| c.type_ != types::READY);
     status

@@ -47,6 +47,8 @@ struct FakePipeline {
     outcome: PipelineOutcome,
     runs: Mutex<Vec<Vec<String>>>,
     hang: bool,
+    /// Panics in `run`, as a bug on some input would.
+    panic: bool,
     delete_result: Result<String, StageError>,
     deletes: Mutex<usize>,
 }
@@ -67,6 +69,10 @@ impl ClusterPipeline for FakePipeline {
                 .collect(),
         );
         Box::pin(async move {
+            assert!(
+                !self.panic,
+                "index out of bounds: the len is 0 but the index is 7"
+            );
             if self.outcome.config_error.is_none() && self.outcome.proxmox_error.is_none() {
                 let observed = PipelineOutcome {
                     netbox: NetBoxOutcome::InProgress,
@@ -168,6 +174,7 @@ fn pipeline(outcome: PipelineOutcome) -> FakePipeline {
         outcome,
         runs: Mutex::new(Vec::new()),
         hang: false,
+        panic: false,
         delete_result: Ok("deleted 3 objects".to_string()),
         deletes: Mutex::new(0),
     }
@@ -818,6 +825,23 @@ async fn failed_delete_cleanup_keeps_the_finalizer_and_says_why() {
     assert_eq!(req.body()["note"], "no answer from NetBox on dcim/devices");
     respond(send, req.body().clone());
 
+    // The status says why and how to let the resource go.
+    let (req, send) = next_request(&mut handle).await;
+    let status = patched_status(&req);
+    let ready = condition(&status, "Ready").clone();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::NETBOX_FAILED);
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("no answer from NetBox on dcim/devices"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.deletionPolicy to Orphan"),
+        "{message}"
+    );
+    echo_status(send, &status);
+
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(err.metric_label(), "CleanupFailed");
     assert!(err.to_string().contains("NetBoxFailed"), "{err}");
@@ -825,6 +849,39 @@ async fn failed_delete_cleanup_keeps_the_finalizer_and_says_why() {
     assert_no_more_requests(&mut handle).await;
     // error_policy retries with backoff.
     let action = error_policy(Arc::new(deleting("Delete")), &err, ctx.clone());
+    assert!(format!("{action:?}").contains("15s"), "{action:?}");
+}
+
+#[tokio::test]
+async fn a_panicking_reconcile_fails_only_its_cluster_and_says_so() {
+    let mut p = pipeline(synced_outcome(0));
+    p.panic = true;
+    let (ctx, mut handle, _registry) = build_context(p);
+    let ctx = Arc::new(ctx);
+    let task = tokio::spawn(reconcile(
+        Arc::new(cluster(json!({}), true, None)),
+        ctx.clone(),
+    ));
+    let seen = serve_all(&mut handle, &task).await;
+    // The task itself did not panic: the reconcile returned an error.
+    let err = task.await.expect("the panic is caught").unwrap_err();
+    assert_eq!(err.metric_label(), reasons::RECONCILE_PANICKED);
+    assert!(err.to_string().contains("index out of bounds"), "{err}");
+    let event = seen
+        .iter()
+        .find(|(m, _, b)| *m == http::Method::POST && b["reason"] == reasons::RECONCILE_PANICKED)
+        .unwrap_or_else(|| panic!("no ReconcilePanicked Event: {seen:?}"));
+    assert_eq!(event.2["type"], "Warning");
+    let status = seen
+        .iter()
+        .find(|(m, _, b)| *m == http::Method::PATCH && b.get("status").is_some())
+        .map(|(_, _, b)| b["status"].clone())
+        .unwrap_or_else(|| panic!("no status write: {seen:?}"));
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::RECONCILE_PANICKED);
+    // Retried with backoff like any other failure.
+    let action = error_policy(Arc::new(cluster(json!({}), true, None)), &err, ctx.clone());
     assert!(format!("{action:?}").contains("15s"), "{action:?}");
 }
 

@@ -246,3 +246,156 @@ fn examples_parse_as_the_crd_types() {
         "examples/ must hold a ProxmoxCluster and a NodeSSHCredential"
     );
 }
+
+/// Every duration field of the spec has the pattern, a length limit and a CEL rule whose
+/// bounds are the ones the operator's own parser enforces.
+#[test]
+fn duration_fields_are_bounded_in_the_schema_like_in_the_parser() {
+    use proxmox_netbox_operator::crd::{DURATION_FIELDS, DURATION_MAX_LENGTH, DURATION_PATTERN};
+    let schema = schema_of::<ProxmoxCluster>();
+    for bounds in DURATION_FIELDS {
+        let field = property(&schema, bounds.field);
+        assert_eq!(field["type"], "string", "{}", bounds.field);
+        assert_eq!(field["pattern"], DURATION_PATTERN, "{}", bounds.field);
+        assert_eq!(field["maxLength"], DURATION_MAX_LENGTH, "{}", bounds.field);
+        let rules = field["x-kubernetes-validations"].as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{}", bounds.field);
+        let rule = rules[0]["rule"].as_str().unwrap();
+        assert!(
+            rule.contains(&format!(
+                "duration(self) <= duration('{}')",
+                bounds.max_text()
+            )),
+            "{}: {rule}",
+            bounds.field
+        );
+        assert_eq!(
+            rule.contains(&format!(
+                "duration(self) >= duration('{}')",
+                bounds.min_text()
+            )),
+            bounds.min_secs > 0,
+            "{}: {rule}",
+            bounds.field
+        );
+        let message = rules[0]["message"].as_str().unwrap();
+        assert!(message.starts_with(bounds.field), "{message}");
+    }
+    // Every string field of the spec whose name ends like a duration is in the list.
+    let mut found = Vec::new();
+    collect(&schema["properties"]["spec"], "spec", &mut |path, s| {
+        if s["pattern"] == DURATION_PATTERN {
+            found.push(path.to_string());
+        }
+    });
+    let listed: Vec<&str> = DURATION_FIELDS.iter().map(|b| b.field).collect();
+    found.sort();
+    let mut expected: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+/// Calls `f` on every schema node under `schema` (objects' properties and lists' items),
+/// with its path (`spec.proxmox.endpoints[]`).
+fn collect(schema: &Value, path: &str, f: &mut dyn FnMut(&str, &Value)) {
+    f(path, schema);
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, prop) in props {
+            collect(prop, &format!("{path}.{name}"), f);
+        }
+    }
+    if schema["type"] == "array" {
+        collect(&schema["items"], &format!("{path}[]"), f);
+    }
+}
+
+/// What a client can send is bounded everywhere: every string has a maxLength (or an enum),
+/// every list a maxItems, every integer a minimum and a maximum.
+#[test]
+fn every_spec_field_is_bounded() {
+    for (kind, schema) in [
+        ("ProxmoxCluster", schema_of::<ProxmoxCluster>()),
+        ("NodeSSHCredential", schema_of::<NodeSSHCredential>()),
+    ] {
+        let mut unbounded = Vec::new();
+        let mut seen = 0;
+        collect(&schema["properties"]["spec"], "spec", &mut |path, s| {
+            seen += 1;
+            let ok = match s["type"].as_str() {
+                Some("string") => s["maxLength"].is_number() || s["enum"].is_array(),
+                Some("array") => s["maxItems"].is_number(),
+                Some("integer") | Some("number") => {
+                    s["minimum"].is_number() && s["maximum"].is_number()
+                }
+                _ => true,
+            };
+            if !ok {
+                unbounded.push(path.to_string());
+            }
+        });
+        assert!(seen > 10, "{kind}: the walk found only {seen} nodes");
+        assert!(
+            unbounded.is_empty(),
+            "{kind}: unbounded fields {unbounded:?}"
+        );
+    }
+}
+
+fn cluster_with(path: &str, value: Value) -> Value {
+    let mut c = json!({
+        "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+        "metadata": {"name": "lab", "namespace": "infra"},
+        "spec": {
+            "proxmox": {"endpoints": ["https://pve1.example.com:8006"],
+                        "credentialsSecretRef": {"name": "lab-pve"}},
+            "netbox": {"url": "https://netbox.example.com",
+                       "tokenSecretRef": {"name": "netbox", "key": "token"}, "site": "dc1"},
+            "sync": {"prune": {}},
+            "hardwareDiscovery": {}
+        }
+    });
+    let mut node = &mut c;
+    let parts: Vec<&str> = path.split('.').collect();
+    for p in &parts[..parts.len() - 1] {
+        node = &mut node[*p];
+    }
+    node[parts[parts.len() - 1]] = value;
+    c
+}
+
+/// The CEL rules of the duration fields, evaluated locally: the bounds hold, the message names
+/// the field, and a value CEL itself cannot represent is refused too.
+#[test]
+fn cel_bounds_every_duration_field() {
+    use proxmox_netbox_operator::crd::DURATION_FIELDS;
+    let schema = schema_of::<ProxmoxCluster>();
+    let v = Validator::new();
+    for bounds in DURATION_FIELDS {
+        for ok in [bounds.min_text(), bounds.max_text()] {
+            let obj = cluster_with(bounds.field, json!(ok));
+            assert!(
+                v.validate(&schema, &obj, None).is_ok(),
+                "{} = {ok}",
+                bounds.field
+            );
+        }
+        let above = format!("{}s", bounds.max_secs + 1);
+        let err = v
+            .validate(&schema, &cluster_with(bounds.field, json!(above)), None)
+            .unwrap_err();
+        assert!(format!("{err:?}").contains(bounds.field), "{err:?}");
+        if bounds.min_secs > 0 {
+            let below = format!("{}ms", bounds.min_secs * 1000 - 1);
+            let err = v
+                .validate(&schema, &cluster_with(bounds.field, json!(below)), None)
+                .unwrap_err();
+            assert!(format!("{err:?}").contains(bounds.field), "{err:?}");
+        }
+        let huge = cluster_with(bounds.field, json!("99999999999999999999h"));
+        assert!(
+            v.validate(&schema, &huge, None).is_err(),
+            "{}",
+            bounds.field
+        );
+    }
+}

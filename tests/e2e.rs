@@ -1,271 +1,857 @@
-//! End-to-end test against a real Kubernetes cluster (any cluster given by `KUBECONFIG`).
-//!
-//! Not run in CI (no API server can run there). Run it with the harness up:
+//! End-to-end tests against a real Kubernetes API server: the harness's kube-apiserver
+//! (scripts/harness/kube.sh, started by `harness.sh up` and so by `scripts/test.sh` in
+//! CI), or any cluster given by `KUBECONFIG` (admin rights; the operator runs on this
+//! machine and must reach the harness's NetBox, fake PVE and sshd on 127.0.0.1).
 //!
 //! ```text
-//! KUBECONFIG=~/.kube/config cargo test --release --test e2e -- --ignored --nocapture
+//! cargo test --test e2e -- --nocapture                     # the harness API server
+//! KUBECONFIG=~/.kube/config cargo test --test e2e          # your own cluster
 //! ```
 //!
-//! The test starts the harness itself (`scripts/harness/harness.sh up`) when
-//! `$PNBO_HARNESS_DIR/env.json` is missing, and leaves it running (`harness.sh down`
-//! stops it). It waits for the CRDs to be `Established`, and deletes its namespace on
-//! success and failure alike (a drop guard, which first clears the operator's finalizers
-//! so the namespace cannot hang in `Terminating` once the operator is gone).
-//!
-//! It applies the CRDs, creates a namespace with Secrets and a ProxmoxCluster aimed at the
-//! harness's fake PVE and real NetBox, runs the operator binary outside the cluster with
-//! that kubeconfig, and waits for `Ready=True` with `observedGeneration` equal to
-//! `metadata.generation`. It also checks that the API server rejects invalid resources
-//! with a clear message. The operator must reach the harness on 127.0.0.1, so run it on
-//! the machine where the harness runs (kind, k3d, minikube with host networking, or a
-//! remote cluster reached through the kubeconfig all work: only the operator talks to PVE
-//! and NetBox).
+//! The operator binary runs outside the cluster **as the chart's ServiceAccount**: the
+//! chart is rendered with `helm template`, applied server-side, and the operator gets a
+//! token for the rendered ServiceAccount from the TokenRequest API, so the RBAC tested is
+//! exactly what the chart grants (never the admin token). Each test uses its own
+//! namespaces, NetBox site and cluster name; they run one at a time ([`SERIAL`]).
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use proxmox_netbox_operator::crd::{NodeSSHCredential, ProxmoxCluster, all_crds};
+use common::harness::HarnessEnv;
+use common::kube::*;
+use common::sshd::Sshd;
+use proxmox_netbox_operator::crd::{NodeSSHCredential, ProxmoxCluster};
 
-struct Operator(Child);
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Harness env, admin client, the CRDs applied; the caller holds [`SERIAL`].
+async fn setup() -> (HarnessEnv, Client) {
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    let env = common::harness::ensure_up();
+    let client = admin_client(&env).await;
+    apply_crds(&client).await;
+    (env, client)
+}
+
+/// Renders the chart for `release` in `namespace`, applies it, and returns the
+/// ServiceAccount's user name and a kubeconfig with its token.
+async fn install_chart(
+    env: &HarnessEnv,
+    client: &Client,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+    dir: &std::path::Path,
+) -> (String, std::path::PathBuf) {
+    let rendered = helm_template(release, namespace, sets);
+    apply_yaml(env, &rendered);
+    let sa = format!("{release}-proxmox-netbox-operator");
+    let kubeconfig = dir.join(format!("{release}.kubeconfig"));
+    service_account_kubeconfig(env, client, namespace, &sa, &kubeconfig).await;
+    (
+        format!("system:serviceaccount:{namespace}:{sa}"),
+        kubeconfig,
+    )
+}
+
+/// Removes the cluster-scoped objects a chart release created.
+fn uninstall_cluster_scoped(env: &HarnessEnv, release: &str) {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let _ = kubectl(
+        env,
+        &[
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            &selector,
+            "--wait=false",
+        ],
+        None,
+    );
+}
+
+/// NetBox REST reads with the harness token.
+struct NetBox {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl NetBox {
+    fn new(env: &HarnessEnv) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: env.netbox_url.clone(),
+            token: env.netbox_token.clone(),
+        }
+    }
+
+    async fn list(&self, path: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/api/{path}&limit=1000", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["results"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Virtual machines of NetBox cluster `name`.
+    async fn vms(&self, cluster: &str) -> Vec<Value> {
+        self.list(&format!(
+            "virtualization/virtual-machines/?cluster={cluster}"
+        ))
+        .await
     }
 }
 
-/// Deletes the test namespace when dropped, whether the test passed or panicked. Runs on
-/// its own thread and runtime (the test's runtime may be unwinding), with a fresh client.
-struct NamespaceGuard(String);
-
-impl Drop for NamespaceGuard {
-    fn drop(&mut self) {
-        let ns = self.0.clone();
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for the namespace cleanup");
-            rt.block_on(async move {
-                let Ok(client) = Client::try_default().await else {
-                    eprintln!("cannot clean up namespace {ns}: no client");
-                    return;
-                };
-                // Without the operator nobody removes its finalizer: drop it first.
-                let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns);
-                if let Ok(list) = clusters.list(&ListParams::default()).await {
-                    for c in list.items {
-                        let name = c.metadata.name.unwrap_or_default();
-                        let _ = clusters
-                            .patch(
-                                &name,
-                                &PatchParams::default(),
-                                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                            )
-                            .await;
-                    }
-                }
-                let namespaces: Api<Namespace> = Api::all(client);
-                match namespaces.delete(&ns, &DeleteParams::default()).await {
-                    Ok(_) => eprintln!("namespace {ns} deleted"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => eprintln!("cannot delete namespace {ns}: {e}"),
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
+/// Guests the seeded PVE holds (the harness's expected.json).
+fn seeded(env: &HarnessEnv) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&env.pve_expected_file).unwrap()).unwrap()
 }
 
-fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        string_data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Default::default()
-    }
+/// Asserts NetBox cluster `name` holds each VM name at most once and at least `min` VMs.
+async fn assert_no_duplicates(nb: &NetBox, cluster: &str, min: usize) {
+    let vms = nb.vms(cluster).await;
+    let mut names: Vec<&str> = vms.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert!(
+        vms.len() >= min,
+        "{cluster}: {} VMs, expected at least {min}",
+        vms.len()
+    );
+    names.sort();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(before, names.len(), "duplicate VMs in {cluster}: {vms:?}");
 }
 
 #[tokio::test]
-#[ignore = "needs a real Kubernetes cluster via KUBECONFIG and the harness (see the module docs)"]
-async fn operator_reconciles_a_cluster_to_ready() {
-    proxmox_netbox_operator::tls::install_crypto_provider();
-    let env = common::harness::ensure_up();
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG must point at a cluster");
-    let ns_name = format!("pno-e2e-{}", std::process::id());
+async fn chart_deploy_and_examples_are_accepted_by_the_api_server() {
+    let _turn = SERIAL.lock().await;
+    let (env, client) = setup().await;
+    let ns = TestNamespace::create(&env, &client, "pno-e2e-chart").await;
+    let watched = TestNamespace::create(&env, &client, "pno-e2e-chart-watched").await;
 
-    // CRDs, applied and then waited for until the API server serves them.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in all_crds() {
-        crds.patch(
-            crd.metadata.name.as_deref().unwrap(),
-            &PatchParams::apply("pno-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap();
-    }
-    for crd in all_crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established within 60 s"))
-        .unwrap();
-    }
-
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns_name}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    // From here on the namespace goes away however the test ends.
-    let _namespace = NamespaceGuard(ns_name.clone());
-
-    // Invalid resources are rejected by the API server with a clear message.
-    let creds: Api<NodeSSHCredential> = Api::namespaced(client.clone(), &ns_name);
-    let both: NodeSSHCredential = serde_json::from_value(json!({
-        "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "NodeSSHCredential",
-        "metadata": {"name": "both"},
-        "spec": {"clusterRef": {"name": "lab"}, "nodeName": "pve1", "username": "u",
-                 "privateKeySecretRef": {"name": "k", "key": "id"},
-                 "passwordSecretRef": {"name": "p", "key": "pw"},
-                 "hostKeyFingerprint": "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}
-    }))
-    .unwrap();
-    let err = creds
-        .create(&PostParams::default(), &both)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("exactly one of privateKeySecretRef and passwordSecretRef"),
-        "{err}"
-    );
-    let mut bad_fp = both.clone();
-    bad_fp.metadata.name = Some("bad-fp".into());
-    bad_fp.spec.password_secret_ref = None;
-    bad_fp.spec.host_key_fingerprint = "aa:bb:cc".into();
-    let err = creds
-        .create(&PostParams::default(), &bad_fp)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("hostKeyFingerprint"), "{err}");
-
-    // Secrets and the cluster, aimed at the harness.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_name);
-    let ca = std::fs::read_to_string(&env.pve_ca_file).unwrap();
-    for s in [
-        secret(
-            "pve",
-            &[
-                ("tokenId", &env.pve_token_id),
-                ("tokenSecret", &env.pve_token_secret),
+    // Default values, then leader election + one watched namespace, then Secrets granted
+    // in listed namespaces: every object accepted by the real API server.
+    for (release, sets) in [
+        ("e2e-default", vec![]),
+        (
+            "e2e-watch",
+            vec![
+                "leaderElection.enabled=true".to_string(),
+                format!("watchNamespace={}", watched.name),
             ],
         ),
-        secret("pve-ca", &[("ca.crt", &ca)]),
-        secret("netbox", &[("token", &env.netbox_token)]),
+        (
+            "e2e-secretns",
+            vec![format!("secretNamespaces={{{},{}}}", ns.name, watched.name)],
+        ),
     ] {
-        secrets.create(&PostParams::default(), &s).await.unwrap();
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let rendered = helm_template(release, &ns.name, &sets);
+        let out = apply_yaml(&env, &rendered);
+        assert!(out.contains("serverside-applied"), "{out}");
+        uninstall_cluster_scoped(&env, release);
     }
-    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns_name);
-    let cluster: ProxmoxCluster = serde_json::from_value(json!({
-        "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
-        "metadata": {"name": "lab"},
-        "spec": {
-            "proxmox": {"endpoints": [env.pve_url], "credentialsSecretRef": {"name": "pve"},
-                        "tls": {"caSecretRef": {"name": "pve-ca", "key": "ca.crt"}}},
-            "netbox": {"url": env.netbox_url, "tokenSecretRef": {"name": "netbox", "key": "token"},
-                       "site": format!("e2e-{ns_name}")},
-            "sync": {"interval": "1m"}
-        }
-    }))
-    .unwrap();
+
+    // deploy/ (kustomize: namespace, CRDs, RBAC, Deployment, Service).
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    let (ok, out) = kubectl(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=pno-e2e",
+            "-k",
+            deploy,
+        ],
+        None,
+    );
+    assert!(ok, "kubectl apply -k deploy/: {out}");
+    assert!(
+        out.contains("deployment.apps/proxmox-netbox-operator serverside-applied"),
+        "{out}"
+    );
+
+    // examples/ in their namespace `infra`.
+    let (ok, out) = kubectl(&env, &["create", "namespace", "infra"], None);
+    assert!(ok || out.contains("AlreadyExists"), "{out}");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let (ok, out) = kubectl(
+        &env,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=pno-e2e",
+            "-f",
+            examples,
+        ],
+        None,
+    );
+    assert!(ok, "kubectl apply -f examples/: {out}");
+    for kind in [
+        "proxmoxcluster.proxmox-netbox.io",
+        "nodesshcredential.proxmox-netbox.io",
+        "secret/",
+    ] {
+        assert!(out.contains(kind), "{kind} not applied: {out}");
+    }
+    let _ = kubectl(
+        &env,
+        &["delete", "namespace", "infra", "--wait=false"],
+        None,
+    );
+}
+
+#[tokio::test]
+async fn operator_as_the_charts_service_account_syncs_and_follows_changes() {
+    let _turn = SERIAL.lock().await;
+    let (env, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let op_ns = TestNamespace::create(&env, &client, "pno-e2e-op").await;
+    let team = TestNamespace::create(&env, &client, "pno-e2e-team").await;
+    let hostile = TestNamespace::create(&env, &client, "pno-e2e-hostile").await;
+    let release = "e2e-op";
+    let secret_namespaces = format!("secretNamespaces={{{},{}}}", team.name, hostile.name);
+    let (user, kubeconfig) = install_chart(
+        &env,
+        &client,
+        release,
+        &op_ns.name,
+        &[&secret_namespaces],
+        dir.path(),
+    )
+    .await;
+
+    // What the chart's ServiceAccount may not do (checked by the API server itself).
+    assert!(can_i(&client, &user, "get", "", "secrets", Some(&team.name)).await);
+    assert!(
+        !can_i(&client, &user, "list", "", "secrets", None).await,
+        "list secrets -A"
+    );
+    assert!(!can_i(&client, &user, "list", "", "secrets", Some(&team.name)).await);
+    assert!(!can_i(&client, &user, "watch", "", "secrets", Some(&team.name)).await);
+    assert!(!can_i(&client, &user, "get", "", "secrets", Some("kube-system")).await);
+    assert!(!can_i(&client, &user, "get", "", "secrets", Some("default")).await);
+    assert!(!can_i(&client, &user, "create", "", "pods", Some(&team.name)).await);
+    assert!(
+        !can_i(
+            &client,
+            &user,
+            "delete",
+            "proxmox-netbox.io",
+            "proxmoxclusters",
+            Some(&team.name)
+        )
+        .await
+    );
+
+    // The team's cluster, with hardware discovery: pve1 has a credential for the harness
+    // sshd, pve2 gets one later, pve3 never.
+    harness_secrets(&env, &client, &team.name).await;
+    let sshd = Sshd::start("normal");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &team.name);
+    let key = std::fs::read_to_string(sshd.var("SSH_KEY_FILE")).unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &marked_secret("ssh", &[("id_ed25519", &key)]),
+        )
+        .await
+        .unwrap();
+    let credential = |node: &str| -> NodeSSHCredential {
+        serde_json::from_value(json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "NodeSSHCredential",
+            "metadata": {"name": node},
+            "spec": {"clusterRef": {"name": "lab"}, "nodeName": node, "address": "127.0.0.1",
+                     "port": sshd.var("SSH_PORT").parse::<i32>().unwrap(),
+                     "username": sshd.var("SSH_KEY_USER"),
+                     "privateKeySecretRef": {"name": "ssh", "key": "id_ed25519"},
+                     "hostKeyFingerprint": sshd.var("SSH_HOST_FINGERPRINT")}
+        }))
+        .unwrap()
+    };
+    let creds: Api<NodeSSHCredential> = Api::namespaced(client.clone(), &team.name);
+    creds
+        .create(&PostParams::default(), &credential("pve1"))
+        .await
+        .unwrap();
+    let tag = format!("team-{}", std::process::id());
+    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &team.name);
     clusters
-        .create(&PostParams::default(), &cluster)
+        .create(
+            &PostParams::default(),
+            &harness_cluster(
+                &env,
+                "lab",
+                &tag,
+                json!({"hardwareDiscovery": {"enabled": true}}),
+            ),
+        )
         .await
         .unwrap();
 
-    let _operator = Operator(
-        Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"))
-            .args([
-                "run",
-                "--namespace",
-                &ns_name,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+    // Hostile neighbours in another namespace: endpoints that never answer, and one that
+    // names a Secret not marked for the operator.
+    harness_secrets(&env, &client, &hostile.name).await;
+    let hostile_secrets: Api<Secret> = Api::namespaced(client.clone(), &hostile.name);
+    hostile_secrets
+        .create(
+            &PostParams::default(),
+            &unmarked_secret("other-teams-token", &[("token", "do-not-send")]),
+        )
+        .await
+        .unwrap();
+    let hostile_clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &hostile.name);
+    let blackhole: Vec<String> = (1..=8)
+        .map(|i| format!("https://10.255.255.{i}:8006"))
+        .collect();
+    hostile_clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(
+                &env,
+                "blackhole",
+                &format!("hostile-{}", std::process::id()),
+                json!({"proxmox": {"endpoints": blackhole, "requestTimeout": "5m"},
+                       "netbox": {"url": "https://10.255.255.9"},
+                       "sync": {"interval": "720h"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    hostile_clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(
+                &env,
+                "thief",
+                &format!("thief-{}", std::process::id()),
+                json!({"netbox": {"tokenSecretRef": {"name": "other-teams-token", "key": "token"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    let mut operator = OperatorProcess::start(
+        &kubeconfig,
+        dir.path().join("operator.log"),
+        &[
+            "--leader-election",
+            "--lease-namespace",
+            &op_ns.name,
+            "--identity",
+            "e2e-op",
+        ],
     );
 
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let ready = loop {
-        let c = clusters.get("lab").await.unwrap();
-        let generation = c.metadata.generation;
-        let ready = c.status.as_ref().and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|x| x.type_ == "Ready")
-                .filter(|x| x.status == "True" && x.observed_generation == generation)
-                .cloned()
-        });
-        if let Some(r) = ready {
-            break (c, r);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not Ready in time: {:?}",
-            c.status
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    // Ready at the current generation, the summary matching the seeded PVE.
+    let lab = wait_cluster(&clusters, "lab", Duration::from_secs(300), "Ready", |c| {
+        ready_is(c, "True", None)
+    })
+    .await;
+    let status = lab.status.clone().unwrap();
+    assert_eq!(status.observed_generation, lab.metadata.generation);
+    let seed = seeded(&env);
+    let summary = status.summary.clone().unwrap();
+    assert_eq!(
+        summary.nodes as usize,
+        seed["nodes"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        (summary.vms + summary.containers + summary.templates) as usize,
+        seed["guests"].as_array().unwrap().len()
+    );
+    // Facts of pve1 from the sshd; the nodes without a credential carry a warning.
+    let nodes = serde_json::to_value(&status.nodes).unwrap();
+    let node = |name: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in status.nodes: {nodes}"))
     };
-    let status = ready.0.status.unwrap();
-    assert_eq!(status.observed_generation, ready.0.metadata.generation);
-    assert!(status.summary.unwrap().nodes > 0);
+    assert!(node("pve1")["hardware"].is_object(), "{nodes}");
+    assert!(node("pve1")["lastDiscoveryTime"].is_string(), "{nodes}");
+    assert_eq!(node("pve3")["warning"]["code"], "NoCredential", "{nodes}");
     assert!(
-        ready
-            .0
-            .metadata
+        lab.metadata
             .finalizers
+            .clone()
             .unwrap_or_default()
-            .contains(&proxmox_netbox_operator::controller::FINALIZER.to_string())
+            .iter()
+            .any(|f| f.contains("proxmox-netbox.io"))
+    );
+    let nb = NetBox::new(&env);
+    let cluster_name = format!("e2e-{tag}");
+    assert_no_duplicates(&nb, &cluster_name, 1).await;
+
+    // Events about the cluster, and /metrics.
+    let events: Api<Event> = Api::namespaced(client.clone(), &team.name);
+    let about_lab = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("lab"))
+        .count();
+    assert!(about_lab > 0, "no Event about lab");
+    let metrics = operator.metrics_text().await;
+    assert!(
+        metrics.contains(&format!("cluster=\"{}/lab\"", team.name)),
+        "{metrics}"
     );
 
-    // Deleting with the default Orphan policy lets the resource go.
+    // The hostile neighbours fail on their own, each saying why.
+    let thief = wait_cluster(
+        &hostile_clusters,
+        "thief",
+        Duration::from_secs(60),
+        "refused",
+        |c| ready_is(c, "False", Some("SecretNotMarked")),
+    )
+    .await;
+    let message = ready(&thief).unwrap().message;
+    assert!(
+        message.contains("other-teams-token") && message.contains("proxmox-netbox.io/credentials"),
+        "{message}"
+    );
+
+    // A spec edit is reconciled promptly although the blackhole cluster is still stuck.
+    let edited = clusters
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"netbox": {"tags": ["e2e-edited"]}}})),
+        )
+        .await
+        .unwrap();
+    let generation = edited.metadata.generation;
+    let started = Instant::now();
+    wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(90),
+        "Ready at the new generation",
+        |c| ready_is(c, "True", None) && c.metadata.generation == generation,
+    )
+    .await;
+    eprintln!("spec edit reconciled in {:?}", started.elapsed());
+
+    // A NodeSSHCredential added later: its node gets discovered.
+    creds
+        .create(&PostParams::default(), &credential("pve2"))
+        .await
+        .unwrap();
+    wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(120),
+        "pve2 discovered",
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == "pve2" && n.hardware.is_some() && n.warning.is_none())
+            })
+        },
+    )
+    .await;
+
+    // The NetBox token rotated to a wrong one: Ready=False saying so; fixed: True again.
+    let rotate = |token: &str| json!({"stringData": {"token": token}});
+    secrets
+        .patch(
+            "netbox",
+            &PatchParams::default(),
+            &Patch::Merge(rotate("nbt_wrong.0000000000000000")),
+        )
+        .await
+        .unwrap();
+    // The periodic sync is 1m; the Secret poll notices sooner.
+    wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(120),
+        "NetBoxUnauthorized",
+        |c| ready_is(c, "False", Some("NetBoxUnauthorized")),
+    )
+    .await;
+    secrets
+        .patch(
+            "netbox",
+            &PatchParams::default(),
+            &Patch::Merge(rotate(&env.netbox_token)),
+        )
+        .await
+        .unwrap();
+    wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(120),
+        "Ready again",
+        |c| ready_is(c, "True", None),
+    )
+    .await;
+    assert!(operator.running(), "the operator kept running throughout");
+
+    // deletionPolicy Delete: the owned NetBox objects go, then the finalizer.
+    clusters
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete"}})),
+        )
+        .await
+        .unwrap();
     clusters
         .delete("lab", &DeleteParams::default())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while clusters.get_opt("lab").await.unwrap().is_some() {
-        assert!(Instant::now() < deadline, "finalizer was not removed");
+        assert!(
+            Instant::now() < deadline,
+            "lab not deleted: {}",
+            operator.log_text()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // The namespace is deleted by the guard.
+    assert!(
+        nb.vms(&cluster_name).await.is_empty(),
+        "owned VMs left in NetBox"
+    );
+
+    // No request of the operator was refused by the API server.
+    let granted = [
+        op_ns.name.as_str(),
+        team.name.as_str(),
+        hostile.name.as_str(),
+    ];
+    if let Some(refused) = refused_requests(&env, &user, &granted) {
+        assert!(refused.is_empty(), "requests refused (403): {refused:?}");
+    }
+    let log = operator.log_text();
+    assert!(
+        !log.contains("do-not-send"),
+        "a Secret value reached the log"
+    );
+    drop(operator);
+    uninstall_cluster_scoped(&env, release);
+}
+
+#[tokio::test]
+async fn leader_election_hands_over_in_a_watched_namespace() {
+    let _turn = SERIAL.lock().await;
+    let (env, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = TestNamespace::create(&env, &client, "pno-e2e-leader").await;
+    let release = "e2e-leader";
+    let watch = format!("watchNamespace={}", ns.name);
+    let (user, kubeconfig) = install_chart(
+        &env,
+        &client,
+        release,
+        &ns.name,
+        &[&watch, "leaderElection.enabled=true"],
+        dir.path(),
+    )
+    .await;
+    // Namespaced Roles only: nothing cluster-wide.
+    assert!(
+        !can_i(
+            &client,
+            &user,
+            "list",
+            "proxmox-netbox.io",
+            "proxmoxclusters",
+            None
+        )
+        .await
+    );
+    assert!(
+        can_i(
+            &client,
+            &user,
+            "list",
+            "proxmox-netbox.io",
+            "proxmoxclusters",
+            Some(&ns.name)
+        )
+        .await
+    );
+    assert!(!can_i(&client, &user, "get", "", "secrets", Some("default")).await);
+
+    harness_secrets(&env, &client, &ns.name).await;
+    let tag = format!("leader-{}", std::process::id());
+    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(&env, "lab", &tag, json!({})),
+        )
+        .await
+        .unwrap();
+
+    let lease_name = "pno-e2e";
+    let start = |id: &str| {
+        OperatorProcess::start(
+            &kubeconfig,
+            dir.path().join(format!("{id}.log")),
+            &[
+                "--namespace",
+                &ns.name,
+                "--leader-election",
+                "--lease-namespace",
+                &ns.name,
+                "--lease-name",
+                lease_name,
+                "--identity",
+                id,
+            ],
+        )
+    };
+    let mut a = start("replica-a");
+    wait_cluster(&clusters, "lab", Duration::from_secs(300), "Ready", |c| {
+        ready_is(c, "True", None)
+    })
+    .await;
+    let mut b = start("replica-b");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let holder = || async {
+        leases
+            .get_opt(lease_name)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !b.log_text().contains("sync finished"),
+        "the standby synced: {}",
+        b.log_text()
+    );
+
+    // A new generation, and the leader killed while it syncs it.
+    let edited = clusters
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"netbox": {"tags": ["e2e-handover"]}}})),
+        )
+        .await
+        .unwrap();
+    let generation = edited.metadata.generation;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.kill();
+    let killed = Instant::now();
+    // The standby takes over within the lease duration (15 s) and a few seconds of renew.
+    while holder().await.as_deref() != Some("replica-b") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no takeover: {}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("takeover after {:?}", killed.elapsed());
+    wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(180),
+        "Ready at the new generation",
+        |c| ready_is(c, "True", None) && c.metadata.generation == generation,
+    )
+    .await;
+    let nb = NetBox::new(&env);
+    assert_no_duplicates(&nb, &format!("e2e-{tag}"), 1).await;
+
+    // Deletion while NetBox is unreachable: status and Events say why; switching to
+    // Orphan lets the resource go.
+    clusters
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Delete", "netbox": {"url": "http://127.0.0.1:9"}}})),
+        )
+        .await
+        .unwrap();
+    clusters
+        .delete("lab", &DeleteParams::default())
+        .await
+        .unwrap();
+    let stuck = wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(120),
+        "blocked deletion reported",
+        |c| {
+            ready(c).is_some_and(|r| {
+                r.status == "False" && r.message.contains("deletionPolicy to Orphan")
+            })
+        },
+    )
+    .await;
+    assert!(stuck.metadata.deletion_timestamp.is_some());
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let warnings = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .count();
+    assert!(warnings > 0, "no Warning Event for the blocked deletion");
+    clusters
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Orphan"}})),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while clusters.get_opt("lab").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "Orphan did not let the resource go: {}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        !nb.vms(&format!("e2e-{tag}")).await.is_empty(),
+        "Orphan keeps the NetBox objects"
+    );
+    if let Some(refused) = refused_requests(&env, &user, &[ns.name.as_str()]) {
+        assert!(refused.is_empty(), "requests refused (403): {refused:?}");
+    }
+    assert!(b.running());
+    uninstall_cluster_scoped(&env, release);
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_be_taken() {
+    let _turn = SERIAL.lock().await;
+    let (env, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = TestNamespace::create(&env, &client, "pno-e2e-fence").await;
+    let watch = format!("watchNamespace={}", ns.name);
+    let (_user, kubeconfig) = install_chart(
+        &env,
+        &client,
+        "e2e-fence",
+        &ns.name,
+        &[&watch, "leaderElection.enabled=true"],
+        dir.path(),
+    )
+    .await;
+    harness_secrets(&env, &client, &ns.name).await;
+    let tag = format!("fence-{}", std::process::id());
+    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(&env, "lab", &tag, json!({})),
+        )
+        .await
+        .unwrap();
+
+    // The leader reaches the API server through a proxy that the test cuts.
+    let proxy = TcpCut::start(api_server_addr(&env)).await;
+    let via = dir.path().join("via-proxy.kubeconfig");
+    kubeconfig_via(&kubeconfig, &via, proxy.addr);
+    let lease_name = "pno-e2e-fence";
+    let args = |id: &'static str| -> Vec<String> {
+        [
+            "--namespace",
+            &ns.name,
+            "--leader-election",
+            "--lease-namespace",
+            &ns.name,
+            "--lease-name",
+            lease_name,
+            "--identity",
+            id,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cut_args = args("cut-off");
+    let cut_args: Vec<&str> = cut_args.iter().map(String::as_str).collect();
+    let mut leader = OperatorProcess::start(&via, dir.path().join("cut-off.log"), &cut_args);
+    wait_cluster(&clusters, "lab", Duration::from_secs(300), "Ready", |c| {
+        ready_is(c, "True", None)
+    })
+    .await;
+    let standby_args = args("standby");
+    let standby_args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
+    let standby =
+        OperatorProcess::start(&kubeconfig, dir.path().join("standby.log"), &standby_args);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let holder = || async {
+        leases
+            .get_opt(lease_name)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    assert_eq!(holder().await.as_deref(), Some("cut-off"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    proxy.cut();
+    let cut = Instant::now();
+    while leader.running() {
+        assert!(
+            cut.elapsed() < Duration::from_secs(15),
+            "the cut-off leader kept running: {}",
+            leader.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopped = cut.elapsed();
+    assert!(
+        leader.log_text().contains("fenced"),
+        "{}",
+        leader.log_text()
+    );
+    while holder().await.as_deref() != Some("standby") {
+        assert!(
+            cut.elapsed() < Duration::from_secs(45),
+            "no takeover: {}",
+            standby.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let taken = cut.elapsed();
+    eprintln!(
+        "cut-off leader stopped after {stopped:?}; the standby took the Lease after {taken:?}"
+    );
+    assert!(
+        stopped < taken,
+        "the old leader was still running when the Lease was taken"
+    );
+    uninstall_cluster_scoped(&env, "e2e-fence");
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The real-component test harness, on loopback only:
 #   a real NetBox (PyPI) with PostgreSQL and Redis, the fake Proxmox VE API (PyPI fakepve)
-#   seeded from a topology file, and a real OpenSSH server with dmidecode/ip/ethtool stubs.
+#   seeded from a topology file, a real OpenSSH server with dmidecode/ip/ethtool stubs, and
+#   a real kube-apiserver with etcd and kube-controller-manager (kube.sh; admin kubeconfig
+#   in $PNBO_KUBECONFIG).
 #
 #   harness.sh up     start everything (idempotent); writes $PNBO_HARNESS_DIR/env and env.json
 #   harness.sh down   stop everything it started (by PID)
@@ -18,6 +20,7 @@ FAKEPVE_VERSION="0.5.0"
 FAKEPVE_VENV="$PNBO_CACHE_DIR/fakepve-$FAKEPVE_VERSION/venv"
 TOPOLOGY="${PNBO_TOPOLOGY:-$REPO/tests/topologies/demo.json}"
 SSH_PORT="${PNBO_SSH_PORT:-52222}"
+KUBE_PORT="${PNBO_KUBE_PORT:-56443}"
 
 log() { printf '[harness] %s\n' "$*" >&2; }
 
@@ -88,6 +91,7 @@ PY
     echo "FAKEPVE_LAUNCHER=$HERE/fakepve/serve.py"
     echo "PNBO_REPO=$REPO"
     if [ -f "$PNBO_HARNESS_DIR/sshd/sshd.env" ]; then cat "$PNBO_HARNESS_DIR/sshd/sshd.env"; fi
+    if [ -f "$PNBO_HARNESS_DIR/kube/kube.env" ]; then cat "$PNBO_HARNESS_DIR/kube/kube.env"; fi
   } > "$PNBO_HARNESS_DIR/env.plain"
   python3 - "$PNBO_HARNESS_DIR" <<'PY'
 import json, os, shlex, sys
@@ -112,7 +116,8 @@ cmd_up() {
   local t0
   t0=$(date +%s)
   mkdir -p "$PNBO_HARNESS_DIR"
-  chmod 700 "$PNBO_HARNESS_DIR"
+  # 711: the sshd reads authorized_keys below it as the test users (traverse only).
+  chmod 711 "$PNBO_HARNESS_DIR"
   ensure_packages
   ensure_fakepve
   bash "$HERE/netbox.sh" start
@@ -120,11 +125,13 @@ cmd_up() {
   if [ -x "$HERE/sshd.sh" ]; then
     bash "$HERE/sshd.sh" start "$PNBO_HARNESS_DIR/sshd" "$SSH_PORT"
   fi
+  bash "$HERE/kube.sh" start "$PNBO_HARNESS_DIR/kube" "$KUBE_PORT"
   write_env
   log "up in $(( $(date +%s) - t0 )) s; environment in $PNBO_HARNESS_DIR/env (source it) and env.json"
 }
 
 cmd_down() {
+  bash "$HERE/kube.sh" stop "$PNBO_HARNESS_DIR/kube"
   fakepve_stop
   if [ -x "$HERE/sshd.sh" ] && [ -d "$PNBO_HARNESS_DIR/sshd" ]; then
     bash "$HERE/sshd.sh" stop "$PNBO_HARNESS_DIR/sshd" || true

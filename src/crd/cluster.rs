@@ -3,7 +3,10 @@
 // Several `printcolumn(...)` entries legitimately repeat the same keys.
 #![allow(clippy::duplicated_attributes)]
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -11,8 +14,130 @@ use serde::{Deserialize, Serialize};
 use super::{SecretKeyRef, SecretRef, TlsSpec};
 use crate::hardware::facts::NodeHardware;
 
-/// Pattern of a Go-style duration such as `30s`, `15m`, `1h30m` (no sign).
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// Pattern of a Go-style duration such as `30s`, `15m`, `1h30m`, `1.5h`: one or more numbers,
+/// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), no sign.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+$";
+
+/// Longest text accepted in a duration field (the parser and the CRD agree on it).
+pub const DURATION_MAX_LENGTH: usize = 32;
+
+/// Bounds of one duration field of the spec. The CRD's CEL rule ([`DurationBounds::rule`]) and
+/// the operator's own parser (`config::bounded_duration`) both read them, so an object the API
+/// server accepts is one the operator can use, and the other way round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationBounds {
+    /// Path of the field in the resource, as error messages name it (`spec.sync.interval`).
+    pub field: &'static str,
+    /// Shortest accepted value, in whole seconds.
+    pub min_secs: u64,
+    /// Longest accepted value, in whole seconds.
+    pub max_secs: u64,
+}
+
+impl DurationBounds {
+    /// Shortest accepted value.
+    pub const fn min(&self) -> Duration {
+        Duration::from_secs(self.min_secs)
+    }
+
+    /// Longest accepted value.
+    pub const fn max(&self) -> Duration {
+        Duration::from_secs(self.max_secs)
+    }
+
+    /// The shortest accepted value as a Go duration (`30s`).
+    pub fn min_text(&self) -> String {
+        go_duration_text(self.min_secs)
+    }
+
+    /// The longest accepted value as a Go duration (`720h`).
+    pub fn max_text(&self) -> String {
+        go_duration_text(self.max_secs)
+    }
+
+    /// The CEL rule the CRD puts on the field. It names the field in its message: a value that
+    /// CEL's `duration()` itself refuses (out of range) is reported with this message too.
+    pub fn rule(&self) -> Rule {
+        let max = format!("duration(self) <= duration('{}')", self.max_text());
+        let (rule, message) = if self.min_secs == 0 {
+            (
+                max,
+                format!("{} must be at most {}", self.field, self.max_text()),
+            )
+        } else {
+            (
+                format!("duration(self) >= duration('{}') && {max}", self.min_text()),
+                format!(
+                    "{} must be between {} and {}",
+                    self.field,
+                    self.min_text(),
+                    self.max_text()
+                ),
+            )
+        };
+        Rule::new(rule).message(Message::Message(message))
+    }
+}
+
+/// Whole seconds as the shortest Go duration text: `720h`, `10m`, `30s`, `0s`.
+fn go_duration_text(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `spec.sync.interval`: 30 s to 30 days.
+pub const SYNC_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.sync.interval",
+    min_secs: 30,
+    max_secs: 720 * 3600,
+};
+/// `spec.sync.prune.gracePeriod`: 0 (delete at the next sync) to 30 days.
+pub const PRUNE_GRACE_PERIOD_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.sync.prune.gracePeriod",
+    min_secs: 0,
+    max_secs: 720 * 3600,
+};
+/// `spec.proxmox.requestTimeout`: 1 s to 1 h.
+pub const PVE_REQUEST_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.proxmox.requestTimeout",
+    min_secs: 1,
+    max_secs: 3600,
+};
+/// `spec.netbox.requestTimeout`: 1 s to 1 h.
+pub const NETBOX_REQUEST_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.netbox.requestTimeout",
+    min_secs: 1,
+    max_secs: 3600,
+};
+/// `spec.hardwareDiscovery.connectTimeout`: 1 s to 10 min.
+pub const SSH_CONNECT_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.hardwareDiscovery.connectTimeout",
+    min_secs: 1,
+    max_secs: 600,
+};
+/// `spec.hardwareDiscovery.commandTimeout`: 1 s to 1 h.
+pub const SSH_COMMAND_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.hardwareDiscovery.commandTimeout",
+    min_secs: 1,
+    max_secs: 3600,
+};
+
+/// Every duration field of the spec with its bounds.
+pub const DURATION_FIELDS: [DurationBounds; 6] = [
+    PVE_REQUEST_TIMEOUT_BOUNDS,
+    NETBOX_REQUEST_TIMEOUT_BOUNDS,
+    SYNC_INTERVAL_BOUNDS,
+    PRUNE_GRACE_PERIOD_BOUNDS,
+    SSH_CONNECT_TIMEOUT_BOUNDS,
+    SSH_COMMAND_TIMEOUT_BOUNDS,
+];
+
+/// Longest name or slug of a NetBox object set from the spec (NetBox's own limit is 100).
+pub const NETBOX_NAME_MAX_LENGTH: usize = 100;
 
 /// A Proxmox VE cluster whose inventory the operator keeps in NetBox.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +200,7 @@ pub struct ProxmoxSpec {
     /// API endpoints (`https://host:8006`), tried in order: the next one is used when one is down.
     #[schemars(
         length(min = 1, max = 16),
-        inner(pattern(r"^https://[^\s/]+(:[0-9]+)?/?$"))
+        inner(length(max = 512), pattern(r"^https://[^\s/]+(:[0-9]+)?/?$"))
     )]
     pub endpoints: Vec<String>,
     /// Secret with either keys `tokenId` (`user@realm!name`) and `tokenSecret` (API token, preferred),
@@ -84,9 +209,10 @@ pub struct ProxmoxSpec {
     /// TLS verification of the PVE API.
     #[serde(default)]
     pub tls: TlsSpec,
-    /// Timeout of one API request (Go duration, default `30s`).
+    /// Timeout of one API request (Go duration, default `30s`, from `1s` to `1h`).
     #[serde(default = "default_request_timeout")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = PVE_REQUEST_TIMEOUT_BOUNDS.rule())]
     pub request_timeout: String,
     /// Maximum number of PVE API requests in flight for this cluster.
     #[serde(default = "default_pve_concurrency")]
@@ -105,45 +231,51 @@ pub struct ProxmoxSpec {
 #[serde(rename_all = "camelCase")]
 pub struct NetBoxSpec {
     /// Base URL of NetBox (`https://netbox.example.com`), without `/api`.
-    #[schemars(pattern(r"^https?://[^\s]+$"))]
+    #[schemars(length(max = 2048), pattern(r"^https?://[^\s]+$"))]
     pub url: String,
     /// Secret key holding a NetBox API token with write permission (`nbt_...` v2 token or a v1 token).
     pub token_secret_ref: SecretKeyRef,
     /// TLS verification of NetBox.
     #[serde(default)]
     pub tls: TlsSpec,
-    /// Timeout of one NetBox request (Go duration, default `60s`).
+    /// Timeout of one NetBox request (Go duration, default `60s`, from `1s` to `1h`).
     #[serde(default = "default_netbox_timeout")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = NETBOX_REQUEST_TIMEOUT_BOUNDS.rule())]
     pub request_timeout: String,
     /// Maximum number of NetBox requests in flight.
     #[serde(default = "default_netbox_in_flight")]
     #[schemars(range(min = 1, max = 16))]
     pub max_in_flight: i32,
     /// Slug or name of the NetBox site for nodes and the cluster. Created if missing.
-    #[schemars(length(min = 1, max = 100))]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub site: String,
     /// Slug or name of an existing NetBox tenant for the cluster, nodes and guests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub tenant: Option<String>,
     /// Name of the NetBox cluster. Defaults to the PVE cluster name, else this resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub cluster_name: Option<String>,
     /// Name of the NetBox cluster group. Created if missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub cluster_group: Option<String>,
     /// Name of the NetBox cluster type. Created if missing.
     #[serde(default = "default_cluster_type")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub cluster_type: String,
     /// Name of the device role for PVE nodes. Created if missing.
     #[serde(default = "default_device_role")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub device_role: String,
     /// Roles for guests. Created if missing.
     #[serde(default)]
     pub vm_roles: VmRolesSpec,
-    /// Extra tags put on every object this operator creates. Created if missing.
+    /// Extra tags put on every object this operator creates (at most 32). Created if missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 100)))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = NETBOX_NAME_MAX_LENGTH)))]
     pub tags: Vec<String>,
     /// Take over existing objects that were not created by this operator but have the same
     /// identity (for example a node documented by hand). Off by default: such objects are
@@ -179,12 +311,15 @@ pub enum MissingVlanPolicy {
 pub struct VmRolesSpec {
     /// Role of QEMU virtual machines.
     #[serde(default = "default_qemu_role")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub qemu: String,
     /// Role of LXC containers.
     #[serde(default = "default_lxc_role")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub lxc: String,
     /// Role of templates (used when `sync.templates` is `Sync`).
     #[serde(default = "default_template_role")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub template: String,
 }
 
@@ -202,10 +337,11 @@ impl Default for VmRolesSpec {
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
-    /// Time between two syncs (Go duration, default `15m`, at least `30s`). A small random
-    /// jitter is added.
+    /// Time between two syncs (Go duration, default `15m`, from `30s` to `720h`). A small
+    /// random jitter is added.
     #[serde(default = "default_interval")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = SYNC_INTERVAL_BOUNDS.rule())]
     pub interval: String,
     /// `Sync` writes to NetBox; `DryRun` computes and reports the plan and writes nothing.
     #[serde(default)]
@@ -215,7 +351,7 @@ pub struct SyncSpec {
     pub suspend: bool,
     /// Which kinds of NetBox objects to sync. Default: all.
     #[serde(default = "SyncKind::all")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 6))]
     pub kinds: Vec<SyncKind>,
     /// Templates: `Skip` (default) or `Sync` (with the template role).
     #[serde(default)]
@@ -299,9 +435,11 @@ pub struct PruneSpec {
     /// grace period, and only when the read of its scope was complete.
     #[serde(default)]
     pub enabled: bool,
-    /// How long an object stays marked stale before it is deleted (Go duration, default `24h`).
+    /// How long an object stays marked stale before it is deleted (Go duration, default `24h`,
+    /// at most `720h`).
     #[serde(default = "default_grace_period")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = PRUNE_GRACE_PERIOD_BOUNDS.rule())]
     pub grace_period: String,
 }
 
@@ -322,13 +460,16 @@ pub struct HardwareDiscoverySpec {
     /// node after another.
     #[serde(default)]
     pub enabled: bool,
-    /// Timeout of the SSH connection and authentication (Go duration, default `10s`).
+    /// Timeout of the SSH connection and authentication (Go duration, default `10s`, from `1s`
+    /// to `10m`).
     #[serde(default = "default_connect_timeout")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = SSH_CONNECT_TIMEOUT_BOUNDS.rule())]
     pub connect_timeout: String,
-    /// Timeout of each remote command (Go duration, default `30s`).
+    /// Timeout of each remote command (Go duration, default `30s`, from `1s` to `1h`).
     #[serde(default = "default_command_timeout")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = SSH_COMMAND_TIMEOUT_BOUNDS.rule())]
     pub command_timeout: String,
 }
 

@@ -18,7 +18,9 @@ fn type_of(schema: &Value) -> String {
     }
 }
 
-fn constraints(schema: &Value) -> String {
+/// The validation of one schema node, unescaped: enum, pattern, bounds, default, CEL rules,
+/// and for a list the validation of its items.
+fn constraint_parts(schema: &Value) -> Vec<String> {
     let mut parts = Vec::new();
     if let Some(e) = schema["enum"].as_array() {
         let values: Vec<String> = e
@@ -45,7 +47,28 @@ fn constraints(schema: &Value) -> String {
     if !schema["default"].is_null() && !schema["default"].is_object() {
         parts.push(format!("default `{}`", schema["default"]));
     }
-    parts.join("; ").replace('|', "\\|")
+    for r in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        parts.push(format!(
+            "CEL `{}`: {}",
+            r["rule"].as_str().unwrap_or_default(),
+            r["message"].as_str().unwrap_or_default()
+        ));
+    }
+    if schema["type"] == "array" {
+        let items = constraint_parts(&schema["items"]);
+        if !items.is_empty() {
+            parts.push(format!("each item: {}", items.join(", ")));
+        }
+    }
+    parts
+}
+
+fn constraints(schema: &Value) -> String {
+    constraint_parts(schema).join("; ").replace('|', "\\|")
 }
 
 fn one_line(s: &str) -> String {

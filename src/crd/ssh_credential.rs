@@ -77,7 +77,7 @@ pub struct NodeSSHCredentialSpec {
     /// Pinned SHA-256 fingerprint of the node's host key, as `ssh-keygen -lf` prints it
     /// (`SHA256:...`). Required: the operator never trusts a host key on first use, and sends
     /// no credential to a host whose key does not match.
-    #[schemars(pattern(FINGERPRINT_PATTERN))]
+    #[schemars(length(max = 50), pattern(FINGERPRINT_PATTERN))]
     pub host_key_fingerprint: String,
     /// Run `dmidecode` through `sudo -n` (dmidecode needs root). Default true.
     #[serde(default = "default_true")]
@@ -105,6 +105,7 @@ pub struct PrivateKeySecretRef {
     pub key: String,
     /// Key holding the key's passphrase, if the key is encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub passphrase_key: Option<String>,
 }
 

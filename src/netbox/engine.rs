@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 use super::client::{NetBoxApi, NetBoxError};
 use super::diff::changed_fields;
 use super::mapping::{
-    bytes_to_mib, guest_names, interface_type, platform_name, slugify, truncate, vm_status,
+    bytes_to_mib, guest_names, interface_type, platform_name, slugify, total_mib, truncate,
+    vm_status,
 };
 use super::report::{Collision, SyncReport};
 use crate::hardware::facts::NodeHardware;
@@ -1543,11 +1544,7 @@ impl Engine<'_> {
             }));
             // With virtual disks synced, NetBox keeps `disk` equal to their sum itself.
             if !self.s.virtual_disks {
-                let total: u64 = g
-                    .disks
-                    .iter()
-                    .map(|d| bytes_to_mib(d.size_bytes.unwrap_or(0)))
-                    .sum();
+                let total = total_mib(g.disks.iter().map(|d| d.size_bytes));
                 f.insert(
                     "disk".into(),
                     if total > 0 { json!(total) } else { Value::Null },

@@ -136,6 +136,15 @@ pub fn bytes_to_mib(bytes: u64) -> u64 {
     bytes.div_ceil(1024 * 1024)
 }
 
+/// Total size of disks in MiB (each rounded up, absent sizes as 0), saturating at `u64::MAX`
+/// instead of overflowing on a hostile config with many huge disks.
+pub fn total_mib(sizes: impl IntoIterator<Item = Option<u64>>) -> u64 {
+    sizes
+        .into_iter()
+        .map(|b| bytes_to_mib(b.unwrap_or(0)))
+        .fold(0, u64::saturating_add)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +215,17 @@ mod tests {
         assert_eq!(platform_name("debian"), "Debian");
         assert_eq!(bytes_to_mib(32 * 1024 * 1024 * 1024), 32768);
         assert_eq!(bytes_to_mib(4 * 1024 * 1024 + 1), 5);
+        assert_eq!(bytes_to_mib(u64::MAX), 1 << 44);
+    }
+
+    #[test]
+    fn disk_totals_saturate_instead_of_overflowing() {
+        assert_eq!(total_mib([Some(1 << 30), None, Some(1)]), 1025);
+        assert_eq!(total_mib([]), 0);
+        // 2^20 disks of 2^44 MiB each: 2^64 MiB, one more than a u64 holds.
+        assert_eq!(
+            total_mib(std::iter::repeat_n(Some(u64::MAX), 1 << 20)),
+            u64::MAX
+        );
     }
 }

@@ -285,7 +285,10 @@ fn netbox_client(
 
 fn netbox_stage_error(e: &NetBoxError) -> StageError {
     StageError {
-        reason: reasons::NETBOX_FAILED,
+        reason: match e {
+            NetBoxError::Auth { .. } => reasons::NETBOX_UNAUTHORIZED,
+            _ => reasons::NETBOX_FAILED,
+        },
         message: e.to_string(),
     }
 }

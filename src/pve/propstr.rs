@@ -38,42 +38,62 @@ pub fn parse(s: &str) -> PropertyString {
     out
 }
 
-/// Parses a PVE size (`32G`, `512M`, `4T`, `1.5G`, `8589934592` in bytes) into bytes.
+/// Fraction digits of a size that count: 10^18 times the largest unit (2^40) fits a u128.
+const MAX_FRACTION_DIGITS: usize = 18;
+
+/// Parses a PVE size (`32G`, `512M`, `4T`, `1.5G`, `8589934592` in bytes) into bytes, rounded
+/// to the nearest byte. Integer arithmetic only: `None` for anything malformed, negative or
+/// above `u64::MAX` bytes, never a panic or a wrapped value.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => (&s[..i], s[i..].trim()),
+        Some((i, _)) => (s[..i].trim(), s[i..].trim()),
         None => (s, ""),
     };
-    let value: f64 = num.trim().parse().ok()?;
-    if !value.is_finite() || value < 0.0 {
-        return None;
-    }
-    let factor: f64 = match unit.to_ascii_uppercase().trim_end_matches('B') {
-        "" => 1.0,
-        "K" => 1024.0,
-        "M" => 1024.0 * 1024.0,
-        "G" => 1024.0 * 1024.0 * 1024.0,
-        "T" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+    let factor: u64 = match unit.to_ascii_uppercase().trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
         _ => return None,
     };
-    let bytes = value * factor;
-    (bytes < u64::MAX as f64).then_some(bytes.round() as u64)
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let whole = int
+        .bytes()
+        .try_fold(0u64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?
+        .checked_mul(factor)?;
+    let (mut fraction, mut scale) = (0u128, 1u128);
+    for d in frac.bytes().take(MAX_FRACTION_DIGITS) {
+        fraction = fraction * 10 + u128::from(d - b'0');
+        scale *= 10;
+    }
+    // At most one unit (2^40): always fits a u64.
+    let fraction_bytes = u64::try_from((fraction * u128::from(factor) + scale / 2) / scale).ok()?;
+    whole.checked_add(fraction_bytes)
 }
 
+/// Largest f64 below 2^64: an f64 at or above it does not fit a u64.
+const U64_LIMIT_F64: f64 = 18_446_744_073_709_551_616.0;
+
 /// A JSON value that PVE sends as a number or as a numeric string (`"2048"`, `2048`, `"4"`).
+/// Fractions are truncated; negative, non-finite or too large values are `None`.
 pub fn as_u64(v: &Value) -> Option<u64> {
+    // The range check makes the cast exact (truncation only), never saturating.
+    let from_f64 = |f: f64| (0.0..U64_LIMIT_F64).contains(&f).then_some(f as u64);
     match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse::<u64>().ok().or_else(|| {
-            s.trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|f| *f >= 0.0)
-                .map(|f| f as u64)
-        }),
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().and_then(from_f64)),
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .or_else(|| s.trim().parse::<f64>().ok().and_then(from_f64)),
         _ => None,
     }
 }
@@ -274,6 +294,57 @@ mod tests {
         assert_eq!(parse_size("12X"), None);
         assert_eq!(parse_size("-1G"), None);
         assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("0.5K"), Some(512));
+        assert_eq!(
+            parse_size("1.0000000001K"),
+            Some(1024),
+            "rounded to the byte"
+        );
+        assert_eq!(parse_size("100GB"), Some(100 << 30));
+    }
+
+    #[test]
+    fn hostile_sizes_are_none_never_a_panic_or_a_wrapped_value() {
+        // The largest size that fits, exactly (an f64 would round it up to 2^64).
+        assert_eq!(parse_size("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(
+            parse_size("16777215.999999999T"),
+            Some(18_446_744_073_709_550_516)
+        );
+        for bad in [
+            "18446744073709551616",
+            "16777216T",
+            "99999999999999999999T",
+            "1e400G",
+            "NaN",
+            "inf",
+            "+1G",
+            ".",
+            "1.2.3G",
+            "1 2G",
+            "١G",
+            "🦀G",
+            "G",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
+        let long = "9".repeat(100_000) + "G";
+        assert_eq!(parse_size(&long), None);
+        let long_fraction = "1.".to_string() + &"9".repeat(100_000) + "K";
+        assert_eq!(parse_size(&long_fraction), Some(2048));
+    }
+
+    #[test]
+    fn numbers_outside_u64_are_none_not_saturated() {
+        assert_eq!(as_u64(&json!(1e30)), None);
+        assert_eq!(as_u64(&json!("1e30")), None);
+        assert_eq!(as_u64(&json!("inf")), None);
+        assert_eq!(as_u64(&json!("NaN")), None);
+        assert_eq!(as_u64(&json!(-1)), None);
+        assert_eq!(as_u64(&json!("-0.5")), None);
+        assert_eq!(as_u64(&json!(u64::MAX)), Some(u64::MAX));
+        assert_eq!(as_u64(&json!("18446744073709551615")), Some(u64::MAX));
+        assert_eq!(as_u64(&json!(3.9)), Some(3));
     }
 
     #[test]

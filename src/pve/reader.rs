@@ -218,7 +218,9 @@ pub async fn read_inventory(api: &dyn PveApi, opts: &ReadOptions) -> Result<Inve
     Ok(inv)
 }
 
-fn scope_order(scope: &ReadScope) -> (u8, String, u32) {
+/// Sort key of a read part: config before addresses of each guest, guests by vmid (in u64,
+/// so `2 * vmid + 1` cannot overflow for any u32 vmid).
+fn scope_order(scope: &ReadScope) -> (u8, String, u64) {
     match scope {
         ReadScope::Version => (0, String::new(), 0),
         ReadScope::ClusterStatus => (1, String::new(), 0),
@@ -229,8 +231,8 @@ fn scope_order(scope: &ReadScope) -> (u8, String, u32) {
         ReadScope::NodeDisks(n) => (3, n.clone(), 2),
         ReadScope::NodeStorage(n) => (3, n.clone(), 3),
         ReadScope::NodeGuests(n) => (3, n.clone(), 4),
-        ReadScope::GuestConfig(id) => (4, String::new(), id * 2),
-        ReadScope::GuestAddresses(id) => (4, String::new(), id * 2 + 1),
+        ReadScope::GuestConfig(id) => (4, String::new(), u64::from(*id) * 2),
+        ReadScope::GuestAddresses(id) => (4, String::new(), u64::from(*id) * 2 + 1),
         ReadScope::Ceph => (5, String::new(), 0),
     }
 }
@@ -323,7 +325,7 @@ async fn read_ha_states(api: &dyn PveApi) -> Result<BTreeMap<u32, String>, PveEr
 fn node_status(v: &Value) -> NodeStatus {
     NodeStatus {
         cpu_usage: v["cpu"].as_f64(),
-        cpus: as_u64(&v["cpuinfo"]["cpus"]).map(|c| c as i64),
+        cpus: as_u64(&v["cpuinfo"]["cpus"]).and_then(|c| i64::try_from(c).ok()),
         cpu_model: s(&v["cpuinfo"]["model"]),
         memory_total_bytes: as_u64(&v["memory"]["total"]),
         memory_used_bytes: as_u64(&v["memory"]["used"]),
@@ -402,7 +404,7 @@ fn physical_disk(v: &Value) -> Option<PhysicalDisk> {
         size_bytes: as_u64(&v["size"]),
         disk_type: s(&v["type"]),
         health: s(&v["health"]),
-        wearout: as_u64(&v["wearout"]).map(|w| w as i64),
+        wearout: as_u64(&v["wearout"]).and_then(|w| i64::try_from(w).ok()),
     })
 }
 
@@ -512,12 +514,7 @@ async fn read_guest(
     if let Some(cfg) = config.as_object() {
         match kind {
             GuestKind::Qemu => {
-                let sockets = as_u64(&config["sockets"]).unwrap_or(1);
-                let cores = as_u64(&config["cores"]).unwrap_or(1);
-                guest.vcpus = as_u64(&config["vcpus"])
-                    .filter(|v| *v > 0)
-                    .or(Some(sockets * cores))
-                    .and_then(|v| u32::try_from(v).ok());
+                guest.vcpus = qemu_vcpus(&config);
                 guest.memory_mib = propstr::memory_mib(&config["memory"]).or(Some(512));
             }
             GuestKind::Lxc => {
@@ -606,6 +603,17 @@ async fn read_guest(
     }
     guest.addresses = merge_addresses(&guest, runtime, static_addrs);
     (Some(guest), parts)
+}
+
+/// vCPUs of a QEMU guest: `vcpus` when set, else `sockets * cores` (each 1 when absent).
+/// `None` when the product does not fit a u32 (a nonsense config, not a panic).
+fn qemu_vcpus(config: &Value) -> Option<u32> {
+    let sockets = as_u64(&config["sockets"]).unwrap_or(1);
+    let cores = as_u64(&config["cores"]).unwrap_or(1);
+    as_u64(&config["vcpus"])
+        .filter(|v| *v > 0)
+        .or_else(|| sockets.checked_mul(cores))
+        .and_then(|v| u32::try_from(v).ok())
 }
 
 /// Orders config keys so disks and NICs come out as net0, net1, ..., net10.
@@ -789,4 +797,69 @@ async fn read_ceph(api: &dyn PveApi, inv: &mut Inventory) {
     }
     inv.completeness.record(ReadScope::Ceph, outcome);
     inv.ceph = Some(ceph);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn scope_order_does_not_overflow_on_the_largest_vmids() {
+        let mut scopes = vec![
+            ReadScope::GuestAddresses(u32::MAX),
+            ReadScope::GuestConfig(u32::MAX),
+            ReadScope::GuestAddresses(u32::MAX - 1),
+            ReadScope::GuestConfig(1 << 31),
+            ReadScope::Ceph,
+            ReadScope::Version,
+        ];
+        scopes.sort_by_key(scope_order);
+        assert_eq!(
+            scopes,
+            vec![
+                ReadScope::Version,
+                ReadScope::GuestConfig(1 << 31),
+                ReadScope::GuestAddresses(u32::MAX - 1),
+                ReadScope::GuestConfig(u32::MAX),
+                ReadScope::GuestAddresses(u32::MAX),
+                ReadScope::Ceph,
+            ]
+        );
+    }
+
+    #[test]
+    fn qemu_vcpus_never_overflow() {
+        assert_eq!(qemu_vcpus(&json!({"sockets": 2, "cores": 4})), Some(8));
+        assert_eq!(
+            qemu_vcpus(&json!({"sockets": 2, "cores": 4, "vcpus": 6})),
+            Some(6)
+        );
+        assert_eq!(qemu_vcpus(&json!({})), Some(1));
+        // u64 * u64 would overflow: no value rather than a panic or a wrapped count.
+        assert_eq!(
+            qemu_vcpus(&json!({"sockets": u64::MAX, "cores": u64::MAX})),
+            None
+        );
+        assert_eq!(
+            qemu_vcpus(&json!({"sockets": "4294967296", "cores": "4294967296"})),
+            None
+        );
+        // Fits u64, not u32.
+        assert_eq!(qemu_vcpus(&json!({"sockets": 65536, "cores": 65536})), None);
+    }
+
+    #[test]
+    fn counts_above_i64_are_dropped_not_wrapped() {
+        let status = node_status(&json!({"cpuinfo": {"cpus": u64::MAX}}));
+        assert_eq!(status.cpus, None, "u64::MAX as i64 would be -1");
+        assert_eq!(
+            node_status(&json!({"cpuinfo": {"cpus": 64}})).cpus,
+            Some(64)
+        );
+        let disk = physical_disk(&json!({"devpath": "/dev/sda", "wearout": u64::MAX})).unwrap();
+        assert_eq!(disk.wearout, None);
+        let disk = physical_disk(&json!({"devpath": "/dev/sda", "wearout": 97})).unwrap();
+        assert_eq!(disk.wearout, Some(97));
+    }
 }

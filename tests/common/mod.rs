@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod kube;
 pub mod sshd;
