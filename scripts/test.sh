@@ -31,6 +31,9 @@ bash scripts/harness/harness.sh up
 wait "$kube_build" || { cat "$PNBO_HARNESS_DIR/kube-build.log"; exit 1; }
 wait "$cargo_build" || { cat "$PNBO_HARNESS_DIR/cargo-build.log"; exit 1; }
 
+step "NetBox pages as a user sees them: styled, in headless Chromium (screenshot kept)"
+bash scripts/harness/netbox-screenshot.sh
+
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 

@@ -4,7 +4,8 @@
 #   netbox.sh setup   install + migrate once; cached outside the clone, keyed by version
 #   netbox.sh start   clean database from the template, gunicorn, the background worker
 #                     (rqworker: custom field provisioning and purges run there, as in any
-#                     real NetBox), admin user + API token
+#                     real NetBox), admin user + API token; static files (CSS, JS, fonts)
+#                     collected once per cache and served by WhiteNoise in front of NetBox
 #   netbox.sh stop    stop gunicorn, the worker, redis and postgres (by PID)
 #   netbox.sh env     print the variables of the running instance
 #
@@ -13,6 +14,7 @@
 set -euo pipefail
 
 NETBOX_VERSION="${NETBOX_VERSION:-4.7.3}"
+WHITENOISE_VERSION="6.12.0"
 CACHE="${PNBO_CACHE_DIR:-/var/cache/proxmox-netbox-operator}/netbox-${NETBOX_VERSION}"
 STATE="${PNBO_HARNESS_DIR:-/tmp/pnbo-harness}/netbox"
 PG_PORT="${PNBO_PG_PORT:-55432}"
@@ -99,6 +101,32 @@ MAX_PAGE_SIZE = 1000
 ENFORCE_GLOBAL_UNIQUE = False
 LOGIN_REQUIRED = True
 EOF
+  # NetBox serves no static files unless DEBUG is on; WhiteNoise serves what collectstatic
+  # put in STATIC_ROOT ($ROOT/static). gunicorn --chdir $ROOT imports this module.
+  cat > "$ROOT/harness_wsgi.py" <<'EOF'
+from django.conf import settings
+from netbox.wsgi import application as netbox_application
+from whitenoise import WhiteNoise
+
+application = WhiteNoise(netbox_application, root=settings.STATIC_ROOT, prefix=settings.STATIC_URL)
+EOF
+}
+
+# Static files, once per cache (collectstatic skips unchanged files anyway); installs
+# WhiteNoise into venvs made before it was part of the setup.
+ensure_static() {
+  if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('whitenoise') != '$WHITENOISE_VERSION')" 2>/dev/null; then
+    log "installing whitenoise==$WHITENOISE_VERSION"
+    "$VENV/bin/pip" install -q "whitenoise==$WHITENOISE_VERSION"
+  fi
+  if [ ! -f "$CACHE/.static-ready" ] || [ ! -f "$ROOT/static/netbox.css" ]; then
+    log "collecting static files into $ROOT/static"
+    NETBOX_ROOT="$ROOT" "$VENV/bin/netbox" collectstatic --no-input >"$CACHE/collectstatic.log" 2>&1 || {
+      tail -30 "$CACHE/collectstatic.log" >&2
+      exit 1
+    }
+    touch "$CACHE/.static-ready"
+  fi
 }
 
 cmd_setup() {
@@ -115,7 +143,7 @@ cmd_setup() {
     rm -rf "$VENV"
     "$py" -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q "netbox==${NETBOX_VERSION}" gunicorn
+    "$VENV/bin/pip" install -q "netbox==${NETBOX_VERSION}" gunicorn "whitenoise==${WHITENOISE_VERSION}"
   fi
   if [ ! -f "$PGDATA/PG_VERSION" ]; then
     log "initialising PostgreSQL in $PGDATA"
@@ -135,7 +163,6 @@ cmd_setup() {
     tail -30 "$CACHE/migrate.log" >&2
     exit 1
   }
-  NETBOX_ROOT="$ROOT" "$VENV/bin/netbox" collectstatic --no-input >/dev/null 2>&1 || true
   psql_admin -c "DROP DATABASE IF EXISTS netbox_template WITH (FORCE)" >/dev/null
   psql_admin -c "CREATE DATABASE netbox_template TEMPLATE netbox" >/dev/null
   touch "$CACHE/.ready"
@@ -150,6 +177,7 @@ cmd_start() {
   pg_start
   redis_start
   write_config
+  ensure_static
   redis-cli -h 127.0.0.1 -p "$REDIS_PORT" flushall >/dev/null
   psql_admin -c "DROP DATABASE IF EXISTS netbox WITH (FORCE)" >/dev/null
   psql_admin -c "CREATE DATABASE netbox TEMPLATE netbox_template" >/dev/null
@@ -174,7 +202,7 @@ PYEOF
   rm -f "$STATE/token.out"
   "$VENV/bin/gunicorn" --chdir "$ROOT" --bind "127.0.0.1:$NETBOX_PORT" \
     --workers 2 --threads 3 --timeout 600 --keep-alive 30 --preload --daemon --pid "$STATE/gunicorn.pid" \
-    --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" netbox.wsgi
+    --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" harness_wsgi
   NETBOX_ROOT="$ROOT" nohup "$VENV/bin/netbox" rqworker high default low >"$STATE/rqworker.log" 2>&1 &
   echo $! > "$STATE/rqworker.pid"
   for _ in $(seq 120); do
