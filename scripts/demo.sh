@@ -71,6 +71,7 @@ spec:
     tls: {caSecretRef: {name: pve-ca, key: ca.crt}}
   netbox:
     url: $NETBOX_URL
+    allowInsecureHttp: true   # the demo NetBox is plain http on loopback
     tokenSecretRef: {name: netbox-token, key: token}
     site: demo-site
   sync: {mode: Sync, interval: 5m}
@@ -111,8 +112,11 @@ contexts: [{name: operator, context: {cluster: harness, user: operator, namespac
 current-context: operator
 KCFG
 )
+# Everything of the demo (fake PVE, NetBox, sshd) is on loopback, which the endpoint guard
+# refuses unless allowed.
 KUBECONFIG="$DEMO/operator.kubeconfig" LOG_FORMAT=text nohup "$BIN" run \
   --namespace "$NS" --leader-election --lease-namespace "$NS" --identity demo \
+  --allow-endpoint-cidr 127.0.0.0/8 \
   --metrics-addr 127.0.0.1:58080 > "$DEMO/operator.log" 2>&1 &
 echo $! > "$DEMO/operator.pid"
 

@@ -10,7 +10,11 @@ use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 
 use crate::controller::{AbortSignal, AbortTrigger, ClusterPipeline, Context, run_controller};
+use crate::hardware::discovery::SshProber;
 use crate::metrics::Metrics;
+use crate::net::guard::{Cidr, EndpointGuard};
+use crate::pipeline::StagedPipeline;
+use crate::pipeline::live::{LiveReader, LiveWriter};
 use crate::server::{ServerState, serve};
 use crate::telemetry::LogFormat;
 
@@ -114,6 +118,45 @@ pub struct CrdgenArgs {
     pub reference: bool,
 }
 
+/// The operator-wide allow-list of the endpoint guard, shared by `run` and `sync`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct EndpointArgs {
+    /// Also allow PVE endpoints, the NetBox URL and SSH node addresses inside this CIDR
+    /// (`127.0.0.0/8`, `fe80::/10`, or one address), which the endpoint guard refuses by
+    /// default (loopback, link-local, unspecified, cloud metadata). Repeatable, or
+    /// comma-separated. A cloud metadata address (169.254.169.254, fd00:ec2::254,
+    /// 100.100.100.200) is allowed only when listed exactly, never by a wider CIDR.
+    #[arg(
+        long = "allow-endpoint-cidr",
+        value_name = "CIDR",
+        env = "ALLOW_ENDPOINT_CIDRS",
+        value_delimiter = ','
+    )]
+    pub allow_endpoint_cidr: Vec<Cidr>,
+}
+
+impl EndpointArgs {
+    /// The endpoint guard with these CIDRs allowed.
+    pub fn guard(&self) -> EndpointGuard {
+        EndpointGuard::new(self.allow_endpoint_cidr.iter().copied())
+    }
+}
+
+/// The live stages (PVE over HTTPS, SSH, NetBox), all checked by `guard`.
+pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProber, LiveWriter> {
+    StagedPipeline {
+        reader: LiveReader {
+            endpoint_guard: guard.clone(),
+        },
+        prober: SshProber {
+            endpoint_guard: guard.clone(),
+        },
+        writer: LiveWriter {
+            endpoint_guard: guard,
+        },
+    }
+}
+
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -136,6 +179,9 @@ pub struct RunArgs {
     /// Identity of this replica (default: POD_NAME or the host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The endpoint guard's allow-list.
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
 }
 
 /// Why the operator stopped with an error.
@@ -198,11 +244,12 @@ pub fn crdgen(args: &CrdgenArgs) -> Result<(), CliError> {
 /// Runs `sync` with the live stages and prints the result.
 pub async fn sync(args: crate::sync_cmd::SyncArgs) -> Result<(), CliError> {
     use crate::sync_cmd::{OutputFormat, render_text, run_sync};
+    let live = live_pipeline(args.endpoints.guard());
     let out = run_sync(
         &args,
-        &crate::pipeline::live::LiveReader,
-        &crate::hardware::discovery::SshProber,
-        &crate::pipeline::live::LiveWriter,
+        &live.reader,
+        &live.prober,
+        &live.writer,
         chrono::Utc::now(),
     )
     .await?;
@@ -304,6 +351,13 @@ pub async fn stop_or_lose_leadership(
 
 /// Runs the controller with the given pipeline until SIGTERM (or loss of leadership).
 pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), CliError> {
+    let allowed: Vec<String> = args
+        .endpoints
+        .allow_endpoint_cidr
+        .iter()
+        .map(Cidr::to_string)
+        .collect();
+    tracing::info!(allowed = ?allowed, "endpoint guard: loopback, link-local, unspecified and metadata addresses refused unless allowed");
     let client = kube::Client::try_default().await?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));

@@ -40,6 +40,8 @@ pub mod reasons {
     pub const SECRET_NOT_MARKED: &str = "SecretNotMarked";
     /// The reconcile of this cluster panicked (a bug); only this cluster is affected.
     pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
+    /// The reconcile ran past its deadline and was stopped.
+    pub const RECONCILE_TIMED_OUT: &str = "ReconcileTimedOut";
     /// A spec value cannot be used (the message names the field).
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The PVE API rejected the credentials.
@@ -48,6 +50,10 @@ pub mod reasons {
     pub const PROXMOX_UNREACHABLE: &str = "ProxmoxUnreachable";
     /// TLS verification of an endpoint failed.
     pub const TLS_VERIFICATION_FAILED: &str = "TlsVerificationFailed";
+    /// The endpoint guard refused a PVE endpoint or the NetBox URL (not https, user info,
+    /// query or fragment, or an address such as loopback or a cloud metadata address that
+    /// the operator's `--allow-endpoint-cidr` does not allow); the message names the field.
+    pub const ENDPOINT_REFUSED: &str = "EndpointRefused";
     /// The PVE token lacks read privileges.
     pub const MISSING_PRIVILEGES: &str = "MissingPrivileges";
     /// Part of the PVE read failed: nothing in that scope was pruned.
@@ -58,6 +64,8 @@ pub mod reasons {
     pub const PARTIAL_SYNC: &str = "PartialSync";
     /// NetBox refused the token (401/403): wrong, expired or lacking a permission.
     pub const NETBOX_UNAUTHORIZED: &str = "NetBoxUnauthorized";
+    /// Pruning was refused: too many owned objects gone from Proxmox at once.
+    pub const PRUNE_BLOCKED: &str = "PruneBlocked";
     /// NetBox could not be used at all.
     pub const NETBOX_FAILED: &str = "NetBoxFailed";
     /// Unowned NetBox objects are in the way and were left untouched.

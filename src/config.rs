@@ -125,7 +125,9 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Negative);
     }
     let mut rest = text;
-    let mut total: u64 = 0;
+    // `None` once the sum overflows; the rest is still read, so malformed text is a
+    // syntax error even after a too large number.
+    let mut total: Option<u64> = Some(0);
     while !rest.is_empty() {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
         if int_len == 0 {
@@ -151,9 +153,7 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
         let whole = int_digits.bytes().try_fold(0u64, |acc, d| {
             acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
         });
-        let whole = whole
-            .and_then(|w| w.checked_mul(nanos_per_unit))
-            .ok_or(DurationError::Overflow)?;
+        let whole = whole.and_then(|w| w.checked_mul(nanos_per_unit));
         let mut fraction: u128 = 0;
         let mut scale: u128 = 1;
         for d in frac_digits.bytes().take(MAX_FRACTION_DIGITS) {
@@ -161,15 +161,17 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, DurationError> {
             scale *= 10;
         }
         // Below one unit, so below u64::MAX; truncated like Go.
-        let fraction_nanos = u64::try_from(fraction * u128::from(nanos_per_unit) / scale)
-            .map_err(|_| DurationError::Overflow)?;
+        let fraction_nanos = u64::try_from(fraction * u128::from(nanos_per_unit) / scale).ok();
         total = total
-            .checked_add(whole)
-            .and_then(|t| t.checked_add(fraction_nanos))
-            .ok_or(DurationError::Overflow)?;
+            .zip(whole)
+            .and_then(|(t, w)| t.checked_add(w))
+            .zip(fraction_nanos)
+            .and_then(|(t, f)| t.checked_add(f));
         rest = after;
     }
-    Ok(Duration::from_nanos(total))
+    total
+        .map(Duration::from_nanos)
+        .ok_or(DurationError::Overflow)
 }
 
 /// The value as error messages quote it: escaped, and cut to 40 characters so a hostile
@@ -534,6 +536,24 @@ mod tests {
         assert_eq!(ok("18446744073709551615ns"), Duration::from_nanos(u64::MAX));
         assert_eq!(
             parse_go_duration("18446744073709551616ns"),
+            Err(DurationError::Overflow)
+        );
+    }
+
+    #[test]
+    fn malformed_text_after_a_too_large_number_is_a_syntax_error() {
+        // Found by fuzzing (fuzz/fuzz_targets/duration.rs): the overflow was reported before
+        // the rest was read, so a value the CRD pattern refuses was called too long.
+        assert_eq!(
+            parse_go_duration("18446744073171h."),
+            Err(DurationError::Syntax)
+        );
+        assert_eq!(
+            parse_go_duration("99999999999999999999hx"),
+            Err(DurationError::Syntax)
+        );
+        assert_eq!(
+            parse_go_duration("99999999999999999999h1s"),
             Err(DurationError::Overflow)
         );
     }

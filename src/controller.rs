@@ -47,6 +47,11 @@ use crate::status::{
 pub const FINALIZER: &str = "proxmox-netbox.io/cleanup";
 /// Changing this annotation (any value, e.g. a timestamp) requests an immediate resync.
 pub const RESYNC_ANNOTATION: &str = "proxmox-netbox.io/resync";
+
+/// Set to `"true"` on a ProxmoxCluster being deleted to let it go without the cleanup of
+/// `deletionPolicy: Delete` (the escape when NetBox is unreachable or the Secrets are
+/// gone): its NetBox objects are kept, as with `Orphan`.
+pub const SKIP_CLEANUP_ANNOTATION: &str = "proxmox-netbox.io/skip-cleanup";
 /// Field manager of the operator's server-side apply patches.
 pub const FIELD_MANAGER: &str = "proxmox-netbox-operator";
 /// Shortest sync interval accepted (a shorter `spec.sync.interval` is a spec error).
@@ -159,10 +164,13 @@ pub enum Error {
     /// The reconcile was abandoned because this replica lost leadership.
     #[error("aborted: this replica is no longer the leader")]
     Aborted,
-    /// The reconcile panicked; caught, so only this cluster is affected.
-    #[error("the reconcile panicked: {message}")]
-    Panicked {
-        /// The panic's message, one short line.
+    /// The reconcile failed as a whole (it panicked, or ran past its deadline); only this
+    /// cluster is affected.
+    #[error("{message}")]
+    Failed {
+        /// Condition and Event reason (`ReconcilePanicked`, `ReconcileTimedOut`).
+        reason: &'static str,
+        /// What happened, one short line.
         message: String,
     },
 }
@@ -188,7 +196,7 @@ impl Error {
             Self::MissingNamespace => "MissingNamespace",
             Self::Cleanup { .. } => "CleanupFailed",
             Self::Aborted => "Aborted",
-            Self::Panicked { .. } => reasons::RECONCILE_PANICKED,
+            Self::Failed { reason, .. } => reason,
         }
     }
 
@@ -216,7 +224,12 @@ pub struct Context<P> {
     pub abort: AbortSignal,
     /// Time between two polls of the referenced Secrets' metadata.
     pub secret_poll_interval: Duration,
+    /// Longest time one reconcile's pipeline may run before it is stopped.
+    pub reconcile_deadline: Duration,
 }
+
+/// Default of [`Context::reconcile_deadline`].
+pub const DEFAULT_RECONCILE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl<P: ClusterPipeline> Context<P> {
     /// Creates a context with the system clock and no abort signal.
@@ -230,6 +243,7 @@ impl<P: ClusterPipeline> Context<P> {
             failures: Mutex::new(HashMap::new()),
             abort: AbortSignal::never(),
             secret_poll_interval: crate::secret_poll::DEFAULT_SECRET_POLL_INTERVAL,
+            reconcile_deadline: DEFAULT_RECONCILE_DEADLINE,
         }
     }
 
@@ -350,15 +364,28 @@ async fn report_panic<P>(
     ctx: &Context<P>,
     message: String,
 ) -> Error {
-    let key = cluster_key(cluster);
-    tracing::error!(cluster = %key, panic = %message, "reconcile panicked: only this cluster is affected");
+    tracing::error!(cluster = %cluster_key(cluster), panic = %message, "reconcile panicked: only this cluster is affected");
     let note = format!("the reconcile panicked (a bug, please report it): {message}");
+    report_failure(cluster, api, ctx, reasons::RECONCILE_PANICKED, note).await
+}
+
+/// Records a reconcile that failed as a whole (a caught panic, the deadline) on the
+/// cluster: a Warning Event and `Ready=False` with `reason`. Returns the error handed to
+/// the error policy.
+async fn report_failure<P>(
+    cluster: &ProxmoxCluster,
+    api: &Api<ProxmoxCluster>,
+    ctx: &Context<P>,
+    reason: &'static str,
+    note: String,
+) -> Error {
+    let key = cluster_key(cluster);
     publish(
         ctx,
         cluster,
         &EventSpec {
             warning: true,
-            reason: reasons::RECONCILE_PANICKED.into(),
+            reason: reason.into(),
             note: note.clone(),
         },
     )
@@ -366,16 +393,19 @@ async fn report_panic<P>(
     let status = crate::status::ready_false_status(
         cluster.metadata.generation,
         cluster.status.as_ref(),
-        reasons::RECONCILE_PANICKED,
-        note,
+        reason,
+        note.clone(),
         ctx.clock.now(),
     );
     if crate::status::differs(cluster.status.as_ref(), &status)
         && let Err(e) = patch_status(api, &cluster.name_any(), &status).await
     {
-        tracing::warn!(cluster = %key, error = %e, "cannot write the panic status");
+        tracing::warn!(cluster = %key, error = %e, "cannot write the failure status");
     }
-    Error::Panicked { message }
+    Error::Failed {
+        reason,
+        message: note,
+    }
 }
 
 /// Writes the intermediate status (per-node facts and warnings, before the NetBox sync)
@@ -483,6 +513,14 @@ async fn apply<P: ClusterPipeline>(
         biased;
         () = ctx.abort.aborted() => return Err(Error::Aborted),
         outcome = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, now) => outcome,
+        () = tokio::time::sleep(ctx.reconcile_deadline) => {
+            let limit = ctx.reconcile_deadline;
+            let note = format!(
+                "the sync did not finish within {}s and was stopped; it is retried with backoff",
+                limit.as_secs()
+            );
+            return Err(report_failure(&cluster, api, ctx, reasons::RECONCILE_TIMED_OUT, note).await);
+        }
     };
 
     // The final status builds on what is on the server now: the intermediate status when
@@ -538,6 +576,26 @@ async fn cleanup<P: ClusterPipeline>(
 ) -> Result<Action, Error> {
     let ns = cluster.namespace().ok_or(Error::MissingNamespace)?;
     let key = cluster_key(&cluster);
+    let skip = cluster
+        .annotations()
+        .get(SKIP_CLEANUP_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if skip && cluster.spec.deletion_policy == DeletionPolicy::Delete {
+        publish(
+            ctx,
+            &cluster,
+            &EventSpec {
+                warning: true,
+                reason: "CleanupSkipped".into(),
+                note: format!(
+                    "deleted without cleanup ({SKIP_CLEANUP_ANNOTATION}=true): the owned NetBox objects are kept"
+                ),
+            },
+        )
+        .await;
+        forget(ctx, &key);
+        return Ok(Action::await_change());
+    }
     match cluster.spec.deletion_policy {
         DeletionPolicy::Orphan => {
             tracing::info!(cluster = %key, "deleted with deletionPolicy Orphan: NetBox left as is");

@@ -95,6 +95,9 @@ pub fn events_for(
                     ),
                 );
             }
+            if let Some(why) = &s.prune_blocked {
+                warn(reasons::PRUNE_BLOCKED, format!("pruning refused: {why}"));
+            }
             if s.collisions > 0 {
                 warn(
                     reasons::COLLISIONS,

@@ -586,6 +586,16 @@ impl Inventory {
             })
     }
 
+    /// True unless the permission preflight ran and found that the token cannot see
+    /// everything (then an object missing from PVE's answers may only be hidden, and
+    /// pruning must not act). An inventory read without the preflight counts as clean.
+    pub fn permissions_clean(&self) -> bool {
+        matches!(
+            self.completeness.outcome(&ReadScope::Permissions),
+            None | Some(ReadOutcome::Complete)
+        )
+    }
+
     /// True when the set of nodes is known.
     pub fn node_set_complete(&self) -> bool {
         self.completeness.is_complete(&ReadScope::ClusterStatus) && !self.nodes.is_empty()

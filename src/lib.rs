@@ -10,6 +10,7 @@ pub mod fence;
 pub mod hardware;
 pub mod inventory;
 pub mod metrics;
+pub mod net;
 pub mod netbox;
 pub mod pipeline;
 pub mod pve;

@@ -2,9 +2,6 @@
 
 use clap::Parser;
 use proxmox_netbox_operator::cli::{self, Cli, Command};
-use proxmox_netbox_operator::hardware::discovery::SshProber;
-use proxmox_netbox_operator::pipeline::StagedPipeline;
-use proxmox_netbox_operator::pipeline::live::{LiveReader, LiveWriter};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -16,11 +13,7 @@ async fn main() -> std::process::ExitCode {
         Command::Facts { command } => cli::facts(command),
         Command::Sync(args) => cli::sync(args).await,
         Command::Run(args) => {
-            let pipeline = StagedPipeline {
-                reader: LiveReader,
-                prober: SshProber,
-                writer: LiveWriter,
-            };
+            let pipeline = cli::live_pipeline(args.endpoints.guard());
             cli::run(args, pipeline).await
         }
     };

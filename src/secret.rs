@@ -3,9 +3,22 @@
 use std::fmt;
 
 /// A secret value (token, password, private key). `Debug` and `Display` print
-/// `<redacted>`; the value is only reachable through [`SecretString::expose`].
+/// `<redacted>`; the value is only reachable through [`SecretString::expose`]; its memory
+/// is overwritten with zeros when it is dropped.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct SecretString(String);
+
+impl zeroize::Zeroize for SecretString {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self);
+    }
+}
 
 impl SecretString {
     /// Wraps a secret value.
@@ -22,6 +35,15 @@ impl SecretString {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// An HTTP header value carrying a secret, marked sensitive: hyper and reqwest print it as
+/// `Sensitive` and HTTP/2 never indexes it. `None` when the value holds characters a header
+/// cannot carry (the caller reports that without quoting the value).
+pub fn sensitive_header(value: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut header = reqwest::header::HeaderValue::from_str(value).ok()?;
+    header.set_sensitive(true);
+    Some(header)
 }
 
 impl fmt::Debug for SecretString {
@@ -52,5 +74,21 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{s}").contains("hunter2"));
         assert_eq!(s.expose(), "hunter2-token");
+    }
+
+    #[test]
+    fn secret_headers_are_sensitive_and_never_printed() {
+        let h = sensitive_header("Bearer nbt_abc.def").unwrap();
+        assert!(h.is_sensitive());
+        assert!(!format!("{h:?}").contains("nbt_abc"), "{h:?}");
+        assert!(sensitive_header("line\nbreak").is_none());
+    }
+
+    #[test]
+    fn zeroize_wipes_the_value() {
+        let mut s = SecretString::new("hunter2-token");
+        zeroize::Zeroize::zeroize(&mut s);
+        assert!(s.is_empty());
+        assert_eq!(s.expose(), "");
     }
 }

@@ -550,6 +550,12 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
                     reasons::PARTIAL_SYNC,
                     format!("{counts}; first error: {first}"),
                 )
+            } else if let Some(why) = &s.prune_blocked {
+                (
+                    false,
+                    reasons::PRUNE_BLOCKED,
+                    format!("{counts}; pruning refused: {why}"),
+                )
             } else if outcome.dry_run {
                 (
                     true,
@@ -791,8 +797,8 @@ pub fn deletion_blocked_status(
         reason,
         format!(
             "deletion with deletionPolicy Delete cannot remove the owned NetBox objects: {cause}; \
-             it is retried with backoff, or set spec.deletionPolicy to Orphan to let the resource go \
-             and keep them"
+             it is retried with backoff; to let the resource go and keep them, set \
+             spec.deletionPolicy to Orphan or annotate it proxmox-netbox.io/skip-cleanup=true"
         ),
         now,
     )

@@ -1,7 +1,8 @@
 //! The one-shot `sync` command: the controller's pipeline, once, without Kubernetes.
 //!
 //! The ProxmoxCluster (and any NodeSSHCredentials for it) come from a YAML file; Secret
-//! values from `DIR/<secret-name>/<key>`. The JSON output is a stable contract
+//! values from `DIR/<secret-name>/<key>`. The file's endpoints are checked against the
+//! endpoint guard before anything is read. The JSON output is a stable contract
 //! (docs/sync-json.md).
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use crate::crd::{NodeSSHCredential, ProxmoxCluster, ProxmoxClusterStatus};
 use crate::inventory::InventoryCounts;
+use crate::net::guard::{EndpointError, EndpointGuard};
 use crate::netbox::report::SyncReport;
 use crate::pipeline::{HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, run_pipeline};
 use crate::secrets::DirSecrets;
@@ -48,6 +50,9 @@ pub struct SyncArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// The endpoint guard's allow-list.
+    #[command(flatten)]
+    pub endpoints: crate::cli::EndpointArgs,
 }
 
 /// Why the resource file could not be used.
@@ -69,6 +74,14 @@ pub enum SyncFileError {
         /// Cause, naming the document.
         message: String,
     },
+    /// The endpoint guard refused an endpoint of the file.
+    #[error("{path}: {error}")]
+    EndpointRefused {
+        /// File.
+        path: String,
+        /// The refusal, naming the field.
+        error: EndpointError,
+    },
 }
 
 impl SyncFileError {
@@ -77,6 +90,7 @@ impl SyncFileError {
         match self {
             Self::Read { .. } => "FileUnreadable",
             Self::Invalid { .. } => "FileInvalid",
+            Self::EndpointRefused { .. } => "EndpointRefused",
         }
     }
 }
@@ -144,6 +158,29 @@ pub fn load_resources(
     Ok((cluster, credentials))
 }
 
+/// Checks the endpoints of the resources before anything is read, as the clients will: the
+/// PVE endpoints and the NetBox URL (scheme, user info, query, fragment, IP literals), and
+/// the `spec.address` of each NodeSSHCredential when it is an IP literal. Host names are
+/// checked on their resolved addresses when connecting.
+pub fn check_endpoints(
+    cluster: &ProxmoxCluster,
+    credentials: &[NodeSSHCredential],
+    guard: &EndpointGuard,
+) -> Result<(), EndpointError> {
+    guard.check_pve_endpoints(&cluster.spec.proxmox.endpoints)?;
+    guard.check_netbox_url(
+        &cluster.spec.netbox.url,
+        cluster.spec.netbox.allow_insecure_http,
+    )?;
+    for c in credentials {
+        if let Some(address) = &c.spec.address {
+            let name = c.metadata.name.as_deref().unwrap_or_default();
+            guard.check_host(&format!("NodeSSHCredential {name}: spec.address"), address)?;
+        }
+    }
+    Ok(())
+}
+
 /// The JSON document printed by `sync --output json` (docs/sync-json.md).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -177,6 +214,12 @@ pub async fn run_sync(
     now: DateTime<Utc>,
 ) -> Result<SyncOutput, SyncFileError> {
     let (cluster, credentials) = load_resources(&args.file)?;
+    check_endpoints(&cluster, &credentials, &args.endpoints.guard()).map_err(|error| {
+        SyncFileError::EndpointRefused {
+            path: args.file.display().to_string(),
+            error,
+        }
+    })?;
     let secrets = DirSecrets::new(&args.secrets_dir);
     let run = run_pipeline(
         reader,
@@ -321,6 +364,53 @@ spec:
         assert_eq!(cluster.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(creds.len(), 1);
         assert_eq!(creds[0].spec.node_name, "pve1");
+    }
+
+    #[test]
+    fn the_file_is_checked_against_the_endpoint_guard() {
+        let f = write(CLUSTER);
+        let (mut cluster, creds) = load_resources(f.path()).unwrap();
+        let guard = EndpointGuard::default();
+        assert_eq!(
+            check_endpoints(&cluster, &creds, &guard)
+                .unwrap_err()
+                .to_string(),
+            "spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"
+        );
+        cluster.spec.netbox.allow_insecure_http = true;
+        assert_eq!(
+            check_endpoints(&cluster, &creds, &guard)
+                .unwrap_err()
+                .to_string(),
+            "spec.netbox.url: 127.0.0.1 is a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+        );
+        let loopback = EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]);
+        check_endpoints(&cluster, &creds, &loopback).unwrap();
+        cluster.spec.proxmox.endpoints = vec![
+            "https://pve1:8006".into(),
+            "https://root:secret@pve2:8006".into(),
+        ];
+        let err = check_endpoints(&cluster, &creds, &loopback)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("spec.proxmox.endpoints[1]: a user name or password"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
+        cluster.spec.proxmox.endpoints.truncate(1);
+        let f = write(&format!(
+            "{CLUSTER}---\n{}",
+            "apiVersion: proxmox-netbox.io/v1alpha1\nkind: NodeSSHCredential\nmetadata: {name: lab-pve1}\nspec: {clusterRef: {name: lab}, nodeName: pve1, address: 169.254.169.254, username: u, passwordSecretRef: {name: s, key: p}, hostKeyFingerprint: \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s\"}\n",
+        ));
+        let (_, creds) = load_resources(f.path()).unwrap();
+        let err = check_endpoints(&cluster, &creds, &loopback)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("NodeSSHCredential lab-pve1: spec.address: 169.254.169.254 is a cloud metadata address; refused"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::net::guard::EndpointGuard;
+
 /// How to verify the server certificate of an HTTPS endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
@@ -24,7 +26,8 @@ pub enum TlsError {
     Client(String),
 }
 
-/// Builds a reqwest client with the given TLS settings and request timeout.
+/// Builds a reqwest client with the given TLS settings and request timeout, resolving
+/// host names through `guard` (every connection is checked on the addresses it uses).
 ///
 /// Redirects are not followed: a redirect from an API endpoint could send the
 /// credentials to another host.
@@ -32,8 +35,10 @@ pub fn http_client(
     tls: &TlsSettings,
     timeout: Duration,
     user_agent: &str,
+    guard: &EndpointGuard,
 ) -> Result<reqwest::Client, TlsError> {
     let mut builder = reqwest::Client::builder()
+        .dns_resolver(guard.resolver())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
@@ -69,13 +74,25 @@ mod tests {
             ca_pem: Some("not a certificate".into()),
             insecure_skip_verify: false,
         };
-        let err = http_client(&tls, Duration::from_secs(5), "test").unwrap_err();
+        let err = http_client(
+            &tls,
+            Duration::from_secs(5),
+            "test",
+            &EndpointGuard::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, TlsError::InvalidCaBundle(_)), "{err}");
     }
 
     #[test]
     fn default_settings_build_a_verifying_client() {
         install_crypto_provider();
-        http_client(&TlsSettings::default(), Duration::from_secs(5), "test").unwrap();
+        http_client(
+            &TlsSettings::default(),
+            Duration::from_secs(5),
+            "test",
+            &EndpointGuard::default(),
+        )
+        .unwrap();
     }
 }

@@ -51,7 +51,7 @@ fn setup(
         .subsec_nanos();
     let unique = format!("{name}-{}-{nanos:x}", std::process::id());
     let mut yaml = format!(
-        "apiVersion: proxmox-netbox.io/v1alpha1\nkind: ProxmoxCluster\nmetadata: {{name: {unique}, namespace: cli}}\nspec:\n  proxmox: {{endpoints: [\"{}\"], credentialsSecretRef: {{name: pve}}, tls: {{caSecretRef: {{name: pve-ca, key: ca.crt}}}}}}\n  netbox: {{url: \"{}\", tokenSecretRef: {{name: nb, key: token}}, site: {unique}, clusterName: {unique}}}\n  hardwareDiscovery: {{enabled: {discovery}}}\n",
+        "apiVersion: proxmox-netbox.io/v1alpha1\nkind: ProxmoxCluster\nmetadata: {{name: {unique}, namespace: cli}}\nspec:\n  proxmox: {{endpoints: [\"{}\"], credentialsSecretRef: {{name: pve}}, tls: {{caSecretRef: {{name: pve-ca, key: ca.crt}}}}}}\n  netbox: {{url: \"{}\", allowInsecureHttp: true, tokenSecretRef: {{name: nb, key: token}}, site: {unique}, clusterName: {unique}}}\n  hardwareDiscovery: {{enabled: {discovery}}}\n",
         pve.url, env.netbox_url
     );
     for node in ["pve1", "pve2", "pve3"] {
@@ -72,7 +72,15 @@ fn sync(setup: &Setup, output: &str) -> (bool, String, String) {
     sync_with(setup, &["--output", output])
 }
 
+/// `sync` with `args`, loopback allowed (the harness runs on loopback).
 fn sync_with(setup: &Setup, args: &[&str]) -> (bool, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--allow-endpoint-cidr", "127.0.0.0/8"]);
+    run_cli(setup, &all, &[])
+}
+
+/// `sync` with exactly `args` and the environment variables `env`.
+fn run_cli(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"))
         .args(["sync", "-f"])
         .arg(setup.dir.path().join("cluster.yaml"))
@@ -80,6 +88,8 @@ fn sync_with(setup: &Setup, args: &[&str]) -> (bool, String, String) {
         .arg(setup.dir.path().join("secrets"))
         .args(args)
         .env("RUST_LOG", "debug")
+        .env_remove("ALLOW_ENDPOINT_CIDRS")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -302,4 +312,55 @@ async fn dry_run_prints_the_inventory_and_the_plan_and_writes_nothing() {
         "{}",
         out["netbox"]["plan"]
     );
+}
+
+#[tokio::test]
+async fn the_file_is_checked_by_the_endpoint_guard_before_anything_is_read() {
+    let Run {
+        _pve, sshd, setup, ..
+    } = start("small.json", true, "guard", None);
+    let file = setup.dir.path().join("cluster.yaml");
+    // Without the allow flag: the loopback PVE endpoint is refused, naming the field.
+    let (ok, stdout, stderr) = run_cli(&setup, &["--output", "json"], &[]);
+    assert!(!ok, "{stdout}");
+    assert!(stdout.is_empty(), "nothing ran: {stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "error: {}: spec.proxmox.endpoints[0]: 127.0.0.1 is a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    // An allow-list that does not cover loopback changes nothing.
+    let (ok, _, stderr) = run_cli(&setup, &["--allow-endpoint-cidr", "10.0.0.0/8"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("127.0.0.1 is a loopback address"),
+        "{stderr}"
+    );
+    // Plain http NetBox without allowInsecureHttp is refused too.
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, yaml.replace("allowInsecureHttp: true, ", "")).unwrap();
+    let (ok, _, stderr) = sync_with(&setup, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"),
+        "{stderr}"
+    );
+    std::fs::write(&file, &yaml).unwrap();
+    // A bad CIDR is a usage error.
+    let (ok, _, stderr) = run_cli(&setup, &["--allow-endpoint-cidr", "127.0.0.1/8"], &[]);
+    assert!(!ok);
+    assert!(stderr.contains("did you mean 127.0.0.0/8"), "{stderr}");
+    // The environment variable works like the flag (comma-separated): the dry run passes
+    // the guard and reads everything, SSH included.
+    let (ok, stdout, stderr) = run_cli(
+        &setup,
+        &["--dry-run", "--output", "json"],
+        &[("ALLOW_ENDPOINT_CIDRS", "10.0.0.0/8,127.0.0.0/8")],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(condition(&out, "HardwareDiscovered")["status"], "True");
+    assert!(sshd.log().contains("Accepted publickey for pnbo-key"));
 }

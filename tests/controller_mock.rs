@@ -886,6 +886,83 @@ async fn a_panicking_reconcile_fails_only_its_cluster_and_says_so() {
 }
 
 #[tokio::test]
+async fn the_skip_cleanup_annotation_lets_a_delete_policy_cluster_go_without_cleanup() {
+    let mut p = pipeline(synced_outcome(0));
+    p.delete_result = Err(StageError {
+        reason: reasons::NETBOX_FAILED,
+        message: "no answer from NetBox".into(),
+    });
+    let (ctx, mut handle, _registry) = build_context(p);
+    let ctx = Arc::new(ctx);
+    let mut obj = deleting("Delete");
+    obj.metadata.annotations = Some(
+        [(
+            proxmox_netbox_operator::controller::SKIP_CLEANUP_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let task = tokio::spawn(reconcile(Arc::new(obj), ctx.clone()));
+    // A Warning Event says the objects are kept, then the finalizer goes.
+    let (req, send) = next_request(&mut handle).await;
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.body()["reason"], "CleanupSkipped");
+    assert_eq!(req.body()["type"], "Warning");
+    respond(send, req.body().clone());
+    let (req, send) = next_request(&mut handle).await;
+    assert_eq!(req.method(), http::Method::PATCH);
+    let ops = req.body().as_array().unwrap();
+    assert!(
+        ops.iter()
+            .any(|op| op["op"] == "remove" && op["path"] == "/metadata/finalizers/0"),
+        "{ops:?}"
+    );
+    respond(
+        send,
+        serde_json::to_value(cluster(json!({}), false, None)).unwrap(),
+    );
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        *ctx.pipeline.deletes.lock().unwrap(),
+        0,
+        "no cleanup attempted"
+    );
+    assert_no_more_requests(&mut handle).await;
+}
+
+#[tokio::test]
+async fn a_reconcile_past_its_deadline_is_stopped_and_says_so() {
+    let mut p = pipeline(synced_outcome(0));
+    p.hang = true;
+    let (mut ctx, mut handle, _registry) = build_context(p);
+    ctx.reconcile_deadline = Duration::from_millis(500);
+    let ctx = Arc::new(ctx);
+    let task = tokio::spawn(reconcile(
+        Arc::new(cluster(json!({}), true, None)),
+        ctx.clone(),
+    ));
+    let seen = serve_all(&mut handle, &task).await;
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.metric_label(), reasons::RECONCILE_TIMED_OUT);
+    let event = seen
+        .iter()
+        .find(|(m, _, b)| *m == http::Method::POST && b["reason"] == reasons::RECONCILE_TIMED_OUT)
+        .unwrap_or_else(|| panic!("no ReconcileTimedOut Event: {seen:?}"));
+    assert_eq!(event.2["type"], "Warning");
+    let last_status = seen
+        .iter()
+        .rev()
+        .find(|(m, _, b)| *m == http::Method::PATCH && b.get("status").is_some())
+        .map(|(_, _, b)| b["status"].clone())
+        .unwrap();
+    let ready = condition(&last_status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::RECONCILE_TIMED_OUT);
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.contains("did not finish within"), "{message}");
+}
+
+#[tokio::test]
 async fn error_policy_backs_off_up_to_the_cluster_interval() {
     let (ctx, _handle) = context(synced_outcome(0));
     let obj = Arc::new(cluster(json!({"sync": {"interval": "1m"}}), true, None));

@@ -81,3 +81,24 @@ fn deployment_runs_locked_down() {
     assert_eq!(c["readOnlyRootFilesystem"], true);
     assert_eq!(c["capabilities"]["drop"][0], "ALL");
 }
+
+#[test]
+fn dockerfile_pins_every_base_image_by_digest() {
+    let dockerfile = read("Dockerfile");
+    let froms: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FROM "))
+        .collect();
+    assert!(froms.len() >= 2, "{froms:?}");
+    for from in froms {
+        let image = from.split_whitespace().nth(1).unwrap();
+        let digest = image
+            .split_once("@sha256:")
+            .map(|(_, d)| d)
+            .unwrap_or_default();
+        assert!(
+            digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()),
+            "not pinned by digest: {from}"
+        );
+    }
+}

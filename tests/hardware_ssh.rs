@@ -11,10 +11,16 @@ use common::sshd::Sshd;
 use proxmox_netbox_operator::hardware::discovery::{collect, collect_node, warning_for};
 use proxmox_netbox_operator::hardware::facts::{LinkKind, NodeHardware};
 use proxmox_netbox_operator::hardware::ssh::{SshAuth, SshError, SshTarget};
+use proxmox_netbox_operator::net::guard::{AddressClass, EndpointGuard};
 use proxmox_netbox_operator::secret::SecretString;
 
 /// The physical NICs of the stub node, by name.
 const PHYSICAL: [&str; 4] = ["eno1", "eno2", "enp65s0f0", "enp65s0f1"];
+
+/// The harness's sshd listens on loopback: the endpoint guard must be told to allow it.
+fn loopback_allowed() -> EndpointGuard {
+    EndpointGuard::new(["127.0.0.0/8".parse().unwrap()])
+}
 
 fn target(sshd: &Sshd, auth: SshAuth, user: &str) -> SshTarget {
     SshTarget {
@@ -27,6 +33,7 @@ fn target(sshd: &Sshd, auth: SshAuth, user: &str) -> SshTarget {
         connect_timeout: Duration::from_secs(10),
         command_timeout: Duration::from_secs(10),
         max_output_bytes: 1024 * 1024,
+        endpoint_guard: loopback_allowed(),
     }
 }
 
@@ -189,6 +196,49 @@ async fn wrong_fingerprint_sends_no_credential() {
         !log.contains("pnbo-key"),
         "no authentication may be attempted: {log}"
     );
+}
+
+#[tokio::test]
+async fn loopback_node_addresses_are_refused_without_the_allow_flag_before_connecting() {
+    let sshd = Sshd::start("normal");
+    for address in ["127.0.0.1", "localhost", "::ffff:127.0.0.1"] {
+        let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+        t.address = address.into();
+        t.endpoint_guard = EndpointGuard::default();
+        let err = collect(&t).await.unwrap_err();
+        let SshError::EndpointRefused(refusal) = &err else {
+            panic!("{address}: {err:?}")
+        };
+        assert_eq!(refusal.class, AddressClass::Loopback, "{address}");
+        let w = warning_for(&err);
+        assert_eq!(w.code, "EndpointRefused");
+        assert!(
+            w.message.contains("a loopback address")
+                && w.message
+                    .ends_with("; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"),
+            "{}",
+            w.message
+        );
+        if address == "localhost" {
+            assert!(
+                w.message
+                    .starts_with("localhost resolves to 127.0.0.1, a loopback address"),
+                "{}",
+                w.message
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !sshd.log().contains("Connection from"),
+        "no connection was made: {}",
+        sshd.log()
+    );
+    // The same node by name, with loopback allowed: resolved, checked, connected.
+    let mut t = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+    t.address = "localhost".into();
+    let hw = collect(&t).await.unwrap();
+    assert_eq!(physical_names(&hw), PHYSICAL);
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use proxmox_netbox_operator::hardware::facts::{
     ChassisInfo, EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware, SystemInfo,
 };
 use proxmox_netbox_operator::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
+use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection};
 use proxmox_netbox_operator::netbox::engine::{SyncSettings, sync};
 use proxmox_netbox_operator::netbox::report::SyncReport;
@@ -25,6 +26,12 @@ use tokio::sync::Mutex;
 
 /// One NetBox-writing test at a time.
 static NETBOX: Mutex<()> = Mutex::const_new(());
+
+/// The harness (fake PVE, NetBox, test proxies) listens on loopback: the endpoint guard must
+/// be told to allow it.
+fn loopback_allowed() -> EndpointGuard {
+    EndpointGuard::new(["127.0.0.0/8".parse().unwrap()])
+}
 
 async fn inventory(pve: &FakePve) -> Inventory {
     install_crypto_provider();
@@ -41,6 +48,7 @@ async fn inventory(pve: &FakePve) -> Inventory {
         timeout: Duration::from_secs(30),
         max_concurrency: 8,
         retries: 1,
+        endpoint_guard: loopback_allowed(),
     })
     .unwrap();
     read_inventory(&c, &ReadOptions::default()).await.unwrap()
@@ -60,6 +68,9 @@ fn netbox(env: &HarnessEnv) -> NetBoxClient {
         timeout: Duration::from_secs(120),
         max_in_flight: 4,
         retries: 2,
+        // The harness's NetBox is plain http on loopback.
+        allow_insecure_http: true,
+        endpoint_guard: loopback_allowed(),
     })
     .unwrap()
 }
@@ -96,6 +107,7 @@ fn settings(test: &str) -> SyncSettings {
         prune: false,
         hardware_discovery: false,
         grace_period: Duration::from_secs(3600),
+        prune_max_percent: 100,
         batch_size: 100,
         max_in_flight: 4,
     }
@@ -995,6 +1007,9 @@ async fn a_create_whose_answer_was_lost_is_found_not_repeated() {
         timeout: Duration::from_secs(120),
         max_in_flight: 4,
         retries: 2,
+        // The harness's NetBox is plain http on loopback.
+        allow_insecure_http: true,
+        endpoint_guard: loopback_allowed(),
     })
     .unwrap();
     let s = settings("lost");
@@ -1121,4 +1136,96 @@ async fn missing_vlans_are_created_by_policy_and_notes_can_be_left_to_people() {
             .len(),
         vlans.len()
     );
+}
+
+/// `inv` with the permission preflight recorded as `outcome`.
+fn with_preflight(inv: &Inventory, outcome: ReadOutcome) -> Inventory {
+    let mut out = inv.clone();
+    out.completeness
+        .parts
+        .retain(|p| p.scope != ReadScope::Permissions);
+    out.completeness.record(ReadScope::Permissions, outcome);
+    out
+}
+
+#[tokio::test]
+async fn guests_hidden_by_acls_or_vanished_en_masse_are_never_pruned() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = with_preflight(&demo_inventory(&env).await, ReadOutcome::Complete);
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("guard");
+    s.prune = true;
+    s.grace_period = Duration::ZERO;
+    s.prune_max_percent = 10;
+    let t0 = Utc::now();
+    run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
+    let cid = rest.cluster_id(&s).await;
+    let vms = format!("virtualization/virtual-machines/?cluster_id={cid}");
+    let owned = rest.list(&vms).await.len();
+    assert!(owned >= 6, "{owned}");
+    let mut half = inv.clone();
+    half.guests.truncate(inv.guests.len() / 2);
+
+    // PVE answered 200 with half the guests because ACLs hide the rest: the preflight says
+    // so, and nothing is marked stale or deleted, grace period 0 or not.
+    let hidden = with_preflight(
+        &half,
+        ReadOutcome::NotApplicable {
+            reason: ReadFailure::Forbidden,
+            message: "ACL on /pool/secret".into(),
+        },
+    );
+    for minutes in [0, 5] {
+        let r = run_at(
+            &nb,
+            &s,
+            &hidden,
+            &BTreeMap::new(),
+            false,
+            t0 + chrono::TimeDelta::minutes(minutes),
+        )
+        .await;
+        let vm = &r.kinds["virtualization.virtualmachine"];
+        assert_eq!((vm.stale, vm.deleted), (0, 0), "{vm:?}");
+        assert!(vm.orphaned > 0);
+    }
+    assert_eq!(rest.list(&vms).await.len(), owned);
+
+    // A clean preflight, but half the owned guests gone at once: more than maxPercent,
+    // refused and said so.
+    let r = run_at(&nb, &s, &half, &BTreeMap::new(), false, t0).await;
+    let vm = &r.kinds["virtualization.virtualmachine"];
+    assert_eq!((vm.stale, vm.deleted), (0, 0), "{vm:?}");
+    let why = r.prune_blocked.clone().expect("the refusal is reported");
+    assert!(why.contains("spec.sync.prune.maxPercent (10%)"), "{why}");
+    assert_eq!(r.summary().prune_blocked, Some(why));
+    assert_eq!(rest.list(&vms).await.len(), owned);
+    let stale: Vec<Value> = rest
+        .list(&vms)
+        .await
+        .into_iter()
+        .filter(|v| tag_slugs(v).contains(&"proxmox-stale".to_string()))
+        .collect();
+    assert!(stale.is_empty(), "{stale:?}");
+
+    // One guest gone: within the limit, pruned as usual (stale, then deleted at grace 0).
+    let mut one_gone = inv.clone();
+    let last = one_gone.guests.iter().rposition(|g| !g.template).unwrap();
+    one_gone.guests.remove(last);
+    let r = run_at(&nb, &s, &one_gone, &BTreeMap::new(), false, t0).await;
+    assert!(r.prune_blocked.is_none());
+    assert_eq!(r.kinds["virtualization.virtualmachine"].stale, 1);
+    let r = run_at(
+        &nb,
+        &s,
+        &one_gone,
+        &BTreeMap::new(),
+        false,
+        t0 + chrono::TimeDelta::seconds(1),
+    )
+    .await;
+    assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 1);
+    assert_eq!(rest.list(&vms).await.len(), owned - 1);
 }

@@ -10,14 +10,20 @@ use common::harness::{FakePve, HarnessEnv, topology};
 use proxmox_netbox_operator::inventory::{
     GuestKind, Inventory, ReadFailure, ReadOutcome, ReadScope,
 };
+use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::pve::client::{PveAuth, PveClient, PveConnection, PveError};
 use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
 use proxmox_netbox_operator::secret::SecretString;
 use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
 use serde_json::Value;
 
+/// The fake PVE listens on loopback: the endpoint guard must be told to allow it.
+fn loopback_allowed() -> EndpointGuard {
+    EndpointGuard::new(["127.0.0.0/8".parse().unwrap()])
+}
+
 /// A connection to `pve` verified by its CA bundle: token auth, 10 s timeout, 4 requests in
-/// flight, no retries. Tests change what they need.
+/// flight, no retries, loopback allowed. Tests change what they need.
 fn connection(pve: &FakePve) -> PveConnection {
     install_crypto_provider();
     PveConnection {
@@ -33,6 +39,7 @@ fn connection(pve: &FakePve) -> PveConnection {
         timeout: Duration::from_secs(10),
         max_concurrency: 4,
         retries: 0,
+        endpoint_guard: loopback_allowed(),
     }
 }
 
@@ -336,6 +343,39 @@ async fn an_expired_ticket_is_renewed_by_logging_in_again() {
         "{:?}",
         inv.completeness.failures().collect::<Vec<_>>()
     );
+    assert_matches_seed(&inv, &pve.expected());
+}
+
+#[tokio::test]
+async fn the_endpoint_guard_refuses_the_loopback_fake_pve_unless_allowed() {
+    let env = HarnessEnv::load();
+    let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
+    let mut conn = connection(&pve);
+    conn.endpoint_guard = EndpointGuard::default();
+    // The IP literal: refused before any connection.
+    let err = PveClient::new(conn.clone()).err().unwrap();
+    assert!(matches!(err, PveError::EndpointRefused(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "spec.proxmox.endpoints[0]: 127.0.0.1 is a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+    );
+    // By name (the certificate is valid for localhost): refused at connect time, on the
+    // address the name resolved to.
+    conn.endpoints = vec![pve.url.replace("127.0.0.1", "localhost")];
+    let c = PveClient::new(conn.clone()).unwrap();
+    let err = read_inventory(&c, &ReadOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PveError::EndpointRefused(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "spec.proxmox.endpoints[0]: localhost resolves to 127.0.0.1, a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+    );
+    // The same name with loopback allowed: the whole inventory is read.
+    conn.endpoint_guard = loopback_allowed();
+    let inv = read_inventory(&PveClient::new(conn).unwrap(), &ReadOptions::default())
+        .await
+        .unwrap();
     assert_matches_seed(&inv, &pve.expected());
 }
 

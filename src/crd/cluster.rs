@@ -198,6 +198,8 @@ pub struct ProxmoxClusterSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ProxmoxSpec {
     /// API endpoints (`https://host:8006`), tried in order: the next one is used when one is down.
+    /// https only, without user name, query or fragment; each host, and every address it
+    /// resolves to, must pass the operator's endpoint guard (see `netbox.url`).
     #[schemars(
         length(min = 1, max = 16),
         inner(length(max = 512), pattern(r"^https://[^\s/]+(:[0-9]+)?/?$"))
@@ -228,11 +230,20 @@ pub struct ProxmoxSpec {
 
 /// Target NetBox and where the objects go.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[x_kube(validation = Rule::new("self.url.startsWith('https://') || (has(self.allowInsecureHttp) && self.allowInsecureHttp)").message("spec.netbox.url must use https unless spec.netbox.allowInsecureHttp is true"))]
 #[serde(rename_all = "camelCase")]
 pub struct NetBoxSpec {
-    /// Base URL of NetBox (`https://netbox.example.com`), without `/api`.
+    /// Base URL of NetBox (`https://netbox.example.com`), without `/api`, user name,
+    /// password, query or fragment. Plain `http` only with `allowInsecureHttp: true`. The
+    /// host, and every address it resolves to, must pass the operator's endpoint guard
+    /// (loopback, link-local and cloud metadata addresses are refused unless the operator
+    /// runs with `--allow-endpoint-cidr`; see docs/security.md).
     #[schemars(length(max = 2048), pattern(r"^https?://[^\s]+$"))]
     pub url: String,
+    /// Allow a plain `http://` URL: the NetBox token then crosses the network unencrypted.
+    /// Default false (https only). For a NetBox reached over loopback or a trusted link.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Secret key holding a NetBox API token with write permission (`nbt_...` v2 token or a v1 token).
     pub token_secret_ref: SecretKeyRef,
     /// TLS verification of NetBox.
@@ -441,6 +452,17 @@ pub struct PruneSpec {
     #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = PRUNE_GRACE_PERIOD_BOUNDS.rule())]
     pub grace_period: String,
+    /// Safety limit: a sync that finds more than this percentage of the owned nodes or
+    /// guests gone from Proxmox (a token that lost its permissions sees fewer guests)
+    /// marks none of them stale and deletes none, and says so (`PruneBlocked`). One object
+    /// is always allowed. Default 10.
+    #[serde(default = "default_prune_max_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_percent: i32,
+}
+
+fn default_prune_max_percent() -> i32 {
+    10
 }
 
 impl Default for PruneSpec {
@@ -448,6 +470,7 @@ impl Default for PruneSpec {
         Self {
             enabled: false,
             grace_period: default_grace_period(),
+            max_percent: default_prune_max_percent(),
         }
     }
 }
@@ -586,6 +609,9 @@ pub struct SyncSummary {
     pub read_requests: i64,
     /// NetBox write requests.
     pub write_requests: i64,
+    /// Why pruning was refused this sync (too many owned objects gone at once), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_blocked: Option<String>,
     /// First errors (at most 20), each naming the object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -630,7 +656,7 @@ pub struct NodeStatusEntry {
 #[serde(rename_all = "camelCase")]
 pub struct NodeWarning {
     /// `NoAddress`, `NoCredential`, `CredentialInvalid`, `Timeout`, `AuthFailed`,
-    /// `HostKeyMismatch`, `CommandFailed` or `Failed`.
+    /// `HostKeyMismatch`, `CommandFailed`, `EndpointRefused` or `Failed`.
     pub code: String,
     /// Detail, free of secrets.
     pub message: String,
@@ -714,4 +740,73 @@ fn default_connect_timeout() -> String {
 }
 fn default_command_timeout() -> String {
     "30s".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use kube::core::cel::Validator;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn cluster(netbox: Value) -> Value {
+        let mut nb = json!({"tokenSecretRef": {"name": "nb", "key": "token"}, "site": "dc1"});
+        for (k, v) in netbox.as_object().unwrap() {
+            nb[k] = v.clone();
+        }
+        json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+            "metadata": {"name": "lab", "namespace": "infra"},
+            "spec": {
+                "proxmox": {"endpoints": ["https://pve1.example.com:8006"],
+                            "credentialsSecretRef": {"name": "pve"}},
+                "netbox": nb
+            }
+        })
+    }
+
+    #[test]
+    fn plain_http_netbox_needs_allow_insecure_http() {
+        let crd = ProxmoxCluster::crd();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let v = Validator::new();
+        for ok in [
+            json!({"url": "https://netbox.example.com"}),
+            json!({"url": "https://netbox.example.com", "allowInsecureHttp": false}),
+            json!({"url": "http://netbox.internal:8000", "allowInsecureHttp": true}),
+        ] {
+            assert!(
+                v.validate(&schema, &cluster(ok.clone()), None).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            json!({"url": "http://netbox.internal:8000"}),
+            json!({"url": "http://netbox.internal:8000", "allowInsecureHttp": false}),
+        ] {
+            let err = v
+                .validate(&schema, &cluster(bad.clone()), None)
+                .unwrap_err();
+            assert!(
+                format!("{err:?}").contains(
+                    "spec.netbox.url must use https unless spec.netbox.allowInsecureHttp is true"
+                ),
+                "{bad}: {err:?}"
+            );
+        }
+        let spec: NetBoxSpec =
+            serde_json::from_value(cluster(json!({"url": "https://nb"}))["spec"]["netbox"].clone())
+                .unwrap();
+        assert!(!spec.allow_insecure_http, "https only by default");
+    }
 }

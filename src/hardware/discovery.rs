@@ -10,11 +10,16 @@ use super::ssh::{
 };
 use crate::config::ResolvedCluster;
 use crate::crd::{NodeSSHCredential, NodeWarning};
+use crate::net::guard::EndpointGuard;
 use crate::pipeline::HardwareProber;
 use crate::secrets::SecretSource;
 
 /// Largest output accepted from one command (a full `dmidecode` is about 40 KiB).
 pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+
+/// At most this many `ethtool` commands per node: a node reporting more physical NICs gets
+/// link facts for the first ones (by `ip link` order) and none for the rest.
+pub const MAX_ETHTOOL_COMMANDS: usize = 64;
 
 /// Warning codes of hardware discovery (condition reasons, Event reasons, metric labels).
 pub mod codes {
@@ -32,6 +37,8 @@ pub mod codes {
     pub const HOST_KEY_MISMATCH: &str = "HostKeyMismatch";
     /// A command exited non-zero.
     pub const COMMAND_FAILED: &str = "CommandFailed";
+    /// The endpoint guard refused the node address: no connection was made.
+    pub const ENDPOINT_REFUSED: &str = "EndpointRefused";
     /// Anything else.
     pub const FAILED: &str = "Failed";
 }
@@ -44,6 +51,7 @@ pub fn warning_for(e: &SshError) -> NodeWarning {
         SshError::AuthFailed { .. } => codes::AUTH_FAILED,
         SshError::HostKeyMismatch { .. } => codes::HOST_KEY_MISMATCH,
         SshError::CommandFailed { .. } => codes::COMMAND_FAILED,
+        SshError::EndpointRefused(_) => codes::ENDPOINT_REFUSED,
         SshError::Connect { .. } | SshError::OutputTooLarge { .. } | SshError::Protocol(_) => {
             codes::FAILED
         }
@@ -116,7 +124,16 @@ pub async fn collect_node(node: &str, target: &SshTarget) -> Result<NodeHardware
             })
             .collect();
         let mut ethtools = Vec::with_capacity(links.len());
-        for chunk in links.chunks(PARALLEL_CHANNELS) {
+        let probed = links.len().min(MAX_ETHTOOL_COMMANDS);
+        if probed < links.len() {
+            tracing::warn!(
+                node,
+                nics = links.len(),
+                limit = MAX_ETHTOOL_COMMANDS,
+                "hardware discovery: too many NICs, ethtool runs on the first ones only"
+            );
+        }
+        for chunk in links[..probed].chunks(PARALLEL_CHANNELS) {
             let runs: Vec<_> = chunk
                 .iter()
                 .map(|l| ethtool_facts(&session, node, l))
@@ -125,6 +142,7 @@ pub async fn collect_node(node: &str, target: &SshTarget) -> Result<NodeHardware
                 ethtools.push(r?);
             }
         }
+        ethtools.resize(links.len(), None);
         let mut nics: Vec<NicFacts> = links
             .into_iter()
             .zip(ethtools)
@@ -143,7 +161,11 @@ pub async fn collect_node(node: &str, target: &SshTarget) -> Result<NodeHardware
 }
 
 /// Hardware discovery over SSH with NodeSSHCredentials and their Secrets.
-pub struct SshProber;
+#[derive(Clone, Debug, Default)]
+pub struct SshProber {
+    /// What node addresses may reach (`--allow-endpoint-cidr`).
+    pub endpoint_guard: EndpointGuard,
+}
 
 fn invalid(message: String) -> NodeWarning {
     NodeWarning {
@@ -157,6 +179,7 @@ async fn resolve_target(
     cred: &NodeSSHCredential,
     config: &ResolvedCluster,
     secrets: &dyn SecretSource,
+    endpoint_guard: &EndpointGuard,
 ) -> Result<SshTarget, NodeWarning> {
     let spec = &cred.spec;
     let auth =
@@ -198,6 +221,7 @@ async fn resolve_target(
         connect_timeout: config.ssh_connect_timeout,
         command_timeout: config.ssh_command_timeout,
         max_output_bytes: MAX_OUTPUT_BYTES,
+        endpoint_guard: endpoint_guard.clone(),
     })
 }
 
@@ -211,11 +235,22 @@ impl HardwareProber for SshProber {
         secrets: &'a dyn SecretSource,
     ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>> {
         Box::pin(async move {
-            let target = resolve_target(address, credential, config, secrets).await?;
+            let target =
+                resolve_target(address, credential, config, secrets, &self.endpoint_guard).await?;
             let started = std::time::Instant::now();
-            let result = collect_node(node, &target)
-                .await
-                .map_err(|e| warning_for(&e));
+            let result = collect_node(node, &target).await.map_err(|e| {
+                let mut warning = warning_for(&e);
+                if let SshError::EndpointRefused(_) = e {
+                    // Name where the address came from.
+                    let field = if credential.spec.address.as_deref() == Some(address) {
+                        "spec.address of its NodeSSHCredential"
+                    } else {
+                        "the node's address from Proxmox VE"
+                    };
+                    warning.message = format!("{field}: {}", warning.message);
+                }
+                warning
+            });
             tracing::info!(
                 node,
                 ok = result.is_ok(),

@@ -195,11 +195,8 @@ pub fn ip_link(text: &str) -> Vec<LinkInfo> {
         match words.first().copied() {
             Some(w) if w.starts_with("link/") => {
                 link_type = Some(w.trim_start_matches("link/").to_string());
-                if let Some(mac) = words
-                    .get(1)
-                    .filter(|m| m.len() == 17 && m.chars().filter(|c| *c == ':').count() == 5)
-                {
-                    current.mac = Some(mac.to_ascii_uppercase());
+                if let Some(mac) = words.get(1).and_then(|m| ether_mac(m)) {
+                    current.mac = Some(mac);
                 }
             }
             Some("altname") => current.altnames.extend(words.get(1).map(|s| s.to_string())),
@@ -211,6 +208,25 @@ pub fn ip_link(text: &str) -> Vec<LinkInfo> {
     }
     finish(&mut out, &link_type, &detail);
     out
+}
+
+/// A name Linux can give a link: not empty, no whitespace.
+fn is_link_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(char::is_whitespace)
+}
+
+/// An Ethernet address as `ip` prints it (`3c:ec:ef:01:02:03`), upper-cased; `None` for
+/// anything else, which cannot be read as a MAC.
+fn ether_mac(text: &str) -> Option<String> {
+    let ok = text.len() == 17
+        && text.bytes().enumerate().all(|(i, b)| {
+            if i % 3 == 2 {
+                b == b':'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    ok.then(|| text.to_ascii_uppercase())
 }
 
 /// `2: eno1: <FLAGS> mtu 1500 ... master vmbr0 state UP ...`
@@ -225,7 +241,7 @@ fn parse_header(line: &str) -> Option<LinkInfo> {
         Some((n, p)) => (n.trim().to_string(), Some(p.trim().to_string())),
         None => (name_part.trim().to_string(), None),
     };
-    if name.is_empty() || name.contains(' ') {
+    if !is_link_name(&name) {
         return None;
     }
     let words: Vec<&str> = rest.split_whitespace().collect();
@@ -257,7 +273,10 @@ fn ip_link_json(text: &str) -> Vec<LinkInfo> {
     items
         .iter()
         .filter_map(|i| {
-            let name = i["ifname"].as_str()?.to_string();
+            let name = i["ifname"]
+                .as_str()
+                .filter(|n| is_link_name(n))?
+                .to_string();
             let parent = i["link"].as_str().map(str::to_string);
             let link_type = i["link_type"].as_str();
             let detail = i["linkinfo"]["info_kind"].as_str();
@@ -270,7 +289,7 @@ fn ip_link_json(text: &str) -> Vec<LinkInfo> {
                 mac: i["address"]
                     .as_str()
                     .filter(|_| link_type == Some("ether"))
-                    .map(str::to_ascii_uppercase),
+                    .and_then(ether_mac),
                 altnames: i["altnames"]
                     .as_array()
                     .map(|a| {
@@ -412,6 +431,30 @@ mod tests {
         assert_eq!(eno1.mtu, Some(1500));
         assert_eq!(eno1.state.as_deref(), Some("UP"));
         assert_eq!(links[4].parent.as_deref(), Some("vmbr0"));
+    }
+
+    #[test]
+    fn a_mac_that_is_not_one_is_absent() {
+        // Found by fuzzing (fuzz/fuzz_targets/hw_ip_link.rs): 17 characters with 5 colons,
+        // or any `address` of `ip -j`, passed as the NIC's MAC.
+        let json = r#"[{"ifindex":2,"ifname":"eno1","link_type":"ether","address":"3c:ec:ef:01:02: :03"},
+            {"ifindex":3,"ifname":"eno2","link_type":"ether","address":"3c:ec:ef:01:02:04"}]"#;
+        let links = ip_link(json);
+        assert_eq!(links[0].mac, None);
+        assert_eq!(links[1].mac.as_deref(), Some("3C:EC:EF:01:02:04"));
+        let text = "2: eno1: <UP> mtu 1500 state UP\\    link/ether zz:ec:ef:01:02:03 brd ff:ff:ff:ff:ff:ff\n3: eno2: <UP> mtu 1500\\    link/ether 3c:ec:ef:01:02:03 brd ff:ff:ff:ff:ff:ff\n";
+        let links = ip_link(text);
+        assert_eq!(links[0].mac, None);
+        assert_eq!(links[1].mac.as_deref(), Some("3C:EC:EF:01:02:03"));
+    }
+
+    #[test]
+    fn a_link_without_a_usable_name_is_absent() {
+        // Found by fuzzing (fuzz/fuzz_targets/hw_ip_link.rs): an empty `ifname` or a name
+        // with a tab became a link.
+        assert!(ip_link(r#"[{"ifname":""},{"ifname":"a b"}]"#).is_empty());
+        assert!(ip_link("2: a\tb: <UP> mtu 1500\n").is_empty());
+        assert_eq!(ip_link(r#"[{"ifname":"eno1"}]"#)[0].name, "eno1");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! SSH to a node: the only module that uses the SSH library.
 //!
-//! The server's host key must match the pinned SHA-256 fingerprint before any credential is
-//! sent. Commands come from an allowlist, are built as argv and quoted for the remote shell,
-//! run with a timeout (enforced on the node too, with coreutils `timeout`, which runs as root
-//! under `sudo -n` so it can kill a root command) and an output cap. Every path ends with a
-//! disconnect.
+//! The node address is resolved through the endpoint guard and only addresses it allows are
+//! connected to. The server's host key must match the pinned SHA-256 fingerprint before any
+//! credential is sent. Commands come from an allowlist, are built as argv and quoted for the
+//! remote shell, run with a timeout (enforced on the node too, with coreutils `timeout`, which
+//! runs as root under `sudo -n` so it can kill a root command) and an output cap. Every path
+//! ends with a disconnect.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate, decode_secret_key};
 use russh::{ChannelMsg, Disconnect, Sig};
 
+use crate::net::guard::{EndpointGuard, Refusal, ResolveError};
 use crate::secret::SecretString;
 
 /// How to authenticate.
@@ -50,6 +52,9 @@ pub struct SshTarget {
     pub command_timeout: Duration,
     /// Largest output accepted from one command.
     pub max_output_bytes: usize,
+    /// Which addresses `address` may resolve to (every resolved address is checked; only
+    /// allowed ones are connected to).
+    pub endpoint_guard: EndpointGuard,
 }
 
 /// Why SSH work failed. Messages never contain key material or passwords.
@@ -58,6 +63,10 @@ pub enum SshError {
     /// The credential cannot be used (key unparsable, wrong passphrase).
     #[error("the credential cannot be used: {0}")]
     CredentialInvalid(String),
+    /// The endpoint guard refused the node address (or every address it resolved to): no
+    /// connection was made.
+    #[error("{0}")]
+    EndpointRefused(Refusal),
     /// TCP connection or SSH handshake failed.
     #[error("cannot connect to {address}: {message}")]
     Connect {
@@ -303,8 +312,39 @@ impl SshSession {
             inactivity_timeout: Some(target.command_timeout + Duration::from_secs(10)),
             ..Default::default()
         });
-        let addr = (target.address.as_str(), target.port);
-        let connect = client::connect(config, addr, handler);
+        let shown = format!("{}:{}", target.address, target.port);
+        let connect = async {
+            // Resolved here, at connect time, and connected to the checked addresses only.
+            let addrs = target
+                .endpoint_guard
+                .resolve(&target.address, target.port)
+                .await
+                .map_err(|e| match e {
+                    ResolveError::Refused(r) => SshError::EndpointRefused(r),
+                    lookup @ ResolveError::Lookup { .. } => SshError::Connect {
+                        address: shown.clone(),
+                        message: lookup.to_string(),
+                    },
+                })?;
+            match client::connect(config, &addrs[..], handler).await {
+                Ok(h) => Ok(h),
+                Err(russh::Error::UnknownKey) => {
+                    let actual = seen
+                        .lock()
+                        .ok()
+                        .and_then(|s| s.clone())
+                        .unwrap_or_else(|| "(none)".into());
+                    Err(SshError::HostKeyMismatch {
+                        expected: target.host_key_fingerprint.clone(),
+                        actual,
+                    })
+                }
+                Err(e) => Err(SshError::Connect {
+                    address: shown.clone(),
+                    message: e.to_string(),
+                }),
+            }
+        };
         let mut handle = match tokio::time::timeout(target.connect_timeout, connect).await {
             Err(_) => {
                 return Err(SshError::Timeout {
@@ -312,24 +352,7 @@ impl SshSession {
                     seconds: secs(target.connect_timeout),
                 });
             }
-            Ok(Err(russh::Error::UnknownKey)) => {
-                let actual = seen
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.clone())
-                    .unwrap_or_else(|| "(none)".into());
-                return Err(SshError::HostKeyMismatch {
-                    expected: target.host_key_fingerprint.clone(),
-                    actual,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(SshError::Connect {
-                    address: format!("{}:{}", target.address, target.port),
-                    message: e.to_string(),
-                });
-            }
-            Ok(Ok(h)) => h,
+            Ok(r) => r?,
         };
         let auth = async {
             match &target.auth {

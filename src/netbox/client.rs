@@ -1,6 +1,8 @@
 //! HTTP client of the NetBox REST API: paginated reads, bulk create/update/delete, bounded
 //! requests in flight, backoff on 429/5xx for requests that are safe to repeat, and request
-//! counters. Errors name the endpoint and carry NetBox's message, never the token.
+//! counters. The URL and every address it resolves to pass the endpoint guard; answers are
+//! read against a size cap and lists against a page cap. Errors name the endpoint and carry
+//! a short excerpt of NetBox's message, never the token.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +13,19 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
+use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
+use crate::net::guard::{EndpointError, EndpointGuard, NETBOX_URL_FIELD, UrlProblem, refusal_in};
 use crate::secret::SecretString;
 use crate::tls::{TlsSettings, http_client};
 
 /// Largest page NetBox serves by default (`MAX_PAGE_SIZE`).
 pub const PAGE_SIZE: usize = 1000;
-/// Largest response body accepted.
-const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+/// Largest NetBox answer read (a page of 1000 VMs with custom fields is a few MiB; the
+/// pod's memory limit is 256 MiB). A longer answer is refused as soon as it passes the cap.
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+/// Most pages read for one list (10 million objects at [`PAGE_SIZE`]): a server that keeps
+/// announcing a next page cannot keep a sync reading forever.
+pub const MAX_LIST_PAGES: usize = 10_000;
 
 /// A failed NetBox request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +78,9 @@ pub enum NetBoxError {
     /// The client could not be built.
     #[error("{0}")]
     Config(String),
+    /// The endpoint guard refused the URL, or an address it resolved to.
+    #[error("{0}")]
+    EndpointRefused(EndpointError),
 }
 
 impl NetBoxError {
@@ -82,6 +93,7 @@ impl NetBoxError {
             Self::Transport { .. } => "NetBoxUnreachable",
             Self::Decode { .. } => "NetBoxInvalidResponse",
             Self::Config(_) => "InvalidSpec",
+            Self::EndpointRefused(_) => "EndpointRefused",
         }
     }
 }
@@ -132,13 +144,18 @@ pub struct NetBoxConnection {
     pub max_in_flight: usize,
     /// Retries of a failed read, update or delete (429, 502-504, no answer).
     pub retries: u32,
+    /// Accept a plain `http` URL (`spec.netbox.allowInsecureHttp`); otherwise only https.
+    pub allow_insecure_http: bool,
+    /// Which addresses the URL may reach (checked on the URL here and on every resolved
+    /// address at connect time).
+    pub endpoint_guard: EndpointGuard,
 }
 
 /// The reqwest-based client.
 pub struct NetBoxClient {
     http: reqwest::Client,
     base: String,
-    auth_header: SecretString,
+    auth_header: reqwest::header::HeaderValue,
     limit: Arc<Semaphore>,
     retries: u32,
     reads: AtomicU64,
@@ -146,21 +163,38 @@ pub struct NetBoxClient {
 }
 
 impl NetBoxClient {
-    /// Builds the client.
+    /// Builds the client; fails on a URL the guard refuses (plain http without
+    /// `allow_insecure_http`, user info, query, fragment, a refused IP literal) and on an
+    /// unusable CA bundle.
     pub fn new(conn: NetBoxConnection) -> Result<Self, NetBoxError> {
-        let http = http_client(&conn.tls, conn.timeout, "proxmox-netbox-operator")
-            .map_err(|e| NetBoxError::Config(format!("spec.netbox.tls: {e}")))?;
+        conn.endpoint_guard
+            .check_netbox_url(&conn.url, conn.allow_insecure_http)
+            .map_err(NetBoxError::EndpointRefused)?;
+        let http = http_client(
+            &conn.tls,
+            conn.timeout,
+            "proxmox-netbox-operator",
+            &conn.endpoint_guard,
+        )
+        .map_err(|e| NetBoxError::Config(format!("spec.netbox.tls: {e}")))?;
         let token = conn.token.expose().trim();
         // NetBox picks v1/v2 from the `nbt_` prefix; v1 tokens use the Token keyword.
-        let auth_header = if token.starts_with("nbt_") {
+        let auth_header = SecretString::new(if token.starts_with("nbt_") {
             format!("Bearer {token}")
         } else {
             format!("Token {token}")
-        };
+        });
+        let auth_header =
+            crate::secret::sensitive_header(auth_header.expose()).ok_or_else(|| {
+                NetBoxError::Config(
+                "spec.netbox.tokenSecretRef: the token holds characters an HTTP header cannot carry"
+                    .into(),
+            )
+            })?;
         Ok(Self {
             http,
             base: format!("{}/api/", conn.url.trim_end_matches('/')),
-            auth_header: SecretString::new(auth_header),
+            auth_header,
             limit: Arc::new(Semaphore::new(conn.max_in_flight.max(1))),
             retries: conn.retries,
             reads: AtomicU64::new(0),
@@ -235,16 +269,22 @@ impl NetBoxClient {
                 method,
                 format!("{}{}/", self.base, endpoint.trim_matches('/')),
             )
-            .header(reqwest::header::AUTHORIZATION, self.auth_header.expose())
+            .header(reqwest::header::AUTHORIZATION, self.auth_header.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .query(query);
         if let Some(b) = body {
             req = req.json(b);
         }
         let started = std::time::Instant::now();
-        let resp = req.send().await.map_err(|e| NetBoxError::Transport {
-            endpoint: endpoint.into(),
-            message: error_chain(&e),
+        let resp = req.send().await.map_err(|e| match refusal_in(&e) {
+            Some(refusal) => NetBoxError::EndpointRefused(EndpointError {
+                field: NETBOX_URL_FIELD.into(),
+                problem: UrlProblem::Refused(refusal.clone()),
+            }),
+            None => NetBoxError::Transport {
+                endpoint: endpoint.into(),
+                message: error_chain(&e),
+            },
         })?;
         let status = resp.status();
         tracing::debug!(
@@ -255,17 +295,20 @@ impl NetBoxClient {
             millis = started.elapsed().as_millis() as u64,
             "netbox request"
         );
-        let bytes = resp.bytes().await.map_err(|e| NetBoxError::Transport {
-            endpoint: endpoint.into(),
-            message: error_chain(&e),
-        })?;
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(NetBoxError::Decode {
+        let body_error = |e: BodyError| match e {
+            BodyError::Read(e) => NetBoxError::Transport {
                 endpoint: endpoint.into(),
-                message: "answer larger than 256 MiB".into(),
-            });
-        }
+                message: error_chain(&e),
+            },
+            too_large @ BodyError::TooLarge { .. } => NetBoxError::Decode {
+                endpoint: endpoint.into(),
+                message: too_large.to_string(),
+            },
+        };
         if status.is_success() {
+            let bytes = read_capped(resp, MAX_ANSWER_BYTES)
+                .await
+                .map_err(body_error)?;
             if bytes.is_empty() || status == StatusCode::NO_CONTENT {
                 return Ok(Value::Null);
             }
@@ -274,19 +317,19 @@ impl NetBoxClient {
                 message: e.to_string(),
             });
         }
-        let message = match serde_json::from_slice::<Value>(&bytes) {
+        let start = read_prefix(resp, ERROR_BODY_READ_BYTES)
+            .await
+            .map_err(body_error)?;
+        let message = excerpt(&match serde_json::from_slice::<Value>(&start) {
             Ok(v) => match (v.get("detail").and_then(Value::as_str), v.get("errors")) {
                 // Bulk writes: the per-object field errors say what is wrong.
                 (Some(_), Some(errors)) => field_errors(errors),
                 (Some(detail), None) => detail.to_string(),
                 _ => v.to_string(),
             },
-            Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        };
+            // An HTML error page or plain text (possibly cut at the read limit).
+            Err(_) => String::from_utf8_lossy(&start).into_owned(),
+        });
         Err(match status.as_u16() {
             401 | 403 => NetBoxError::Auth {
                 endpoint: endpoint.into(),
@@ -302,6 +345,44 @@ impl NetBoxClient {
                 status: s,
                 message,
             },
+        })
+    }
+
+    /// Every object matching the query, reading at most `max_pages` pages.
+    async fn list_pages(
+        &self,
+        endpoint: &str,
+        query: &[(String, String)],
+        max_pages: usize,
+    ) -> Result<Vec<Value>, NetBoxError> {
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        for _ in 0..max_pages {
+            let mut q = query.to_vec();
+            q.push(("limit".into(), PAGE_SIZE.to_string()));
+            q.push(("offset".into(), offset.to_string()));
+            let page = self.send(Method::GET, endpoint, &q, None).await?;
+            let results =
+                page["results"]
+                    .as_array()
+                    .cloned()
+                    .ok_or_else(|| NetBoxError::Decode {
+                        endpoint: endpoint.into(),
+                        message: "no results in the page".into(),
+                    })?;
+            let n = results.len();
+            out.extend(results);
+            let total = page["count"].as_u64().unwrap_or(0) as usize;
+            offset += n;
+            if n == 0 || offset >= total || page["next"].is_null() {
+                return Ok(out);
+            }
+        }
+        Err(NetBoxError::Decode {
+            endpoint: endpoint.into(),
+            message: format!(
+                "more than {max_pages} pages of up to {PAGE_SIZE} objects; reading stopped"
+            ),
         })
     }
 }
@@ -359,31 +440,7 @@ impl NetBoxApi for NetBoxClient {
         endpoint: &'a str,
         query: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
-        Box::pin(async move {
-            let mut out = Vec::new();
-            let mut offset = 0usize;
-            loop {
-                let mut q = query.to_vec();
-                q.push(("limit".into(), PAGE_SIZE.to_string()));
-                q.push(("offset".into(), offset.to_string()));
-                let page = self.send(Method::GET, endpoint, &q, None).await?;
-                let results =
-                    page["results"]
-                        .as_array()
-                        .cloned()
-                        .ok_or_else(|| NetBoxError::Decode {
-                            endpoint: endpoint.into(),
-                            message: "no results in the page".into(),
-                        })?;
-                let n = results.len();
-                out.extend(results);
-                let total = page["count"].as_u64().unwrap_or(0) as usize;
-                offset += n;
-                if n == 0 || offset >= total || page["next"].is_null() {
-                    return Ok(out);
-                }
-            }
-        })
+        Box::pin(self.list_pages(endpoint, query, MAX_LIST_PAGES))
     }
 
     fn create<'a>(
@@ -435,5 +492,181 @@ impl NetBoxApi for NetBoxClient {
             self.reads.load(Ordering::Relaxed),
             self.writes.load(Ordering::Relaxed),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::net::body::ERROR_EXCERPT_CHARS;
+    use crate::net::body::test_server::{Body, serve};
+    use crate::net::guard::Cidr;
+
+    fn client(url: &str, allow_http: bool, allowed: &[&str]) -> Result<NetBoxClient, NetBoxError> {
+        crate::tls::install_crypto_provider();
+        NetBoxClient::new(NetBoxConnection {
+            url: url.into(),
+            token: SecretString::new("nbt_abc.def"),
+            tls: TlsSettings::default(),
+            timeout: Duration::from_secs(30),
+            max_in_flight: 2,
+            retries: 0,
+            allow_insecure_http: allow_http,
+            endpoint_guard: EndpointGuard::new(allowed.iter().map(|c| c.parse::<Cidr>().unwrap())),
+        })
+    }
+
+    /// A client of a local test server answering `head` and `body` (loopback allowed).
+    async fn served(head: &str, body: Body) -> NetBoxClient {
+        let addr = serve(head.to_string(), body).await;
+        client(&format!("http://{addr}"), true, &["127.0.0.0/8"]).unwrap()
+    }
+
+    #[test]
+    fn the_url_is_checked_when_the_client_is_built() {
+        let err = client("http://netbox.example.com", false, &[])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"
+        );
+        assert_eq!(err.metric_label(), "EndpointRefused");
+        assert!(client("http://netbox.example.com", true, &[]).is_ok());
+        assert!(client("https://netbox.example.com", false, &[]).is_ok());
+        let err = client("http://127.0.0.1:8000", true, &[]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "spec.netbox.url: 127.0.0.1 is a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+        );
+        assert!(client("http://127.0.0.1:8000", true, &["127.0.0.0/8"]).is_ok());
+        for bad in [
+            "https://user:pw@netbox.example.com",
+            "https://netbox.example.com/?x=1",
+            "https://netbox.example.com/#top",
+            "https://169.254.169.254",
+        ] {
+            let err = client(bad, false, &["169.254.0.0/16"]).err().unwrap();
+            assert!(
+                matches!(err, NetBoxError::EndpointRefused(_)),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().starts_with("spec.netbox.url: "), "{err}");
+            assert!(!err.to_string().contains("pw@"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
+        let addr = serve(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2".into(),
+            Body::Bytes(b"{}".to_vec()),
+        )
+        .await;
+        let url = format!("http://localhost:{}", addr.port());
+        let refused = client(&url, true, &[]).unwrap();
+        let err = refused.list("dcim/sites", &[]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.netbox.url: localhost resolves to 127.0.0.1, a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+        );
+        // With loopback allowed, the same server is reached (and its page is read).
+        let allowed = client(&url, true, &["127.0.0.0/8", "::1"]).unwrap();
+        let err = allowed.list("dcim/sites", &[]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid answer from NetBox on dcim/sites: no results in the page"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endless_page_is_cut_at_the_cap() {
+        let nb = served("HTTP/1.1 200 OK\r\nconnection: close", Body::Endless).await;
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), nb.list("dcim/devices", &[]))
+            .await
+            .expect("reading stops at the cap")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid answer from NetBox on dcim/devices: the answer is larger than the 32 MiB cap; reading stopped"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+        let nb = served(
+            "HTTP/1.1 200 OK\r\ncontent-length: 4294967296\r\nconnection: close",
+            Body::Endless,
+        )
+        .await;
+        let err = nb.list("dcim/devices", &[]).await.unwrap_err();
+        assert!(err.to_string().contains("32 MiB cap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_list_stops_at_the_page_cap() {
+        // Every page announces a next one.
+        let page =
+            br#"{"count": 1000000000, "next": "http://x/?offset=1", "results": [{"id": 1}]}"#;
+        let nb = served(
+            &format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close",
+                page.len()
+            ),
+            Body::Bytes(page.to_vec()),
+        )
+        .await;
+        let err = nb.list_pages("dcim/devices", &[], 3).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid answer from NetBox on dcim/devices: more than 3 pages of up to 1000 objects; reading stopped"
+        );
+        assert_eq!(nb.request_counts(), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_short_single_line_messages() {
+        let mut html = b"<html>\n<title>Server Error</title>\r\n\t<body>\n".to_vec();
+        html.extend(std::iter::repeat_n(b"<p>trace line</p>\n".as_slice(), 100_000).flatten());
+        let nb = served(
+            "HTTP/1.1 500 Internal Server Error\r\nconnection: close",
+            Body::Bytes(html),
+        )
+        .await;
+        let err = nb.list("dcim/devices", &[]).await.unwrap_err();
+        let NetBoxError::Status {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*status, 500);
+        assert!(
+            message.starts_with("<html> <title>Server Error</title> <body> <p>trace line</p>"),
+            "{message}"
+        );
+        assert!(!message.contains(['\n', '\r', '\t']), "{message}");
+        assert!(
+            message.chars().count() <= ERROR_EXCERPT_CHARS + 1,
+            "{message}"
+        );
+        let detail = br#"{"detail": "Invalid token\nplease check\u0007"}"#;
+        let nb = served(
+            &format!(
+                "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}",
+                detail.len()
+            ),
+            Body::Bytes(detail.to_vec()),
+        )
+        .await;
+        let err = nb.list("dcim/devices", &[]).await.unwrap_err();
+        assert_eq!(
+            err,
+            NetBoxError::Auth {
+                endpoint: "dcim/devices".into(),
+                status: 403,
+                message: "Invalid token please check".into()
+            }
+        );
     }
 }

@@ -92,6 +92,9 @@ pub struct SyncSettings {
     pub hardware_discovery: bool,
     /// How long an object stays stale before it is deleted.
     pub grace_period: Duration,
+    /// Largest share (percent) of the owned nodes or guests that one sync may mark stale
+    /// or delete; above it, pruning of that kind is refused (one object is always allowed).
+    pub prune_max_percent: u32,
     /// Objects per bulk request.
     pub batch_size: usize,
     /// Bulk requests in flight.
@@ -2274,9 +2277,14 @@ impl Engine<'_> {
         let node_names: BTreeSet<&str> = inv.nodes.iter().map(|n| n.name.as_str()).collect();
         let guest_ids: BTreeSet<String> = inv.guests.iter().map(|g| g.vmid.to_string()).collect();
         let mut expired: Vec<(Kind, u64, String)> = Vec::new();
+        let clean = inv.permissions_clean();
         for (kind, synced, set_complete) in [
-            (DEVICE, self.s.nodes, inv.node_set_complete()),
-            (VM, self.s.virtual_machines, inv.guest_set_complete()),
+            (DEVICE, self.s.nodes, clean && inv.node_set_complete()),
+            (
+                VM,
+                self.s.virtual_machines,
+                clean && inv.guest_set_complete(),
+            ),
         ] {
             if !synced {
                 continue;
@@ -2293,9 +2301,32 @@ impl Engine<'_> {
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            let owned = self.current.get(kind.name).map_or(0, BTreeMap::len);
+            let blocked = self.s.prune
+                && set_complete
+                && prune_refused(gone.len(), owned, self.s.prune_max_percent);
+            if blocked {
+                let message = format!(
+                    "{}: {} of {} owned objects are gone from Proxmox, more than spec.sync.prune.maxPercent ({}%): none marked stale or deleted; check the PVE token's permissions, or raise maxPercent for one sync to confirm",
+                    kind.name,
+                    gone.len(),
+                    owned,
+                    self.s.prune_max_percent
+                );
+                tracing::warn!(
+                    kind = kind.name,
+                    gone = gone.len(),
+                    owned,
+                    "pruning refused"
+                );
+                self.report.prune_blocked = Some(match self.report.prune_blocked.take() {
+                    Some(previous) => format!("{previous}; {message}"),
+                    None => message,
+                });
+            }
             let mut stale_patches: Vec<WriteItem> = Vec::new();
             for (key, obj) in gone {
-                if !(self.s.prune && set_complete) {
+                if blocked || !(self.s.prune && set_complete) {
                     self.report.counts(kind.name).orphaned += 1;
                     continue;
                 }
@@ -2588,6 +2619,13 @@ pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBo
     Ok(deleted)
 }
 
+/// True when pruning `gone` of `owned` objects exceeds `max_percent` of them (one object
+/// is always allowed).
+fn prune_refused(gone: usize, owned: usize, max_percent: u32) -> bool {
+    let limit = owned.saturating_mul(max_percent as usize) / 100;
+    gone > limit.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2665,6 +2703,7 @@ mod tests {
             prune: true,
             hardware_discovery: false,
             grace_period: Duration::from_secs(60),
+            prune_max_percent: 10,
             batch_size: 100,
             max_in_flight: 4,
         };
@@ -2686,6 +2725,23 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("netbox-rqworker"), "{message}");
+    }
+
+    #[test]
+    fn prune_is_refused_above_the_share_of_owned_objects() {
+        // One object always allowed, whatever the share.
+        assert!(!prune_refused(1, 3, 10));
+        assert!(prune_refused(2, 3, 10));
+        // 10% of 100 owned: 10 allowed, 11 refused.
+        assert!(!prune_refused(10, 100, 10));
+        assert!(prune_refused(11, 100, 10));
+        assert!(!prune_refused(100, 100, 100));
+        // Nothing owned, nothing gone: nothing to refuse.
+        assert!(!prune_refused(0, 0, 10));
+        assert!(
+            !prune_refused(5, usize::MAX, 10),
+            "no overflow on huge counts"
+        );
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct SyncReport {
     pub plan: Vec<PlannedChange>,
     /// True when `plan` was cut at [`MAX_PLAN_ENTRIES`].
     pub plan_truncated: bool,
+    /// Why pruning was refused (too many owned objects gone at once), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_blocked: Option<String>,
 }
 
 impl SyncReport {
@@ -139,6 +142,7 @@ impl SyncReport {
             s.failed += int(c.failed);
         }
         s.collisions = int(self.collisions.len() as u64);
+        s.prune_blocked = self.prune_blocked.clone();
         s.read_requests = int(self.read_requests);
         s.write_requests = int(self.write_requests);
         s.errors = self

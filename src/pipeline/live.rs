@@ -12,7 +12,8 @@ use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster};
 use crate::crd::{MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy};
 use crate::hardware::facts::NodeHardware;
-use crate::inventory::{Inventory, ReadOutcome, ReadScope};
+use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
+use crate::net::guard::EndpointGuard;
 use crate::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError};
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
@@ -118,13 +119,18 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
 }
 
 /// Reads Proxmox VE over its HTTPS API.
-pub struct LiveReader;
+#[derive(Clone, Debug, Default)]
+pub struct LiveReader {
+    /// What the PVE endpoints may reach (`--allow-endpoint-cidr`).
+    pub endpoint_guard: EndpointGuard,
+}
 
 fn pve_stage_error(e: &PveError) -> StageError {
     let reason = match e {
         PveError::Unauthorized { .. } => reasons::PROXMOX_UNAUTHORIZED,
         PveError::Tls { .. } => reasons::TLS_VERIFICATION_FAILED,
         PveError::Config(_) => reasons::INVALID_SPEC,
+        PveError::EndpointRefused(_) => reasons::ENDPOINT_REFUSED,
         PveError::Forbidden { .. } => reasons::MISSING_PRIVILEGES,
         _ => reasons::PROXMOX_UNREACHABLE,
     };
@@ -159,6 +165,7 @@ impl ProxmoxReader for LiveReader {
                 timeout: config.pve_timeout,
                 max_concurrency: config.pve_concurrency,
                 retries: 2,
+                endpoint_guard: self.endpoint_guard.clone(),
             })
             .map_err(|e| pve_stage_error(&e))?;
             let client = CountedPve {
@@ -175,11 +182,31 @@ impl ProxmoxReader for LiveReader {
                 .map_err(|e| pve_stage_error(&e))?;
             let permission_warning = match client.get("/access/permissions").await {
                 Ok(p) => {
+                    let report = permissions::evaluate(&p);
+                    // Only a clean preflight lets pruning read an absence as "deleted".
+                    let outcome = if report.is_clean() {
+                        ReadOutcome::Complete
+                    } else {
+                        ReadOutcome::NotApplicable {
+                            reason: ReadFailure::Forbidden,
+                            message: format!(
+                                "the token cannot see everything (missing on /: {:?}; restricted: {:?}): pruning is off",
+                                report.missing, report.restricted
+                            ),
+                        }
+                    };
                     inventory
                         .completeness
-                        .record(ReadScope::Permissions, ReadOutcome::Complete);
-                    let report = permissions::evaluate(&p);
-                    if !report.missing.is_empty() {
+                        .record(ReadScope::Permissions, outcome);
+                    if !report.restricted.is_empty() {
+                        Some(StageError {
+                            reason: reasons::MISSING_PRIVILEGES,
+                            message: format!(
+                                "ACLs hide part of the cluster from the PVE token ({}): guests and nodes there are left out, and nothing is pruned (see docs/proxmox-setup.md)",
+                                report.restricted.join(", ")
+                            ),
+                        })
+                    } else if !report.missing.is_empty() {
                         Some(StageError {
                             reason: reasons::MISSING_PRIVILEGES,
                             message: format!(
@@ -219,7 +246,11 @@ impl ProxmoxReader for LiveReader {
 }
 
 /// Writes to NetBox over its REST API.
-pub struct LiveWriter;
+#[derive(Clone, Debug, Default)]
+pub struct LiveWriter {
+    /// What the NetBox URL may reach (`--allow-endpoint-cidr`).
+    pub endpoint_guard: EndpointGuard,
+}
 
 /// The engine settings of a cluster.
 pub fn sync_settings(
@@ -261,6 +292,9 @@ pub fn sync_settings(
         prune: cluster.spec.sync.prune.enabled,
         hardware_discovery: cluster.spec.hardware_discovery.enabled,
         grace_period: config.prune_grace_period,
+        prune_max_percent: u32::try_from(cluster.spec.sync.prune.max_percent)
+            .unwrap_or(10)
+            .clamp(1, 100),
         batch_size: 100,
         max_in_flight: usize::try_from(nb.max_in_flight).unwrap_or(4).max(1),
     }
@@ -269,6 +303,7 @@ pub fn sync_settings(
 fn netbox_client(
     cluster: &ProxmoxCluster,
     config: &ResolvedCluster,
+    endpoint_guard: &EndpointGuard,
 ) -> Result<NetBoxClient, StageError> {
     NetBoxClient::new(NetBoxConnection {
         url: cluster.spec.netbox.url.clone(),
@@ -279,6 +314,8 @@ fn netbox_client(
             .unwrap_or(4)
             .max(1),
         retries: 3,
+        allow_insecure_http: cluster.spec.netbox.allow_insecure_http,
+        endpoint_guard: endpoint_guard.clone(),
     })
     .map_err(|e| netbox_stage_error(&e))
 }
@@ -287,6 +324,7 @@ fn netbox_stage_error(e: &NetBoxError) -> StageError {
     StageError {
         reason: match e {
             NetBoxError::Auth { .. } => reasons::NETBOX_UNAUTHORIZED,
+            NetBoxError::EndpointRefused(_) => reasons::ENDPOINT_REFUSED,
             _ => reasons::NETBOX_FAILED,
         },
         message: e.to_string(),
@@ -305,7 +343,7 @@ impl NetBoxWriter for LiveWriter {
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, config)?;
+            let client = netbox_client(cluster, config, &self.endpoint_guard)?;
             let client = CountedNetBox {
                 inner: &client,
                 calls,
@@ -328,7 +366,7 @@ impl NetBoxWriter for LiveWriter {
         config: &'a ResolvedCluster,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, config)?;
+            let client = netbox_client(cluster, config, &self.endpoint_guard)?;
             let n = delete_owned(&client, &config.owner)
                 .await
                 .map_err(|e| netbox_stage_error(&e))?;
@@ -436,5 +474,84 @@ mod tests {
         assert_eq!(c.get(systems::NETBOX, "NetBoxUnauthorized"), 1);
         assert_eq!(c.get(systems::NETBOX, "NetBoxRejected"), 1);
         assert_eq!(c.0.len(), 5);
+    }
+
+    /// A cluster aimed at `pve` and `netbox`, with its Secrets in a temporary directory.
+    fn guarded_cluster(pve: &str, netbox: &str) -> (ProxmoxCluster, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (secret, key, value) in [
+            ("pve", "tokenId", "u@pve!t"),
+            ("pve", "tokenSecret", "s"),
+            ("nb", "token", "nbt_x.y"),
+        ] {
+            std::fs::create_dir_all(dir.path().join(secret)).unwrap();
+            std::fs::write(dir.path().join(secret).join(key), value).unwrap();
+        }
+        let cluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
+            "metadata": {"name": "lab", "namespace": "infra", "generation": 1},
+            "spec": {
+                "proxmox": {"endpoints": [pve], "credentialsSecretRef": {"name": "pve"}},
+                "netbox": {"url": netbox, "tokenSecretRef": {"name": "nb", "key": "token"}, "site": "dc1"}
+            }
+        }))
+        .unwrap();
+        (cluster, dir)
+    }
+
+    #[tokio::test]
+    async fn a_refused_endpoint_makes_the_cluster_not_ready_with_reason_endpoint_refused() {
+        use crate::conditions::types;
+        use crate::hardware::discovery::SshProber;
+        use crate::pipeline::{RunOptions, run_pipeline};
+        use crate::secrets::DirSecrets;
+        use crate::status::build_status;
+
+        crate::tls::install_crypto_provider();
+        let now = chrono::Utc::now();
+        let ready = |status: &crate::crd::ProxmoxClusterStatus| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == types::READY)
+                .cloned()
+                .unwrap()
+        };
+        // The PVE endpoint is the metadata service: refused before any connection.
+        let (cluster, dir) =
+            guarded_cluster("https://169.254.169.254", "https://netbox.example.com");
+        let run = run_pipeline(
+            &LiveReader::default(),
+            &SshProber::default(),
+            &LiveWriter::default(),
+            &cluster,
+            &[],
+            &DirSecrets::new(dir.path()),
+            RunOptions::default(),
+            now,
+        )
+        .await;
+        let c = ready(&build_status(Some(1), None, &run.outcome, now));
+        assert_eq!(c.status, "False");
+        assert_eq!(c.reason, reasons::ENDPOINT_REFUSED);
+        assert_eq!(
+            c.message,
+            "spec.proxmox.endpoints[0]: 169.254.169.254 is a cloud metadata address; refused (allow it only by listing it exactly: --allow-endpoint-cidr 169.254.169.254/32)"
+        );
+        // A plain-http NetBox URL: the NetBox client is refused with the same reason.
+        let (cluster, dir) =
+            guarded_cluster("https://pve1.example.com:8006", "http://netbox.example.com");
+        let config =
+            crate::config::resolve(&cluster, "infra/lab".into(), &DirSecrets::new(dir.path()))
+                .await
+                .unwrap();
+        let err = netbox_client(&cluster, &config, &EndpointGuard::default())
+            .err()
+            .unwrap();
+        assert_eq!(err.reason, reasons::ENDPOINT_REFUSED);
+        assert_eq!(
+            err.message,
+            "spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP client of the Proxmox VE API: token or ticket auth, endpoint failover, retries for
-//! transient errors only, bounded concurrency. Errors carry the path and status, never a
-//! credential.
+//! transient errors only, bounded concurrency, endpoints checked by the endpoint guard and
+//! answers read against a size cap. Errors carry the path and status, never a credential.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,11 +11,14 @@ use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::inventory::ReadFailure;
+use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
+use crate::net::guard::{EndpointError, EndpointGuard, UrlProblem, pve_endpoint_field, refusal_in};
 use crate::secret::SecretString;
 use crate::tls::{TlsSettings, http_client};
 
-/// Largest response body accepted (a 3000-guest /cluster/resources is about 2 MiB).
-const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Largest PVE answer read (a 3000-guest `/cluster/resources` is about 2 MiB; the pod's
+/// memory limit is 256 MiB). A longer answer is refused as soon as it passes the cap.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// PVE tickets live two hours; renew well before.
 const TICKET_RENEW_AFTER: Duration = Duration::from_secs(90 * 60);
 
@@ -53,6 +56,9 @@ pub struct PveConnection {
     pub max_concurrency: usize,
     /// Retries of a transient failure (connect error, 5xx other than PVE's own errors, 429).
     pub retries: u32,
+    /// Which addresses the endpoints may reach (checked on the URLs here and on every
+    /// resolved address at connect time).
+    pub endpoint_guard: EndpointGuard,
 }
 
 /// A failed PVE request. Messages never contain credentials.
@@ -123,6 +129,9 @@ pub enum PveError {
     /// The client could not be built (CA bundle).
     #[error("{0}")]
     Config(String),
+    /// The endpoint guard refused an endpoint (its URL, or an address it resolved to).
+    #[error("{0}")]
+    EndpointRefused(EndpointError),
 }
 
 impl PveError {
@@ -138,6 +147,7 @@ impl PveError {
             Self::Connection { .. } => "Connection",
             Self::Decode { .. } => "InvalidResponse",
             Self::Config(_) => "InvalidSpec",
+            Self::EndpointRefused(_) => "EndpointRefused",
         }
     }
 
@@ -152,7 +162,9 @@ impl PveError {
             }
             Self::Status { .. } | Self::NotFound { .. } => ReadFailure::ServerError,
             Self::Timeout { .. } => ReadFailure::Timeout,
-            Self::Tls { .. } | Self::Connection { .. } => ReadFailure::Connection,
+            Self::Tls { .. } | Self::Connection { .. } | Self::EndpointRefused(_) => {
+                ReadFailure::Connection
+            }
             Self::Decode { .. } | Self::Config(_) => ReadFailure::InvalidResponse,
         }
     }
@@ -186,11 +198,30 @@ pub struct PveClient {
     ticket: Mutex<Option<Ticket>>,
 }
 
+/// A credential as a sensitive header value; a value no header can carry counts as refused
+/// credentials (without quoting it).
+fn header_value(
+    value: &SecretString,
+    path: &str,
+) -> Result<reqwest::header::HeaderValue, PveError> {
+    crate::secret::sensitive_header(value.expose())
+        .ok_or_else(|| PveError::Unauthorized { path: path.into() })
+}
+
 impl PveClient {
-    /// Builds a client; fails only on an unusable CA bundle.
+    /// Builds a client; fails on an endpoint the guard refuses (not https, user info,
+    /// query, fragment, a refused IP literal) and on an unusable CA bundle.
     pub fn new(conn: PveConnection) -> Result<Self, PveError> {
-        let http = http_client(&conn.tls, conn.timeout, "proxmox-netbox-operator")
-            .map_err(|e| PveError::Config(format!("spec.proxmox.tls: {e}")))?;
+        conn.endpoint_guard
+            .check_pve_endpoints(&conn.endpoints)
+            .map_err(PveError::EndpointRefused)?;
+        let http = http_client(
+            &conn.tls,
+            conn.timeout,
+            "proxmox-netbox-operator",
+            &conn.endpoint_guard,
+        )
+        .map_err(|e| PveError::Config(format!("spec.proxmox.tls: {e}")))?;
         Ok(Self {
             http,
             limit: Arc::new(Semaphore::new(conn.max_concurrency.max(1))),
@@ -232,14 +263,10 @@ impl PveClient {
             .send()
             .await
             .map_err(|e| self.transport_error(endpoint, path, &e))?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED {
+        if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(PveError::Unauthorized { path: path.into() });
         }
-        let body = read_body(resp, path).await?;
-        if !status.is_success() {
-            return Err(status_error(path, status, &body));
-        }
+        let body = self.read_answer(endpoint, path, resp).await?;
         let ticket = body["data"]["ticket"]
             .as_str()
             .ok_or_else(|| PveError::Decode {
@@ -257,6 +284,12 @@ impl PveClient {
 
     fn transport_error(&self, endpoint: usize, path: &str, e: &reqwest::Error) -> PveError {
         let endpoint_url = self.conn.endpoints[endpoint].clone();
+        if let Some(refusal) = refusal_in(e) {
+            return PveError::EndpointRefused(EndpointError {
+                field: pve_endpoint_field(endpoint),
+                problem: UrlProblem::Refused(refusal.clone()),
+            });
+        }
         if e.is_timeout() {
             return PveError::Timeout { path: path.into() };
         }
@@ -284,33 +317,26 @@ impl PveClient {
         let mut req = self.http.get(self.url(endpoint, path));
         match &self.conn.auth {
             PveAuth::Token { token_id, secret } => {
-                req = req.header(
-                    reqwest::header::AUTHORIZATION,
-                    format!("PVEAPIToken={token_id}={}", secret.expose()),
-                );
+                let value =
+                    SecretString::new(format!("PVEAPIToken={token_id}={}", secret.expose()));
+                req = req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?);
             }
             PveAuth::Ticket { .. } => {
                 let cookie = self.login(endpoint).await?;
-                req = req.header(
-                    reqwest::header::COOKIE,
-                    format!("PVEAuthCookie={}", cookie.expose()),
-                );
+                let value = SecretString::new(format!("PVEAuthCookie={}", cookie.expose()));
+                req = req.header(reqwest::header::COOKIE, header_value(&value, path)?);
             }
         }
         let resp = req
             .send()
             .await
             .map_err(|e| self.transport_error(endpoint, path, &e))?;
-        let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED {
+        if resp.status() == StatusCode::UNAUTHORIZED {
             // An expired ticket: drop it so the next attempt logs in again.
             *self.ticket.lock().await = None;
             return Err(PveError::Unauthorized { path: path.into() });
         }
-        let body = read_body(resp, path).await?;
-        if !status.is_success() {
-            return Err(status_error(path, status, &body));
-        }
+        let body = self.read_answer(endpoint, path, resp).await?;
         match body.get("data") {
             Some(data) => Ok(data.clone()),
             None => Err(PveError::Decode {
@@ -336,16 +362,53 @@ impl PveClient {
         }
     }
 
-    /// Whether a failure means this endpoint is down, so the next one should be tried.
+    /// Reads an answer: a success as JSON (at most [`MAX_ANSWER_BYTES`]), an error status
+    /// as a [`PveError`] with a short excerpt of its body.
+    async fn read_answer(
+        &self,
+        endpoint: usize,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> Result<Value, PveError> {
+        let status = resp.status();
+        let body_error = |e: BodyError| match e {
+            BodyError::Read(e) => self.transport_error(endpoint, path, &e),
+            too_large @ BodyError::TooLarge { .. } => PveError::Decode {
+                path: path.into(),
+                message: format!("{too_large} (endpoint {})", self.conn.endpoints[endpoint]),
+            },
+        };
+        if !status.is_success() {
+            let start = read_prefix(resp, ERROR_BODY_READ_BYTES)
+                .await
+                .map_err(body_error)?;
+            return Err(status_error(path, status, &start));
+        }
+        let bytes = read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(body_error)?;
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| PveError::Decode {
+            path: path.into(),
+            message: format!("not JSON ({e})"),
+        })
+    }
+
+    /// Whether a failure means this endpoint is down (or refused), so the next one should
+    /// be tried.
     fn endpoint_down(e: &PveError) -> bool {
-        matches!(e, PveError::Connection { .. } | PveError::Timeout { .. })
-            || matches!(
-                e,
-                PveError::Status {
-                    status: 502..=504,
-                    ..
-                }
-            )
+        matches!(
+            e,
+            PveError::Connection { .. } | PveError::Timeout { .. } | PveError::EndpointRefused(_)
+        ) || matches!(
+            e,
+            PveError::Status {
+                status: 502..=504,
+                ..
+            }
+        )
     }
 
     async fn get_with_failover(&self, path: &str) -> Result<Value, PveError> {
@@ -379,7 +442,10 @@ impl PveClient {
                         logged_in_again = true;
                     }
                     Err(e) if Self::endpoint_down(&e) => {
-                        last = Some(e);
+                        // A refusal says more than another endpoint's timeout: keep it.
+                        if !matches!(last, Some(PveError::EndpointRefused(_))) {
+                            last = Some(e);
+                        }
                         break;
                     }
                     Err(e) => return Err(e),
@@ -406,45 +472,24 @@ impl PveApi for PveClient {
     }
 }
 
-async fn read_body(resp: reqwest::Response, path: &str) -> Result<Value, PveError> {
-    if resp
-        .content_length()
-        .is_some_and(|l| l > MAX_BODY_BYTES as u64)
-    {
-        return Err(PveError::Decode {
-            path: path.into(),
-            message: "answer larger than 64 MiB".into(),
-        });
-    }
-    let bytes = resp.bytes().await.map_err(|e| PveError::Decode {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(PveError::Decode {
-            path: path.into(),
-            message: "answer larger than 64 MiB".into(),
-        });
-    }
-    if bytes.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&bytes).or_else(|_| {
-        // PVE answers some errors with plain text; keep it as the message.
-        Ok(serde_json::json!({"message": String::from_utf8_lossy(&bytes[..bytes.len().min(300)])}))
-    })
-}
-
-fn status_error(path: &str, status: StatusCode, body: &Value) -> PveError {
-    let message = body["message"]
-        .as_str()
-        .map(|m| m.trim().to_string())
-        .or_else(|| {
+/// The error of a non-success answer; `start` is the beginning of its body. PVE's message
+/// (JSON `message` or `errors`, or plain text) is cut to a short single-line excerpt.
+fn status_error(path: &str, status: StatusCode, start: &[u8]) -> PveError {
+    let text = match serde_json::from_slice::<Value>(start) {
+        _ if start.is_empty() => None,
+        Ok(body) => body["message"].as_str().map(str::to_string).or_else(|| {
             body["errors"]
                 .as_object()
                 .map(|e| Value::Object(e.clone()).to_string())
-        })
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or_default().to_string());
+        }),
+        // PVE answers some errors with plain text.
+        Err(_) => Some(String::from_utf8_lossy(start).into_owned()),
+    };
+    // Without a message, the reason phrase (none for PVE's own 595/596: those stay empty).
+    let message = match text {
+        Some(t) => excerpt(&t),
+        None => status.canonical_reason().unwrap_or_default().to_string(),
+    };
     match status.as_u16() {
         403 => PveError::Forbidden {
             path: path.into(),
@@ -461,7 +506,154 @@ fn status_error(path: &str, status: StatusCode, body: &Value) -> PveError {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::net::body::test_server::{Body, serve};
+    use crate::net::guard::Cidr;
+
+    fn client(endpoints: &[&str], allowed: &[&str]) -> Result<PveClient, PveError> {
+        crate::tls::install_crypto_provider();
+        PveClient::new(PveConnection {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            auth: PveAuth::Token {
+                token_id: "u@pve!t".into(),
+                secret: SecretString::new("s3cr3t"),
+            },
+            tls: TlsSettings::default(),
+            timeout: Duration::from_secs(10),
+            max_concurrency: 1,
+            retries: 0,
+            endpoint_guard: EndpointGuard::new(allowed.iter().map(|c| c.parse::<Cidr>().unwrap())),
+        })
+    }
+
+    /// A plain-HTTP answer from a local test server, as `read_answer` gets it.
+    async fn answer(head: &str, body: Body) -> reqwest::Response {
+        let addr = serve(head.to_string(), body).await;
+        reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn endpoints_are_checked_when_the_client_is_built() {
+        let err = client(&["http://pve1:8006"], &[]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "spec.proxmox.endpoints[0]: the scheme \"http\" is refused: use https"
+        );
+        assert_eq!(err.metric_label(), "EndpointRefused");
+        let err = client(&["https://pve1:8006", "https://127.0.0.1:8006"], &[])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "spec.proxmox.endpoints[1]: 127.0.0.1 is a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+        );
+        assert!(
+            client(
+                &["https://pve1:8006", "https://127.0.0.1:8006"],
+                &["127.0.0.0/8"]
+            )
+            .is_ok()
+        );
+        let err = client(
+            &["https://[::ffff:169.254.169.254]:8006"],
+            &["0.0.0.0/0", "::/0"],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("a cloud metadata address"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_connect_time() {
+        let c = client(&["https://localhost:9"], &[]).unwrap();
+        let err = c.get("/version").await.unwrap_err();
+        assert!(matches!(err, PveError::EndpointRefused(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "spec.proxmox.endpoints[0]: localhost resolves to 127.0.0.1, a loopback address; refused (allow it with --allow-endpoint-cidr 127.0.0.0/8)"
+        );
+        // Allowed: the connection is attempted (nothing listens on port 9).
+        let c = client(&["https://localhost:9"], &["127.0.0.0/8", "::1"]).unwrap();
+        let err = c.get("/version").await.unwrap_err();
+        assert!(matches!(err, PveError::Connection { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_cap() {
+        let c = client(&["https://pve1.example.com:8006"], &[]).unwrap();
+        let resp = answer("HTTP/1.1 200 OK\r\nconnection: close", Body::Endless).await;
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(30),
+            c.read_answer(0, "/cluster/resources", resp),
+        )
+        .await
+        .expect("reading stops at the cap")
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid answer on /cluster/resources: the answer is larger than the 16 MiB cap; reading stopped (endpoint https://pve1.example.com:8006)"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+        // A declared length over the cap is refused before reading.
+        let resp = answer(
+            "HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\nconnection: close",
+            Body::Endless,
+        )
+        .await;
+        let err = c.read_answer(0, "/nodes", resp).await.unwrap_err();
+        assert!(err.to_string().contains("16 MiB cap"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_short_single_line_messages() {
+        let c = client(&["https://pve1.example.com:8006"], &[]).unwrap();
+        let mut text = b"proxy error\n\nupstream said:\r\n".to_vec();
+        text.extend(std::iter::repeat_n(b"garbage\n".as_slice(), 200_000).flatten());
+        let resp = answer(
+            "HTTP/1.1 500 Internal Server Error\r\nconnection: close",
+            Body::Bytes(text),
+        )
+        .await;
+        let err = c.read_answer(0, "/nodes", resp).await.unwrap_err();
+        let PveError::Status {
+            status, message, ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*status, 500);
+        assert!(
+            message.starts_with("proxy error upstream said: garbage garbage"),
+            "{message}"
+        );
+        assert!(!message.contains('\n') && !message.contains('\r'));
+        assert!(message.chars().count() <= crate::net::body::ERROR_EXCERPT_CHARS + 1);
+        let resp = answer(
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\nconnection: close",
+            Body::Bytes(
+                br#"{"message": "Permission check failed\n(/nodes, Sys.Audit)\n"}"#.to_vec(),
+            ),
+        )
+        .await;
+        let err = c.read_answer(0, "/nodes", resp).await.unwrap_err();
+        assert_eq!(
+            err,
+            PveError::Forbidden {
+                path: "/nodes".into(),
+                message: "Permission check failed (/nodes, Sys.Audit)".into()
+            }
+        );
+    }
 
     #[test]
     fn pve_answers_map_to_read_failures() {

@@ -18,6 +18,18 @@ pub struct PermissionReport {
     pub missing: Vec<String>,
     /// Privileges the token holds that an inventory reader never needs.
     pub excess_write: Vec<String>,
+    /// Paths below `/` where an ACL takes away what reading them needs (`/vms/105`
+    /// without `VM.Audit`, `/pool/x` without `VM.Audit`, `/nodes/pve2` without
+    /// `Sys.Audit`): PVE silently leaves those guests or nodes out of its answers.
+    pub restricted: Vec<String>,
+}
+
+impl PermissionReport {
+    /// True when the token can see everything an inventory needs, so an absence in its
+    /// answers means the object is gone (pruning may act on it).
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.restricted.is_empty()
+    }
 }
 
 /// True for privileges beyond reading: changing something (`Datastore.AllocateSpace`
@@ -54,9 +66,26 @@ pub fn evaluate(permissions: &Value) -> PermissionReport {
             }
         }
     }
+    let restricted = permissions
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(path, privs)| {
+            let needed = if path.starts_with("/vms/") || path.starts_with("/pool/") {
+                "VM.Audit"
+            } else if path.starts_with("/nodes/") {
+                "Sys.Audit"
+            } else {
+                return false;
+            };
+            privs[needed].as_i64().unwrap_or(0) == 0
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
     PermissionReport {
         missing,
         excess_write: excess.into_iter().collect(),
+        restricted,
     }
 }
 
@@ -89,6 +118,27 @@ mod tests {
             &json!({"/": {"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.Monitor": 1}}),
         );
         assert!(r.missing.is_empty());
+    }
+
+    #[test]
+    fn acls_hiding_guests_or_nodes_make_the_preflight_unclean() {
+        let full =
+            json!({"Sys.Audit": 1, "VM.Audit": 1, "Datastore.Audit": 1, "VM.GuestAgent.Audit": 1});
+        let r = evaluate(&json!({
+            "/": full,
+            "/vms/105": {"Sys.Audit": 1},
+            "/pool/secret": {},
+            "/nodes/pve2": {"VM.Audit": 1},
+            "/vms/100": full,
+            "/storage/local": {"Datastore.Audit": 1}
+        }));
+        assert!(r.missing.is_empty());
+        assert_eq!(
+            r.restricted,
+            vec!["/nodes/pve2", "/pool/secret", "/vms/105"]
+        );
+        assert!(!r.is_clean());
+        assert!(evaluate(&json!({"/": full, "/vms/100": full})).is_clean());
     }
 
     #[test]

@@ -253,7 +253,7 @@ pub fn disk(slot: &str, s: &str) -> Option<GuestDisk> {
         .clone()
         .or_else(|| p.props.get("file").cloned())
         .or_else(|| p.props.get("volume").cloned())?;
-    if volume == "none" || volume.ends_with("-cloudinit") {
+    if volume.is_empty() || volume == "none" || volume.ends_with("-cloudinit") {
         return None;
     }
     let storage = match volume.split_once(':') {
@@ -411,6 +411,19 @@ mod tests {
         );
         assert!(!is_qemu_disk_key("scsihw") && !is_qemu_disk_key("unused0"));
         assert!(is_lxc_disk_key("mp0") && is_lxc_disk_key("rootfs") && !is_lxc_disk_key("mpx"));
+    }
+
+    #[test]
+    fn a_disk_without_a_volume_is_absent() {
+        // Found by fuzzing (fuzz/fuzz_targets/pve_propstr.rs): `file=` (or a bare `file`
+        // flag) gave a disk whose volume is the empty string.
+        assert!(disk("scsi0", ",file,size=8G").is_none());
+        assert!(disk("scsi0", "file=,size=8G").is_none());
+        assert!(disk("virtio0", "volume= ,size=8G").is_none());
+        assert_eq!(
+            disk("scsi0", "file=local:vm-1-disk-0").map(|d| d.volume),
+            Some("local:vm-1-disk-0".to_string())
+        );
     }
 
     #[test]

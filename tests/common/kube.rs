@@ -265,7 +265,9 @@ pub fn harness_cluster(
     let mut spec = json!({
         "proxmox": {"endpoints": [env.pve_url], "credentialsSecretRef": {"name": "pve"},
                     "tls": {"caSecretRef": {"name": "pve-ca", "key": "ca.crt"}}},
-        "netbox": {"url": env.netbox_url, "tokenSecretRef": {"name": "netbox", "key": "token"},
+        // The harness's NetBox is plain http on loopback.
+        "netbox": {"url": env.netbox_url, "allowInsecureHttp": true,
+                   "tokenSecretRef": {"name": "netbox", "key": "token"},
                    "site": format!("e2e-{tag}"), "clusterName": format!("e2e-{tag}")},
         "sync": {"interval": "1m"}
     });
@@ -422,13 +424,16 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts `proxmox-netbox-operator run` with `kubeconfig` and extra arguments.
+    /// Starts `proxmox-netbox-operator run` with `kubeconfig`, loopback allowed by the
+    /// endpoint guard (the harness runs there), and extra arguments.
     pub fn start(kubeconfig: &Path, log: PathBuf, args: &[&str]) -> Self {
         let metrics = free_addr();
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"))
             .arg("run")
             .args(["--metrics-addr", &metrics.to_string()])
+            // The harness (fake PVE, NetBox, sshd) runs on loopback.
+            .args(["--allow-endpoint-cidr", "127.0.0.0/8"])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("LOG_FORMAT", "json")
