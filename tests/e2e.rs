@@ -137,6 +137,94 @@ async fn assert_no_duplicates(nb: &NetBox, cluster: &str, min: usize) {
     assert_eq!(before, names.len(), "duplicate VMs in {cluster}: {vms:?}");
 }
 
+/// A namespace watched by a chart release of its own (`watchNamespace`, leader election),
+/// holding the harness Secrets and a cluster `lab`.
+struct WatchedRelease {
+    ns: TestNamespace,
+    user: String,
+    kubeconfig: std::path::PathBuf,
+    clusters: Api<ProxmoxCluster>,
+    leases: Api<Lease>,
+    tag: String,
+}
+
+async fn watched_release(
+    env: &HarnessEnv,
+    client: &Client,
+    prefix: &str,
+    release: &str,
+    dir: &std::path::Path,
+) -> WatchedRelease {
+    let ns = TestNamespace::create(env, client, prefix).await;
+    let watch = format!("watchNamespace={}", ns.name);
+    let (user, kubeconfig) = install_chart(
+        env,
+        client,
+        release,
+        &ns.name,
+        &[&watch, "leaderElection.enabled=true"],
+        dir,
+    )
+    .await;
+    harness_secrets(env, client, &ns.name).await;
+    let tag = format!("{prefix}-{}", std::process::id());
+    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(env, "lab", &tag, json!({})),
+        )
+        .await
+        .unwrap();
+    let leases = Api::namespaced(client.clone(), &ns.name);
+    WatchedRelease {
+        ns,
+        user,
+        kubeconfig,
+        clusters,
+        leases,
+        tag,
+    }
+}
+
+impl WatchedRelease {
+    /// Starts a replica `id` with leader election on Lease `lease`, through `kubeconfig`.
+    fn replica(
+        &self,
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        lease: &str,
+        id: &str,
+    ) -> OperatorProcess {
+        let ns = self.ns.name.as_str();
+        OperatorProcess::start(
+            kubeconfig,
+            dir.join(format!("{id}.log")),
+            &[
+                "--namespace",
+                ns,
+                "--leader-election",
+                "--lease-namespace",
+                ns,
+                "--lease-name",
+                lease,
+                "--identity",
+                id,
+            ],
+        )
+    }
+
+    /// The holder of Lease `lease`.
+    async fn holder(&self, lease: &str) -> Option<String> {
+        self.leases
+            .get_opt(lease)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+}
+
 #[tokio::test]
 async fn chart_deploy_and_examples_are_accepted_by_the_api_server() {
     let _turn = SERIAL.lock().await;
@@ -562,23 +650,13 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
     let _turn = SERIAL.lock().await;
     let (env, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = TestNamespace::create(&env, &client, "pno-e2e-leader").await;
-    let release = "e2e-leader";
-    let watch = format!("watchNamespace={}", ns.name);
-    let (user, kubeconfig) = install_chart(
-        &env,
-        &client,
-        release,
-        &ns.name,
-        &[&watch, "leaderElection.enabled=true"],
-        dir.path(),
-    )
-    .await;
+    let w = watched_release(&env, &client, "pno-e2e-leader", "e2e-leader", dir.path()).await;
+    let (ns, user, clusters, tag) = (&w.ns, &w.user, &w.clusters, &w.tag);
     // Namespaced Roles only: nothing cluster-wide.
     assert!(
         !can_i(
             &client,
-            &user,
+            user,
             "list",
             "proxmox-netbox.io",
             "proxmoxclusters",
@@ -589,7 +667,7 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
     assert!(
         can_i(
             &client,
-            &user,
+            user,
             "list",
             "proxmox-netbox.io",
             "proxmoxclusters",
@@ -597,52 +675,17 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
         )
         .await
     );
-    assert!(!can_i(&client, &user, "get", "", "secrets", Some("default")).await);
-
-    harness_secrets(&env, &client, &ns.name).await;
-    let tag = format!("leader-{}", std::process::id());
-    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
-    clusters
-        .create(
-            &PostParams::default(),
-            &harness_cluster(&env, "lab", &tag, json!({})),
-        )
-        .await
-        .unwrap();
+    assert!(!can_i(&client, user, "get", "", "secrets", Some("default")).await);
 
     let lease_name = "pno-e2e";
-    let start = |id: &str| {
-        OperatorProcess::start(
-            &kubeconfig,
-            dir.path().join(format!("{id}.log")),
-            &[
-                "--namespace",
-                &ns.name,
-                "--leader-election",
-                "--lease-namespace",
-                &ns.name,
-                "--lease-name",
-                lease_name,
-                "--identity",
-                id,
-            ],
-        )
-    };
+    let start = |id: &str| w.replica(&w.kubeconfig, dir.path(), lease_name, id);
     let mut a = start("replica-a");
-    wait_cluster(&clusters, "lab", Duration::from_secs(300), "Ready", |c| {
+    wait_cluster(clusters, "lab", Duration::from_secs(300), "Ready", |c| {
         ready_is(c, "True", None)
     })
     .await;
     let mut b = start("replica-b");
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let holder = || async {
-        leases
-            .get_opt(lease_name)
-            .await
-            .unwrap()
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-    };
+    let holder = || w.holder(lease_name);
     assert_eq!(holder().await.as_deref(), Some("replica-a"));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
@@ -675,7 +718,7 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
     }
     eprintln!("takeover after {:?}", killed.elapsed());
     wait_cluster(
-        &clusters,
+        clusters,
         "lab",
         Duration::from_secs(180),
         "Ready at the new generation",
@@ -700,7 +743,7 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
         .await
         .unwrap();
     let stuck = wait_cluster(
-        &clusters,
+        clusters,
         "lab",
         Duration::from_secs(120),
         "blocked deletion reported",
@@ -743,11 +786,11 @@ async fn leader_election_hands_over_in_a_watched_namespace() {
         !nb.vms(&format!("e2e-{tag}")).await.is_empty(),
         "Orphan keeps the NetBox objects"
     );
-    if let Some(refused) = refused_requests(&env, &user, &[ns.name.as_str()]) {
+    if let Some(refused) = refused_requests(&env, user, &[ns.name.as_str()]) {
         assert!(refused.is_empty(), "requests refused (403): {refused:?}");
     }
     assert!(b.running());
-    uninstall_cluster_scoped(&env, release);
+    uninstall_cluster_scoped(&env, "e2e-leader");
 }
 
 #[tokio::test]
@@ -755,69 +798,20 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_be_take
     let _turn = SERIAL.lock().await;
     let (env, client) = setup().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = TestNamespace::create(&env, &client, "pno-e2e-fence").await;
-    let watch = format!("watchNamespace={}", ns.name);
-    let (_user, kubeconfig) = install_chart(
-        &env,
-        &client,
-        "e2e-fence",
-        &ns.name,
-        &[&watch, "leaderElection.enabled=true"],
-        dir.path(),
-    )
-    .await;
-    harness_secrets(&env, &client, &ns.name).await;
-    let tag = format!("fence-{}", std::process::id());
-    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
-    clusters
-        .create(
-            &PostParams::default(),
-            &harness_cluster(&env, "lab", &tag, json!({})),
-        )
-        .await
-        .unwrap();
+    let w = watched_release(&env, &client, "pno-e2e-fence", "e2e-fence", dir.path()).await;
 
     // The leader reaches the API server through a proxy that the test cuts.
     let proxy = TcpCut::start(api_server_addr(&env)).await;
     let via = dir.path().join("via-proxy.kubeconfig");
-    kubeconfig_via(&kubeconfig, &via, proxy.addr);
+    kubeconfig_via(&w.kubeconfig, &via, proxy.addr);
     let lease_name = "pno-e2e-fence";
-    let args = |id: &'static str| -> Vec<String> {
-        [
-            "--namespace",
-            &ns.name,
-            "--leader-election",
-            "--lease-namespace",
-            &ns.name,
-            "--lease-name",
-            lease_name,
-            "--identity",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let cut_args = args("cut-off");
-    let cut_args: Vec<&str> = cut_args.iter().map(String::as_str).collect();
-    let mut leader = OperatorProcess::start(&via, dir.path().join("cut-off.log"), &cut_args);
-    wait_cluster(&clusters, "lab", Duration::from_secs(300), "Ready", |c| {
+    let mut leader = w.replica(&via, dir.path(), lease_name, "cut-off");
+    wait_cluster(&w.clusters, "lab", Duration::from_secs(300), "Ready", |c| {
         ready_is(c, "True", None)
     })
     .await;
-    let standby_args = args("standby");
-    let standby_args: Vec<&str> = standby_args.iter().map(String::as_str).collect();
-    let standby =
-        OperatorProcess::start(&kubeconfig, dir.path().join("standby.log"), &standby_args);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let holder = || async {
-        leases
-            .get_opt(lease_name)
-            .await
-            .unwrap()
-            .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-    };
+    let standby = w.replica(&w.kubeconfig, dir.path(), lease_name, "standby");
+    let holder = || w.holder(lease_name);
     assert_eq!(holder().await.as_deref(), Some("cut-off"));
     tokio::time::sleep(Duration::from_secs(2)).await;
 

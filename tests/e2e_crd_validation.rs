@@ -8,89 +8,27 @@
 //! field such as a Secret reference's `namespace` is an error), in a namespace of their own
 //! that is deleted at the end.
 //!
-//! The kubeconfig comes from `KUBECONFIG` when set, else from
-//! `$PNBO_HARNESS_DIR/kube/kubeconfig` (`PNBO_HARNESS_DIR` defaults to `/tmp/pnbo-harness`).
+//! The kubeconfig comes from `KUBECONFIG` when set, else from the harness
+//! (`$PNBO_KUBECONFIG`, started when it is not up).
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, Config, Resource};
+use std::time::{Duration, Instant};
+
+use kube::{Client, Resource};
+
+use common::kube::{TestNamespace, admin_client, apply_crds};
 use serde_json::{Value, json};
 
 use proxmox_netbox_operator::config::bounded_duration;
 use proxmox_netbox_operator::crd::{
     NETBOX_REQUEST_TIMEOUT_BOUNDS, NodeSSHCredential, PRUNE_GRACE_PERIOD_BOUNDS,
     PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
-    SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, all_crds,
+    SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS,
 };
 
 /// Field manager of everything this test applies.
 const MANAGER: &str = "pno-e2e-crd-validation";
-
-/// The kubeconfig to use: `KUBECONFIG`, else the harness's.
-fn kubeconfig_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let harness = std::env::var_os("PNBO_HARNESS_DIR")
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("/tmp/pnbo-harness"), PathBuf::from);
-    harness.join("kube").join("kubeconfig")
-}
-
-async fn config() -> Config {
-    let path = kubeconfig_path();
-    assert!(
-        path.is_file(),
-        "no kubeconfig at {}: start the harness's API server with `scripts/harness/harness.sh up` \
-         (or set KUBECONFIG to a cluster where CRDs may be installed)",
-        path.display()
-    );
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("cannot read the kubeconfig {}: {e}", path.display()));
-    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("unusable kubeconfig {}: {e}", path.display()))
-}
-
-/// Deletes the test namespace when dropped, whether the test passed or panicked. Runs on its
-/// own thread and runtime (the test's runtime may be unwinding), with a fresh client. Nothing
-/// in it carries a finalizer (no operator runs here), so the deletion is not waited for.
-struct NamespaceGuard {
-    name: String,
-    config: Config,
-}
-
-impl Drop for NamespaceGuard {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let config = self.config.clone();
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime for the namespace cleanup");
-            rt.block_on(async move {
-                let client = match Client::try_from(config) {
-                    Ok(c) => c,
-                    Err(e) => return eprintln!("cannot clean up namespace {name}: {e}"),
-                };
-                let namespaces: Api<Namespace> = Api::all(client);
-                match namespaces.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => eprintln!("namespace {name} deleted"),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => eprintln!("cannot delete namespace {name}: {e}"),
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
 
 const FINGERPRINT: &str = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
 
@@ -424,38 +362,10 @@ async fn create(
     client.request::<Value>(request).await
 }
 
-/// Applies the CRDs and waits until they are `Established` and the API server enforces this
+/// Applies the CRDs, waits until they are `Established` and the API server enforces this
 /// build's schema (an update of an existing CRD takes effect shortly after it is stored).
 async fn install_crds(client: &Client, ns: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in all_crds() {
-        let name = crd.metadata.name.clone().expect("a CRD name");
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("server-side apply of CRD {name}: {e}"));
-    }
-    for crd in all_crds() {
-        let name = crd.metadata.name.clone().expect("a CRD name");
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not Established within 20 s"))
-        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
-        let stored = crds.get(&name).await.expect("the CRD just applied");
-        let established = stored
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        assert!(established, "CRD {name} has no Established=True condition");
-    }
+    apply_crds(client).await;
     // A rule of this build (the sync interval's upper bound) is enforced once the new schema
     // is live; a dry run leaves nothing behind.
     let probe = with(
@@ -480,24 +390,10 @@ async fn install_crds(client: &Client, ns: &str) {
 async fn api_server_rejects_invalid_resources_naming_the_field() {
     proxmox_netbox_operator::tls::install_crypto_provider();
     let started = Instant::now();
-    let config = config().await;
-    let client = Client::try_from(config.clone()).expect("a client for the kubeconfig");
-
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let ns = format!("pno-crd-validation-{}-{nanos}", std::process::id());
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("a Namespace"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot create namespace {ns}: {e}"));
-    let _guard = NamespaceGuard {
-        name: ns.clone(),
-        config,
-    };
+    let env = common::harness::ensure_up();
+    let client = admin_client(&env).await;
+    let namespace = TestNamespace::create(&env, &client, "pno-crd-validation").await;
+    let ns = namespace.name.clone();
 
     install_crds(&client, &ns).await;
 
