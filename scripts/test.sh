@@ -41,6 +41,9 @@ step "cargo test (unit, integration against the harness, end-to-end on its API s
 cargo test --all-targets --no-fail-fast
 cargo test --doc
 
+step "fuzzing smoke run (every cargo-fuzz target from its seeds; docs/fuzzing.md)"
+bash scripts/fuzz-smoke.sh
+
 if [ -x scripts/ci-checks.sh ]; then
   step "packaging checks"
   bash scripts/ci-checks.sh
