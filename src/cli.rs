@@ -13,8 +13,8 @@ use crate::controller::{AbortSignal, AbortTrigger, ClusterPipeline, Context, run
 use crate::hardware::discovery::SshProber;
 use crate::metrics::Metrics;
 use crate::net::guard::{Cidr, EndpointGuard};
-use crate::pipeline::StagedPipeline;
 use crate::pipeline::live::{LiveReader, LiveWriter};
+use crate::pipeline::{StageLimits, StagedPipeline};
 use crate::server::{ServerState, serve};
 use crate::telemetry::LogFormat;
 
@@ -154,6 +154,7 @@ pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProb
         writer: LiveWriter {
             endpoint_guard: guard,
         },
+        limits: StageLimits::default(),
     }
 }
 

@@ -42,6 +42,8 @@ pub mod reasons {
     pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
     /// The reconcile ran past its deadline and was stopped.
     pub const RECONCILE_TIMED_OUT: &str = "ReconcileTimedOut";
+    /// A stage (the Proxmox read, the NetBox sync) ran past its deadline and was stopped.
+    pub const STAGE_TIMED_OUT: &str = "StageTimedOut";
     /// A spec value cannot be used (the message names the field).
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The PVE API rejected the credentials.

@@ -37,8 +37,8 @@ pub enum PveCredentials {
 /// Everything the pipeline needs from the spec and its Secrets.
 #[derive(Clone, Debug)]
 pub struct ResolvedCluster {
-    /// `namespace/name` of the ProxmoxCluster: the owner key in NetBox.
-    pub owner: String,
+    /// The NetBox side: owner key, token, TLS and timeout.
+    pub netbox: ResolvedNetBox,
     /// PVE endpoints in order.
     pub pve_endpoints: Vec<String>,
     /// PVE credentials.
@@ -49,12 +49,6 @@ pub struct ResolvedCluster {
     pub pve_timeout: Duration,
     /// PVE requests in flight.
     pub pve_concurrency: usize,
-    /// NetBox token.
-    pub netbox_token: SecretString,
-    /// NetBox TLS settings.
-    pub netbox_tls: TlsSettings,
-    /// NetBox request timeout.
-    pub netbox_timeout: Duration,
     /// Prune grace period.
     pub prune_grace_period: Duration,
     /// SSH connect timeout.
@@ -63,6 +57,21 @@ pub struct ResolvedCluster {
     pub ssh_command_timeout: Duration,
     /// Time between two syncs (`spec.sync.interval`, at least [`MIN_SYNC_INTERVAL`]).
     pub sync_interval: Duration,
+}
+
+/// What talking to NetBox needs, resolved alone by [`resolve_netbox`]: the cleanup of a
+/// deleted cluster reads only the NetBox Secrets, so a lost or rotated PVE Secret never
+/// blocks it.
+#[derive(Clone, Debug)]
+pub struct ResolvedNetBox {
+    /// `namespace/name` of the ProxmoxCluster: the owner key in NetBox.
+    pub owner: String,
+    /// NetBox token.
+    pub token: SecretString,
+    /// NetBox TLS settings.
+    pub tls: TlsSettings,
+    /// NetBox request timeout.
+    pub timeout: Duration,
 }
 
 /// Shortest `spec.sync.interval` accepted; a shorter one is a spec error naming the field.
@@ -343,8 +352,6 @@ pub async fn resolve(
     // Checked before any Secret is read: a spec error is reported as such.
     let sync_interval = sync_interval(cluster)?;
     let pve_timeout = bounded_duration(&PVE_REQUEST_TIMEOUT_BOUNDS, &spec.proxmox.request_timeout)?;
-    let netbox_timeout =
-        bounded_duration(&NETBOX_REQUEST_TIMEOUT_BOUNDS, &spec.netbox.request_timeout)?;
     let prune_grace_period =
         bounded_duration(&PRUNE_GRACE_PERIOD_BOUNDS, &spec.sync.prune.grace_period)?;
     let ssh_connect_timeout = bounded_duration(
@@ -355,26 +362,56 @@ pub async fn resolve(
         &SSH_COMMAND_TIMEOUT_BOUNDS,
         &spec.hardware_discovery.command_timeout,
     )?;
+    // The NetBox timeout is checked before any Secret is read too.
+    let netbox_timeout =
+        bounded_duration(&NETBOX_REQUEST_TIMEOUT_BOUNDS, &spec.netbox.request_timeout)?;
+    let pve_credentials =
+        pve_credentials(secrets, &spec.proxmox.credentials_secret_ref.name).await?;
+    let pve_tls = tls(secrets, "spec.proxmox.tls", &spec.proxmox.tls).await?;
     Ok(ResolvedCluster {
         sync_interval,
         pve_timeout,
-        netbox_timeout,
         prune_grace_period,
         ssh_connect_timeout,
         ssh_command_timeout,
-        owner,
         pve_endpoints: spec.proxmox.endpoints.clone(),
-        pve_credentials: pve_credentials(secrets, &spec.proxmox.credentials_secret_ref.name)
-            .await?,
-        pve_tls: tls(secrets, "spec.proxmox.tls", &spec.proxmox.tls).await?,
+        pve_credentials,
+        pve_tls,
         pve_concurrency: usize::try_from(spec.proxmox.max_concurrency.clamp(1, 64)).unwrap_or(8),
-        netbox_token: read_key(
+        netbox: netbox_settings(cluster, owner, netbox_timeout, secrets).await?,
+    })
+}
+
+/// Resolves only the NetBox part of the spec and reads only the NetBox Secrets.
+pub async fn resolve_netbox(
+    cluster: &ProxmoxCluster,
+    owner: String,
+    secrets: &dyn SecretSource,
+) -> Result<ResolvedNetBox, StageError> {
+    let timeout = bounded_duration(
+        &NETBOX_REQUEST_TIMEOUT_BOUNDS,
+        &cluster.spec.netbox.request_timeout,
+    )?;
+    netbox_settings(cluster, owner, timeout, secrets).await
+}
+
+async fn netbox_settings(
+    cluster: &ProxmoxCluster,
+    owner: String,
+    timeout: Duration,
+    secrets: &dyn SecretSource,
+) -> Result<ResolvedNetBox, StageError> {
+    let spec = &cluster.spec.netbox;
+    Ok(ResolvedNetBox {
+        owner,
+        token: read_key(
             secrets,
             "spec.netbox.tokenSecretRef",
-            &spec.netbox.token_secret_ref,
+            &spec.token_secret_ref,
         )
         .await?,
-        netbox_tls: tls(secrets, "spec.netbox.tls", &spec.netbox.tls).await?,
+        tls: tls(secrets, "spec.netbox.tls", &spec.tls).await?,
+        timeout,
     })
 }
 

@@ -11,11 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::crd::schema_check::check_document;
 use crate::crd::{NodeSSHCredential, ProxmoxCluster, ProxmoxClusterStatus};
 use crate::inventory::InventoryCounts;
 use crate::net::guard::{EndpointError, EndpointGuard};
 use crate::netbox::report::SyncReport;
-use crate::pipeline::{HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, run_pipeline};
+use crate::pipeline::{
+    HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, StageLimits, run_pipeline,
+};
 use crate::secrets::DirSecrets;
 use crate::status::{NetBoxOutcome, build_status};
 
@@ -134,6 +137,18 @@ pub fn load_resources(
             path: p.clone(),
             message: format!("document {} ({kind}): {e}", i + 1),
         };
+        if matches!(kind.as_str(), "ProxmoxCluster" | "NodeSSHCredential") {
+            // What the API server would refuse is refused here too.
+            check_document(&doc).map_err(|errors| SyncFileError::Invalid {
+                path: p.clone(),
+                message: format!(
+                    "document {} ({kind} {:?}): {}",
+                    i + 1,
+                    doc["metadata"]["name"].as_str().unwrap_or_default(),
+                    errors.join("; ")
+                ),
+            })?;
+        }
         match kind.as_str() {
             "ProxmoxCluster" => {
                 clusters.push(serde_json::from_value::<ProxmoxCluster>(doc).map_err(invalid)?)
@@ -230,6 +245,7 @@ pub async fn run_sync(
         &secrets,
         RunOptions {
             force_dry_run: args.dry_run,
+            limits: StageLimits::default(),
         },
         now,
     )
@@ -350,7 +366,7 @@ kind: ProxmoxCluster
 metadata: {name: lab}
 spec:
   proxmox: {endpoints: ["https://pve1:8006"], credentialsSecretRef: {name: pve}}
-  netbox: {url: "http://127.0.0.1:8000", tokenSecretRef: {name: nb, key: token}, site: dc1}
+  netbox: {url: "http://127.0.0.1:8000", allowInsecureHttp: true, tokenSecretRef: {name: nb, key: token}, site: dc1}
 "#;
 
     #[test]
@@ -370,6 +386,8 @@ spec:
     fn the_file_is_checked_against_the_endpoint_guard() {
         let f = write(CLUSTER);
         let (mut cluster, creds) = load_resources(f.path()).unwrap();
+        // The guard refuses plain http on its own too (the schema's rule aside).
+        cluster.spec.netbox.allow_insecure_http = false;
         let guard = EndpointGuard::default();
         assert_eq!(
             check_endpoints(&cluster, &creds, &guard)
@@ -425,7 +443,17 @@ spec:
             "apiVersion: proxmox-netbox.io/v1alpha1\nkind: ProxmoxCluster\nmetadata: {name: x}\nspec: {proxmox: {}}\n",
         );
         let err = load_resources(f.path()).unwrap_err().to_string();
-        assert!(err.contains("document 1 (ProxmoxCluster)"), "{err}");
+        assert!(err.contains("document 1 (ProxmoxCluster \"x\")"), "{err}");
+        assert!(err.contains("spec.netbox: Required value"), "{err}");
         assert!(err.contains(&f.path().display().to_string()), "{err}");
+        // What the CRD's CEL rules refuse is refused before anything is contacted.
+        let f = write(&CLUSTER.replace("allowInsecureHttp: true", "allowInsecureHttp: false"));
+        let err = load_resources(f.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "spec.netbox.url must use https unless spec.netbox.allowInsecureHttp is true"
+            ),
+            "{err}"
+        );
     }
 }

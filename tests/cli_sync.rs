@@ -338,13 +338,15 @@ async fn the_file_is_checked_by_the_endpoint_guard_before_anything_is_read() {
         stderr.contains("127.0.0.1 is a loopback address"),
         "{stderr}"
     );
-    // Plain http NetBox without allowInsecureHttp is refused too.
+    // Plain http NetBox without allowInsecureHttp is refused too, by the CRD's rule.
     let yaml = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, yaml.replace("allowInsecureHttp: true, ", "")).unwrap();
     let (ok, _, stderr) = sync_with(&setup, &[]);
     assert!(!ok);
     assert!(
-        stderr.contains("spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"),
+        stderr.contains(
+            "spec.netbox: Invalid value: spec.netbox.url must use https unless spec.netbox.allowInsecureHttp is true"
+        ),
         "{stderr}"
     );
     std::fs::write(&file, &yaml).unwrap();

@@ -600,7 +600,12 @@ async fn operator_as_the_charts_service_account_syncs_and_follows_changes() {
     .await;
     assert!(operator.running(), "the operator kept running throughout");
 
-    // deletionPolicy Delete: the owned NetBox objects go, then the finalizer.
+    // deletionPolicy Delete: the owned NetBox objects go, then the finalizer. The PVE
+    // Secret is deleted first: the cleanup needs only the NetBox one.
+    secrets
+        .delete("pve", &DeleteParams::default())
+        .await
+        .unwrap();
     clusters
         .patch(
             "lab",

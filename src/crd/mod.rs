@@ -4,6 +4,7 @@
 
 mod cluster;
 mod reference;
+pub mod schema_check;
 mod ssh_credential;
 
 pub use cluster::*;

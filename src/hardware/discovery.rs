@@ -39,6 +39,10 @@ pub mod codes {
     pub const COMMAND_FAILED: &str = "CommandFailed";
     /// The endpoint guard refused the node address: no connection was made.
     pub const ENDPOINT_REFUSED: &str = "EndpointRefused";
+    /// Discovery of the node ran past its deadline (all commands together).
+    pub const NODE_DEADLINE: &str = "NodeDeadline";
+    /// The node was not probed: the discovery of all nodes ran past its deadline.
+    pub const STAGE_DEADLINE: &str = "StageDeadline";
     /// Anything else.
     pub const FAILED: &str = "Failed";
 }

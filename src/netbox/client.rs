@@ -81,6 +81,14 @@ pub enum NetBoxError {
     /// The endpoint guard refused the URL, or an address it resolved to.
     #[error("{0}")]
     EndpointRefused(EndpointError),
+    /// The stage's transport-error limit is spent: this request was not made.
+    #[error(
+        "gave up on NetBox after {limit} requests without an answer (timeouts, refused or reset connections, 502/503/504)"
+    )]
+    TransportLimit {
+        /// The limit that was reached.
+        limit: u32,
+    },
 }
 
 impl NetBoxError {
@@ -94,6 +102,17 @@ impl NetBoxError {
             Self::Decode { .. } => "NetBoxInvalidResponse",
             Self::Config(_) => "InvalidSpec",
             Self::EndpointRefused(_) => "EndpointRefused",
+            Self::TransportLimit { .. } => "TransportErrorLimit",
+        }
+    }
+
+    /// True when no answer came from NetBox itself (no connection, a timeout, or a
+    /// gateway's 502/503/504): what the stage's transport-error limit counts.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            Self::Transport { .. } => true,
+            Self::Status { status, .. } => matches!(status, 502..=504),
+            _ => false,
         }
     }
 }

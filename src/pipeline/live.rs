@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
 use crate::conditions::reasons;
-use crate::config::{PveCredentials, ResolvedCluster};
+use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
 use crate::crd::{MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
@@ -23,17 +23,29 @@ use crate::status::{CALL_SUCCESS, StageError, systems};
 
 /// A PVE API that records each request's outcome (one per request as the reader sees
 /// it, after retries and failover): `success` or [`PveError::metric_label`].
+/// Once the stage's transport budget is spent it answers every request with
+/// [`PveError::TransportLimit`] without making it.
 pub struct CountedPve<'a, A: ?Sized> {
     /// The API.
     pub inner: &'a A,
-    /// Where the outcomes go.
+    /// Where the outcomes go; holds the stage's transport budget.
     pub calls: &'a CallCounter,
 }
 
 impl<A: PveApi + ?Sized> PveApi for CountedPve<'_, A> {
     fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
         Box::pin(async move {
-            let r = self.inner.get(path).await;
+            let budget = &self.calls.proxmox_budget;
+            let r = if budget.exhausted() {
+                Err(PveError::TransportLimit {
+                    limit: budget.limit(),
+                })
+            } else {
+                self.inner.get(path).await
+            };
+            if r.as_ref().is_err_and(PveError::is_transport) {
+                budget.spend();
+            }
             let outcome = match &r {
                 Ok(_) => CALL_SUCCESS,
                 Err(e) => e.metric_label(),
@@ -46,16 +58,32 @@ impl<A: PveApi + ?Sized> PveApi for CountedPve<'_, A> {
 
 /// A NetBox API that records each operation's outcome (a paginated list or a retried
 /// request counts once): `success` or [`NetBoxError::metric_label`]. HTTP-level request
-/// counts stay those of the inner client.
+/// counts stay those of the inner client. Once the stage's transport budget is spent it
+/// answers every operation with [`NetBoxError::TransportLimit`] without making it.
 pub struct CountedNetBox<'a, A: ?Sized> {
     /// The API.
     pub inner: &'a A,
-    /// Where the outcomes go.
+    /// Where the outcomes go; holds the stage's transport budget.
     pub calls: &'a CallCounter,
 }
 
 impl<A: ?Sized> CountedNetBox<'_, A> {
+    fn check(&self) -> Result<(), NetBoxError> {
+        let budget = &self.calls.netbox_budget;
+        if budget.exhausted() {
+            let err = NetBoxError::TransportLimit {
+                limit: budget.limit(),
+            };
+            self.calls.record(systems::NETBOX, err.metric_label(), 1);
+            return Err(err);
+        }
+        Ok(())
+    }
+
     fn record<T>(&self, r: &Result<T, NetBoxError>) {
+        if r.as_ref().is_err_and(NetBoxError::is_transport) {
+            self.calls.netbox_budget.spend();
+        }
         let outcome = match r {
             Ok(_) => CALL_SUCCESS,
             Err(e) => e.metric_label(),
@@ -71,6 +99,7 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
         query: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
         Box::pin(async move {
+            self.check()?;
             let r = self.inner.list(endpoint, query).await;
             self.record(&r);
             r
@@ -83,6 +112,7 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
         objects: Vec<Value>,
     ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
         Box::pin(async move {
+            self.check()?;
             let r = self.inner.create(endpoint, objects).await;
             self.record(&r);
             r
@@ -95,6 +125,7 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
         patches: Vec<Value>,
     ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
         Box::pin(async move {
+            self.check()?;
             let r = self.inner.update(endpoint, patches).await;
             self.record(&r);
             r
@@ -107,6 +138,7 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
         ids: Vec<u64>,
     ) -> BoxFuture<'a, Result<(), NetBoxError>> {
         Box::pin(async move {
+            self.check()?;
             let r = self.inner.delete(endpoint, ids).await;
             self.record(&r);
             r
@@ -237,6 +269,11 @@ impl ProxmoxReader for LiveReader {
                     None
                 }
             };
+            if calls.proxmox_budget.exhausted() {
+                return Err(pve_stage_error(&PveError::TransportLimit {
+                    limit: calls.proxmox_budget.limit(),
+                }));
+            }
             Ok(ProxmoxRead {
                 inventory,
                 permission_warning,
@@ -261,7 +298,7 @@ pub fn sync_settings(
     let nb = &cluster.spec.netbox;
     let kinds = &cluster.spec.sync.kinds;
     SyncSettings {
-        owner: config.owner.clone(),
+        owner: config.netbox.owner.clone(),
         site: nb.site.clone(),
         tenant: nb.tenant.clone(),
         cluster_name: nb
@@ -302,14 +339,14 @@ pub fn sync_settings(
 
 fn netbox_client(
     cluster: &ProxmoxCluster,
-    config: &ResolvedCluster,
+    config: &ResolvedNetBox,
     endpoint_guard: &EndpointGuard,
 ) -> Result<NetBoxClient, StageError> {
     NetBoxClient::new(NetBoxConnection {
         url: cluster.spec.netbox.url.clone(),
-        token: config.netbox_token.clone(),
-        tls: config.netbox_tls.clone(),
-        timeout: config.netbox_timeout,
+        token: config.token.clone(),
+        tls: config.tls.clone(),
+        timeout: config.timeout,
         max_in_flight: usize::try_from(cluster.spec.netbox.max_in_flight)
             .unwrap_or(4)
             .max(1),
@@ -343,7 +380,7 @@ impl NetBoxWriter for LiveWriter {
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, config, &self.endpoint_guard)?;
+            let client = netbox_client(cluster, &config.netbox, &self.endpoint_guard)?;
             let client = CountedNetBox {
                 inner: &client,
                 calls,
@@ -352,6 +389,11 @@ impl NetBoxWriter for LiveWriter {
             let report = sync(&client, &settings, inventory, hardware, dry_run, now)
                 .await
                 .map_err(|e| netbox_stage_error(&e))?;
+            if calls.netbox_budget.exhausted() {
+                return Err(netbox_stage_error(&NetBoxError::TransportLimit {
+                    limit: calls.netbox_budget.limit(),
+                }));
+            }
             Ok(NetBoxResult {
                 summary: report.summary(),
                 kinds: report.kinds.clone(),
@@ -363,7 +405,7 @@ impl NetBoxWriter for LiveWriter {
     fn delete_owned<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
-        config: &'a ResolvedCluster,
+        config: &'a ResolvedNetBox,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             let client = netbox_client(cluster, config, &self.endpoint_guard)?;
@@ -476,6 +518,135 @@ mod tests {
         assert_eq!(c.0.len(), 5);
     }
 
+    /// Answers every request with no answer (PVE: a timeout; NetBox: a 503 from a
+    /// gateway), counting the requests that reach it.
+    #[derive(Default)]
+    struct Unanswered(std::sync::atomic::AtomicU32);
+    impl Unanswered {
+        fn hit(&self) -> u32 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+        }
+        fn count(&self) -> u32 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+    impl PveApi for Unanswered {
+        fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
+            self.hit();
+            Box::pin(async move {
+                match path {
+                    // An answer, but an error one: not a transport error.
+                    "/version" => Err(PveError::Status {
+                        path: path.into(),
+                        status: 595,
+                        message: "node offline".into(),
+                    }),
+                    _ => Err(PveError::Timeout { path: path.into() }),
+                }
+            })
+        }
+    }
+    impl NetBoxApi for Unanswered {
+        fn list<'a>(
+            &'a self,
+            endpoint: &'a str,
+            _query: &'a [(String, String)],
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            let n = self.hit();
+            Box::pin(async move {
+                Err(NetBoxError::Status {
+                    endpoint: endpoint.into(),
+                    status: if n == 1 { 500 } else { 503 },
+                    message: "unavailable".into(),
+                })
+            })
+        }
+        fn create<'a>(
+            &'a self,
+            _e: &'a str,
+            _o: Vec<Value>,
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            unreachable!("no create in this test")
+        }
+        fn update<'a>(
+            &'a self,
+            _e: &'a str,
+            _p: Vec<Value>,
+        ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
+            unreachable!("no update in this test")
+        }
+        fn delete<'a>(
+            &'a self,
+            _e: &'a str,
+            _ids: Vec<u64>,
+        ) -> BoxFuture<'a, Result<(), NetBoxError>> {
+            unreachable!("no delete in this test")
+        }
+        fn request_counts(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stage_stops_calling_once_its_transport_errors_reach_the_limit() {
+        let calls = CallCounter::with_transport_limit(3);
+        let inner = Unanswered::default();
+        let pve = CountedPve {
+            inner: &inner,
+            calls: &calls,
+        };
+        // The 595 is an answer: it does not count.
+        assert!(pve.get("/version").await.is_err());
+        for _ in 0..3 {
+            assert!(matches!(
+                pve.get("/nodes").await,
+                Err(PveError::Timeout { .. })
+            ));
+        }
+        for _ in 0..5 {
+            assert_eq!(
+                pve.get("/nodes").await,
+                Err(PveError::TransportLimit { limit: 3 })
+            );
+        }
+        assert_eq!(inner.count(), 4, "no request after the limit");
+        // The whole reader gives up the same way on a PVE that never answers.
+        let inner = Unanswered::default();
+        let calls = CallCounter::with_transport_limit(3);
+        let pve = CountedPve {
+            inner: &inner,
+            calls: &calls,
+        };
+        let err = read_inventory(&pve, &ReadOptions::default()).await;
+        assert!(err.is_err());
+        assert!(inner.count() <= 4, "{} requests", inner.count());
+
+        // NetBox: a 500 is an answer, 503s are not; the NetBox budget is its own.
+        let calls = CallCounter::with_transport_limit(2);
+        let inner = Unanswered::default();
+        let nb = CountedNetBox {
+            inner: &inner,
+            calls: &calls,
+        };
+        for _ in 0..3 {
+            assert!(matches!(
+                nb.list("dcim/devices", &[]).await,
+                Err(NetBoxError::Status { .. })
+            ));
+        }
+        let err = nb.list("dcim/devices", &[]).await.unwrap_err();
+        assert_eq!(err, NetBoxError::TransportLimit { limit: 2 });
+        assert_eq!(
+            err.to_string(),
+            "gave up on NetBox after 2 requests without an answer (timeouts, refused or reset connections, 502/503/504)"
+        );
+        assert_eq!(inner.count(), 3);
+        assert!(!calls.proxmox_budget.exhausted());
+        let c = calls.snapshot();
+        assert_eq!(c.get(systems::NETBOX, "TransportErrorLimit"), 1);
+        assert_eq!(c.get(systems::NETBOX, "NetBoxError"), 3);
+    }
+
     /// A cluster aimed at `pve` and `netbox`, with its Secrets in a temporary directory.
     fn guarded_cluster(pve: &str, netbox: &str) -> (ProxmoxCluster, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -545,7 +716,7 @@ mod tests {
             crate::config::resolve(&cluster, "infra/lab".into(), &DirSecrets::new(dir.path()))
                 .await
                 .unwrap();
-        let err = netbox_client(&cluster, &config, &EndpointGuard::default())
+        let err = netbox_client(&cluster, &config.netbox, &EndpointGuard::default())
             .err()
             .unwrap();
         assert_eq!(err.reason, reasons::ENDPOINT_REFUSED);

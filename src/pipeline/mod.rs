@@ -8,29 +8,50 @@ pub mod live;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 
-use crate::config::{ResolvedCluster, resolve};
+use crate::conditions::reasons;
+use crate::config::{ResolvedCluster, ResolvedNetBox, resolve, resolve_netbox};
 use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
+use crate::hardware::discovery::codes;
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
+use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
 use crate::secrets::SecretSource;
 use crate::status::{
     CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError, systems,
 };
 
-/// Counts the calls the stages of one run make to external systems, by outcome. Shared by
-/// the stages of a run (they may record concurrently).
+/// Counts the calls the stages of one run make to external systems, by outcome, and holds
+/// each stage's transport-error budget. Shared by the stages of a run (they may record
+/// concurrently).
 #[derive(Debug, Default)]
-pub struct CallCounter(Mutex<ExternalCalls>);
+pub struct CallCounter {
+    calls: Mutex<ExternalCalls>,
+    /// Transport errors the Proxmox stage may still meet before it gives up.
+    pub proxmox_budget: TransportBudget,
+    /// Transport errors the NetBox stage may still meet before it gives up.
+    pub netbox_budget: TransportBudget,
+}
 
 impl CallCounter {
+    /// A counter whose stages each give up after `limit` transport errors.
+    pub fn with_transport_limit(limit: u32) -> Self {
+        Self {
+            calls: Mutex::default(),
+            proxmox_budget: TransportBudget::new(limit),
+            netbox_budget: TransportBudget::new(limit),
+        }
+    }
+
     /// Records `n` calls to `system` with `outcome` (`success` or an error kind).
     pub fn record(&self, system: &str, outcome: &str, n: u64) {
-        self.0
+        self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(system, outcome, n);
@@ -38,7 +59,7 @@ impl CallCounter {
 
     /// The counts so far.
     pub fn snapshot(&self) -> ExternalCalls {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -125,7 +146,7 @@ pub trait NetBoxWriter: Send + Sync {
     fn delete_owned<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
-        config: &'a ResolvedCluster,
+        config: &'a ResolvedNetBox,
     ) -> BoxFuture<'a, Result<String, StageError>>;
 }
 
@@ -138,11 +159,52 @@ pub struct PipelineRun {
     pub report: Option<SyncReport>,
 }
 
-/// Options that override the spec for one run (used by the `sync` command).
+/// Options of one run: overrides of the spec (the `sync` command) and the stage limits.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
     /// Force dry-run whatever the spec says.
     pub force_dry_run: bool,
+    /// Deadlines and the transport-error limit of the stages.
+    pub limits: StageLimits,
+}
+
+/// Deadlines of the stages of one run and the transport errors each stage tolerates. A
+/// stage past its deadline fails (the Proxmox read, the NetBox sync) or leaves the rest of
+/// its nodes with a warning (hardware discovery); the reconcile deadline bounds the whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageLimits {
+    /// The Proxmox read, permission preflight included.
+    pub proxmox_read: Duration,
+    /// Hardware discovery of one node.
+    pub node_discovery: Duration,
+    /// Hardware discovery of all nodes together.
+    pub discovery: Duration,
+    /// The NetBox sync.
+    pub netbox_sync: Duration,
+    /// Transport errors (no answer) a stage meets before it stops calling and fails.
+    pub transport_errors: u32,
+}
+
+impl Default for StageLimits {
+    fn default() -> Self {
+        Self {
+            proxmox_read: Duration::from_secs(10 * 60),
+            node_discovery: Duration::from_secs(3 * 60),
+            discovery: Duration::from_secs(15 * 60),
+            netbox_sync: Duration::from_secs(20 * 60),
+            transport_errors: DEFAULT_TRANSPORT_ERROR_LIMIT,
+        }
+    }
+}
+
+fn stage_timed_out(stage: &str, limit: Duration) -> StageError {
+    StageError {
+        reason: reasons::STAGE_TIMED_OUT,
+        message: format!(
+            "the {stage} ran past its deadline of {}s and was stopped",
+            limit.as_secs()
+        ),
+    }
 }
 
 /// The pipeline made of three stages; with the live stages it is what the controller and
@@ -154,6 +216,8 @@ pub struct StagedPipeline<R, H, W> {
     pub prober: H,
     /// NetBox stage.
     pub writer: W,
+    /// Deadlines and transport-error limit of each run.
+    pub limits: StageLimits,
 }
 
 impl<R, H, W> crate::controller::ClusterPipeline for StagedPipeline<R, H, W>
@@ -178,7 +242,10 @@ where
                 cluster,
                 credentials,
                 secrets,
-                RunOptions::default(),
+                RunOptions {
+                    force_dry_run: false,
+                    limits: self.limits,
+                },
                 observer,
                 now,
             )
@@ -193,7 +260,8 @@ where
         secrets: &'a dyn SecretSource,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let config = resolve(cluster, owner_key(cluster), secrets).await?;
+            // Only the NetBox Secrets: the PVE ones may be gone already.
+            let config = resolve_netbox(cluster, owner_key(cluster), secrets).await?;
             self.writer.delete_owned(cluster, &config).await
         })
     }
@@ -219,6 +287,7 @@ fn warning(code: &str, message: String) -> NodeWarning {
 /// warning on that node and the next node still runs. Each node that was probed counts
 /// as one `ssh` call in `calls` (outcome `success` or the warning code); a node without
 /// credential or address is never contacted and not counted.
+#[allow(clippy::too_many_arguments)]
 pub async fn discover_nodes(
     prober: &dyn HardwareProber,
     inventory: &Inventory,
@@ -226,8 +295,10 @@ pub async fn discover_nodes(
     config: &ResolvedCluster,
     secrets: &dyn SecretSource,
     calls: &CallCounter,
+    limits: &StageLimits,
 ) -> Vec<NodeDiscovery> {
     let mut out = Vec::with_capacity(inventory.nodes.len());
+    let stage_end = Instant::now() + limits.discovery;
     for node in &inventory.nodes {
         let credential = credentials.iter().find(|c| c.spec.node_name == node.name);
         let address = credential
@@ -235,19 +306,39 @@ pub async fn discover_nodes(
             .or_else(|| node.address.clone());
         let result = match (credential, &address) {
             (None, _) => Err(warning(
-                "NoCredential",
+                codes::NO_CREDENTIAL,
                 format!(
                     "no NodeSSHCredential with nodeName {:?} for this cluster",
                     node.name
                 ),
             )),
             (Some(_), None) => Err(warning(
-                "NoAddress",
+                codes::NO_ADDRESS,
                 "no address is known for this node: set spec.address in its NodeSSHCredential"
                     .into(),
             )),
+            (Some(_), Some(_)) if Instant::now() >= stage_end => Err(warning(
+                codes::STAGE_DEADLINE,
+                format!(
+                    "not probed: hardware discovery of all nodes ran past its deadline of {}s",
+                    limits.discovery.as_secs()
+                ),
+            )),
             (Some(cred), Some(addr)) => {
-                let r = prober.probe(&node.name, addr, cred, config, secrets).await;
+                let deadline = limits
+                    .node_discovery
+                    .min(stage_end.saturating_duration_since(Instant::now()));
+                let probe = prober.probe(&node.name, addr, cred, config, secrets);
+                let r = match tokio::time::timeout(deadline, probe).await {
+                    Ok(r) => r,
+                    Err(_) => Err(warning(
+                        codes::NODE_DEADLINE,
+                        format!(
+                            "hardware discovery of this node ran past its deadline of {}s and was stopped",
+                            deadline.as_secs()
+                        ),
+                    )),
+                };
                 let outcome = match &r {
                     Ok(_) => CALL_SUCCESS,
                     Err(w) => w.code.as_str(),
@@ -314,7 +405,8 @@ pub async fn run_pipeline_observed(
     now: DateTime<Utc>,
 ) -> PipelineRun {
     let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
-    let calls = CallCounter::default();
+    let limits = options.limits;
+    let calls = CallCounter::with_transport_limit(limits.transport_errors);
     let mut outcome = PipelineOutcome {
         dry_run,
         ..Default::default()
@@ -329,7 +421,9 @@ pub async fn run_pipeline_observed(
             };
         }
     };
-    let read = reader.read(cluster, &config, &calls).await;
+    let read = tokio::time::timeout(limits.proxmox_read, reader.read(cluster, &config, &calls))
+        .await
+        .unwrap_or_else(|_| Err(stage_timed_out("Proxmox read", limits.proxmox_read)));
     outcome.calls = calls.snapshot();
     let read = match read {
         Ok(r) => r,
@@ -346,8 +440,16 @@ pub async fn run_pipeline_observed(
 
     let mut hardware = BTreeMap::new();
     if cluster.spec.hardware_discovery.enabled {
-        let discovered =
-            discover_nodes(prober, &inventory, credentials, &config, secrets, &calls).await;
+        let discovered = discover_nodes(
+            prober,
+            &inventory,
+            credentials,
+            &config,
+            secrets,
+            &calls,
+            &limits,
+        )
+        .await;
         for d in &discovered {
             if let Some(hw) = &d.hardware {
                 hardware.insert(d.node.clone(), hw.clone());
@@ -363,11 +465,12 @@ pub async fn run_pipeline_observed(
     let mut report = None;
     // Moved out for the sync and back in after it (always Some here).
     let inventory = outcome.inventory.take().unwrap_or_default();
-    let result = writer
-        .sync(
-            cluster, &config, &inventory, &hardware, dry_run, now, &calls,
-        )
-        .await;
+    let sync = writer.sync(
+        cluster, &config, &inventory, &hardware, dry_run, now, &calls,
+    );
+    let result = tokio::time::timeout(limits.netbox_sync, sync)
+        .await
+        .unwrap_or_else(|_| Err(stage_timed_out("NetBox sync", limits.netbox_sync)));
     outcome.inventory = Some(inventory);
     outcome.netbox = match result {
         Ok(result) => {
@@ -411,6 +514,8 @@ mod tests {
     #[derive(Default)]
     struct FakeProber {
         fail: Vec<String>,
+        /// Nodes whose probe never ends.
+        hang: Vec<String>,
         seen: Mutex<Vec<String>>,
     }
     impl HardwareProber for FakeProber {
@@ -424,7 +529,11 @@ mod tests {
         ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>> {
             self.seen.lock().unwrap().push(node.to_string());
             let fail = self.fail.iter().any(|n| n == node);
+            let hang = self.hang.iter().any(|n| n == node);
             Box::pin(async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
                 if fail {
                     Err(warning("Timeout", "connect timed out after 10s".into()))
                 } else {
@@ -437,6 +546,7 @@ mod tests {
     #[derive(Default)]
     struct FakeWriter {
         calls: Mutex<Vec<(usize, bool)>>,
+        deleted: Mutex<Vec<String>>,
     }
     impl NetBoxWriter for FakeWriter {
         fn sync<'a>(
@@ -470,8 +580,9 @@ mod tests {
         fn delete_owned<'a>(
             &'a self,
             _c: &'a ProxmoxCluster,
-            _cfg: &'a ResolvedCluster,
+            cfg: &'a ResolvedNetBox,
         ) -> BoxFuture<'a, Result<String, StageError>> {
+            self.deleted.lock().unwrap().push(cfg.owner.clone());
             Box::pin(async { Ok(String::new()) })
         }
     }
@@ -748,6 +859,7 @@ mod tests {
             &DirSecrets::new(empty.path()),
             RunOptions {
                 force_dry_run: true,
+                ..Default::default()
             },
             now(),
         )
@@ -757,5 +869,213 @@ mod tests {
             reasons::SECRET_NOT_FOUND
         );
         assert!(writer.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cleanup_reads_only_the_netbox_secrets() {
+        use crate::controller::ClusterPipeline;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("nb")).unwrap();
+        std::fs::write(d.path().join("nb/token"), "y").unwrap();
+        let pipeline = StagedPipeline {
+            reader: FakeReader(Ok(three_nodes())),
+            prober: FakeProber::default(),
+            writer: FakeWriter::default(),
+            limits: StageLimits::default(),
+        };
+        let secrets = DirSecrets::new(d.path());
+        // The PVE Secret is gone: a sync cannot even start ...
+        let run = run_pipeline(
+            &pipeline.reader,
+            &pipeline.prober,
+            &pipeline.writer,
+            &cluster(false, "Sync"),
+            &[],
+            &secrets,
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        assert_eq!(
+            run.outcome.config_error.unwrap().reason,
+            reasons::SECRET_NOT_FOUND
+        );
+        // ... but the cleanup of the owned NetBox objects still runs.
+        pipeline
+            .delete_owned(&cluster(false, "Sync"), &secrets)
+            .await
+            .unwrap();
+        assert_eq!(*pipeline.writer.deleted.lock().unwrap(), ["infra/lab"]);
+        // Without the NetBox token it is refused, naming the field.
+        let none = tempfile::tempdir().unwrap();
+        let err = pipeline
+            .delete_owned(&cluster(false, "Sync"), &DirSecrets::new(none.path()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("spec.netbox.tokenSecretRef"),
+            "{}",
+            err.message
+        );
+        assert_eq!(pipeline.writer.deleted.lock().unwrap().len(), 1);
+    }
+
+    /// A stage that never ends.
+    struct HangingReader;
+    impl ProxmoxReader for HangingReader {
+        fn read<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedCluster,
+            _calls: &'a CallCounter,
+        ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+    struct HangingWriter;
+    impl NetBoxWriter for HangingWriter {
+        fn sync<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedCluster,
+            _inv: &'a Inventory,
+            _hw: &'a BTreeMap<String, NodeHardware>,
+            _dry_run: bool,
+            _now: DateTime<Utc>,
+            _calls: &'a CallCounter,
+        ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+            Box::pin(std::future::pending())
+        }
+        fn delete_owned<'a>(
+            &'a self,
+            _c: &'a ProxmoxCluster,
+            _cfg: &'a ResolvedNetBox,
+        ) -> BoxFuture<'a, Result<String, StageError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn short_limits() -> RunOptions {
+        RunOptions {
+            force_dry_run: false,
+            limits: StageLimits {
+                proxmox_read: Duration::from_secs(30),
+                node_discovery: Duration::from_secs(60),
+                discovery: Duration::from_secs(90),
+                netbox_sync: Duration::from_secs(120),
+                transport_errors: 5,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proxmox_read_past_its_deadline_fails_the_stage_and_netbox_is_not_touched() {
+        let d = secrets_dir();
+        let writer = FakeWriter::default();
+        let started = Instant::now();
+        let run = run_pipeline(
+            &HangingReader,
+            &FakeProber::default(),
+            &writer,
+            &cluster(false, "Sync"),
+            &[],
+            &DirSecrets::new(d.path()),
+            short_limits(),
+            now(),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        let err = run.outcome.proxmox_error.unwrap();
+        assert_eq!(err.reason, reasons::STAGE_TIMED_OUT);
+        assert_eq!(
+            err.message,
+            "the Proxmox read ran past its deadline of 30s and was stopped"
+        );
+        assert!(writer.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_netbox_sync_past_its_deadline_fails_the_stage() {
+        let d = secrets_dir();
+        let started = Instant::now();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &FakeProber::default(),
+            &HangingWriter,
+            &cluster(false, "Sync"),
+            &[],
+            &DirSecrets::new(d.path()),
+            short_limits(),
+            now(),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(120));
+        let NetBoxOutcome::Failed(err) = run.outcome.netbox else {
+            panic!("{:?}", run.outcome.netbox)
+        };
+        assert_eq!(err.reason, reasons::STAGE_TIMED_OUT);
+        assert!(err.message.contains("NetBox sync"), "{}", err.message);
+        // What the Proxmox stage found is kept.
+        assert_eq!(run.outcome.inventory.unwrap().nodes.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_node_is_cut_at_its_deadline_and_the_stage_deadline_leaves_the_rest_unprobed() {
+        let d = secrets_dir();
+        let mut read = three_nodes();
+        read.inventory.nodes[2].address = Some("10.0.0.3".into());
+        let prober = FakeProber {
+            hang: vec!["pve1".into(), "pve2".into()],
+            ..Default::default()
+        };
+        let writer = FakeWriter::default();
+        let started = Instant::now();
+        let run = run_pipeline(
+            &FakeReader(Ok(read)),
+            &prober,
+            &writer,
+            &cluster(true, "Sync"),
+            &[credential("pve1"), credential("pve2"), credential("pve3")],
+            &DirSecrets::new(d.path()),
+            short_limits(),
+            now(),
+        )
+        .await;
+        // pve1 gets its 60 s, pve2 the 30 s left of the stage's 90 s, pve3 none.
+        assert_eq!(started.elapsed(), Duration::from_secs(90));
+        assert_eq!(*prober.seen.lock().unwrap(), ["pve1", "pve2"]);
+        let warnings: Vec<(String, String)> = run
+            .outcome
+            .discovery
+            .unwrap()
+            .into_iter()
+            .map(|d| {
+                let w = d.warning.unwrap();
+                (w.code, w.message)
+            })
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                (
+                    codes::NODE_DEADLINE.to_string(),
+                    "hardware discovery of this node ran past its deadline of 60s and was stopped"
+                        .to_string()
+                ),
+                (
+                    codes::NODE_DEADLINE.to_string(),
+                    "hardware discovery of this node ran past its deadline of 30s and was stopped"
+                        .to_string()
+                ),
+                (
+                    codes::STAGE_DEADLINE.to_string(),
+                    "not probed: hardware discovery of all nodes ran past its deadline of 90s"
+                        .to_string()
+                ),
+            ]
+        );
+        // The NetBox sync still runs, without facts.
+        assert_eq!(*writer.calls.lock().unwrap(), [(0, false)]);
+        assert_eq!(run.outcome.calls.get(systems::SSH, codes::NODE_DEADLINE), 2);
     }
 }

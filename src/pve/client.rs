@@ -132,9 +132,23 @@ pub enum PveError {
     /// The endpoint guard refused an endpoint (its URL, or an address it resolved to).
     #[error("{0}")]
     EndpointRefused(EndpointError),
+    /// The stage's transport-error limit is spent: this request was not made.
+    #[error(
+        "gave up on the Proxmox read after {limit} requests without an answer (timeouts, refused or reset connections)"
+    )]
+    TransportLimit {
+        /// The limit that was reached.
+        limit: u32,
+    },
 }
 
 impl PveError {
+    /// True when no answer came (a timeout or a failed connection): what the stage's
+    /// transport-error limit counts.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Connection { .. })
+    }
+
     /// Stable label for metrics and reasons.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -148,6 +162,7 @@ impl PveError {
             Self::Decode { .. } => "InvalidResponse",
             Self::Config(_) => "InvalidSpec",
             Self::EndpointRefused(_) => "EndpointRefused",
+            Self::TransportLimit { .. } => "TransportErrorLimit",
         }
     }
 
@@ -162,9 +177,10 @@ impl PveError {
             }
             Self::Status { .. } | Self::NotFound { .. } => ReadFailure::ServerError,
             Self::Timeout { .. } => ReadFailure::Timeout,
-            Self::Tls { .. } | Self::Connection { .. } | Self::EndpointRefused(_) => {
-                ReadFailure::Connection
-            }
+            Self::Tls { .. }
+            | Self::Connection { .. }
+            | Self::EndpointRefused(_)
+            | Self::TransportLimit { .. } => ReadFailure::Connection,
             Self::Decode { .. } | Self::Config(_) => ReadFailure::InvalidResponse,
         }
     }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod crd_cases;
 pub mod harness;
 pub mod kube;
 pub mod sshd;
