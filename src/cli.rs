@@ -180,9 +180,34 @@ pub struct RunArgs {
     /// Identity of this replica (default: POD_NAME or the host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// First part of the owner mark on every NetBox object (see docs/operations.md,
+    /// "Ownership"); default: the UID of the `kube-system` namespace, which tells this
+    /// Kubernetes cluster from any other writing to the same NetBox.
+    #[arg(long, env = "INSTALLATION_ID", value_parser = installation_id_arg)]
+    pub installation_id: Option<String>,
     /// The endpoint guard's allow-list.
     #[command(flatten)]
     pub endpoints: EndpointArgs,
+}
+
+/// Parses `--installation-id`.
+pub fn installation_id_arg(value: &str) -> Result<String, String> {
+    crate::owner::check_installation_id(value)
+        .map(|()| value.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The installation id of this Kubernetes cluster: the UID of namespace `kube-system`.
+async fn cluster_installation_id(client: &kube::Client) -> Result<String, CliError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        CliError::InstallationId(format!(
+            "cannot read the UID of namespace kube-system ({e}); grant get on it or set --installation-id (chart value installationId)"
+        ))
+    })?;
+    ns.metadata
+        .uid
+        .ok_or_else(|| CliError::InstallationId("namespace kube-system has no UID".into()))
 }
 
 /// Why the operator stopped with an error.
@@ -197,6 +222,9 @@ pub enum CliError {
     /// Leader election failed.
     #[error("leader election: {0}")]
     LeaderElection(String),
+    /// The installation id could not be determined.
+    #[error("installation id: {0}")]
+    InstallationId(String),
     /// Rendering the CRDs failed.
     #[error("cannot render CRDs: {0}")]
     Crdgen(String),
@@ -223,6 +251,7 @@ impl CliError {
             Self::Kube(_) => "KubernetesApi",
             Self::Server(_) => "MetricsServer",
             Self::LeaderElection(_) => "LeaderElection",
+            Self::InstallationId(_) => "InstallationId",
             Self::Crdgen(_) => "Crdgen",
             Self::SyncFile(e) => e.metric_label(),
             Self::SyncIncomplete => "SyncIncomplete",
@@ -360,6 +389,11 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         .collect();
     tracing::info!(allowed = ?allowed, "endpoint guard: loopback, link-local, unspecified and metadata addresses refused unless allowed");
     let client = kube::Client::try_default().await?;
+    let installation = match &args.installation_id {
+        Some(id) => id.clone(),
+        None => cluster_installation_id(&client).await?,
+    };
+    tracing::info!(installation = %installation, "NetBox owner marks start with this installation id");
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let state = Arc::new(ServerState {
@@ -393,6 +427,7 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
     let (abort, abort_signal) = AbortSignal::new();
     let mut ctx = Context::new(client.clone(), pipeline, metrics, reporter);
     ctx.abort = abort_signal;
+    ctx.installation = installation;
     let ctx = Arc::new(ctx);
 
     let mut leadership = None;

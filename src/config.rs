@@ -10,6 +10,7 @@ use crate::crd::{
     PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
     SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, SecretKeyRef, TlsSpec,
 };
+use crate::owner::OwnerScope;
 use crate::secret::SecretString;
 use crate::secrets::{SecretError, SecretSource};
 use crate::status::StageError;
@@ -64,8 +65,8 @@ pub struct ResolvedCluster {
 /// blocks it.
 #[derive(Clone, Debug)]
 pub struct ResolvedNetBox {
-    /// `namespace/name` of the ProxmoxCluster: the owner key in NetBox.
-    pub owner: String,
+    /// Whose objects these are (the mark is completed by the Proxmox cluster's name).
+    pub owner: OwnerScope,
     /// NetBox token.
     pub token: SecretString,
     /// NetBox TLS settings.
@@ -339,7 +340,7 @@ async fn pve_credentials(
 /// Resolves the spec of `cluster` and reads its Secrets.
 pub async fn resolve(
     cluster: &ProxmoxCluster,
-    owner: String,
+    owner: OwnerScope,
     secrets: &dyn SecretSource,
 ) -> Result<ResolvedCluster, StageError> {
     let spec = &cluster.spec;
@@ -385,7 +386,7 @@ pub async fn resolve(
 /// Resolves only the NetBox part of the spec and reads only the NetBox Secrets.
 pub async fn resolve_netbox(
     cluster: &ProxmoxCluster,
-    owner: String,
+    owner: OwnerScope,
     secrets: &dyn SecretSource,
 ) -> Result<ResolvedNetBox, StageError> {
     let timeout = bounded_duration(
@@ -397,7 +398,7 @@ pub async fn resolve_netbox(
 
 async fn netbox_settings(
     cluster: &ProxmoxCluster,
-    owner: String,
+    owner: OwnerScope,
     timeout: Duration,
     secrets: &dyn SecretSource,
 ) -> Result<ResolvedNetBox, StageError> {
@@ -455,9 +456,13 @@ mod tests {
         write(d.path(), "pve", "tokenSecret", "s3cr3t-value");
         write(d.path(), "pve-ca", "ca.crt", "-----BEGIN CERTIFICATE-----");
         write(d.path(), "nb", "token", "nbt_abc.def");
-        let r = resolve(&cluster(), "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap();
+        let r = resolve(
+            &cluster(),
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap();
         assert!(
             matches!(&r.pve_credentials, PveCredentials::Token { token_id, .. } if token_id == "sync@pve!op")
         );
@@ -482,9 +487,13 @@ mod tests {
         write(d.path(), "pve-ca", "ca.crt", "pem");
         // NetBox Secret exists but lacks the key.
         write(d.path(), "nb", "other", "x");
-        let err = resolve(&cluster(), "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &cluster(),
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason, reasons::SECRET_KEY_MISSING);
         assert!(
             err.message.starts_with("spec.netbox.tokenSecretRef:"),
@@ -496,7 +505,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = resolve(
             &cluster(),
-            "infra/lab".into(),
+            OwnerScope::new("test", "infra", "lab"),
             &DirSecrets::new(empty.path()),
         )
         .await
@@ -514,9 +523,13 @@ mod tests {
         let d = all_secrets();
         let mut c = cluster();
         c.spec.proxmox.tls.insecure_skip_verify = true;
-        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &c,
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert!(
             err.message
@@ -531,18 +544,26 @@ mod tests {
         let d = all_secrets();
         let mut c = cluster();
         c.spec.sync.interval = "10s".into();
-        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &c,
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert_eq!(
             err.message,
             "spec.sync.interval: \"10s\" is shorter than the minimum of 30s"
         );
         c.spec.sync.interval = "30s".into();
-        let ok = resolve(&c, "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap();
+        let ok = resolve(
+            &c,
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap();
         assert_eq!(ok.sync_interval, Duration::from_secs(30));
         c.spec.sync.interval = "1h30m".into();
         assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(5400));
@@ -694,9 +715,13 @@ mod tests {
         let mut c = cluster();
         c.spec.hardware_discovery.command_timeout = "99999999999999999999999999h".into();
         let empty = tempfile::tempdir().unwrap();
-        let err = resolve(&c, "infra/lab".into(), &DirSecrets::new(empty.path()))
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &c,
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(empty.path()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert_eq!(
             err.message,
@@ -827,16 +852,24 @@ mod tests {
         write(d.path(), "pve", "password", "pw-value");
         write(d.path(), "pve-ca", "ca.crt", "pem");
         write(d.path(), "nb", "token", "t");
-        let r = resolve(&cluster(), "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap();
+        let r = resolve(
+            &cluster(),
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap();
         assert!(matches!(r.pve_credentials, PveCredentials::Ticket { .. }));
 
         write(d.path(), "pve", "tokenId", "no-separator");
         write(d.path(), "pve", "tokenSecret", "x");
-        let err = resolve(&cluster(), "infra/lab".into(), &DirSecrets::new(d.path()))
-            .await
-            .unwrap_err();
+        let err = resolve(
+            &cluster(),
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(d.path()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert!(err.message.contains("user@realm!tokenname"));
     }

@@ -87,6 +87,7 @@ pub trait ClusterPipeline: Send + Sync + 'static {
         credentials: &'a [NodeSSHCredential],
         secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
+        installation: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome>;
 
@@ -96,6 +97,7 @@ pub trait ClusterPipeline: Send + Sync + 'static {
         &'a self,
         cluster: &'a ProxmoxCluster,
         secrets: &'a dyn SecretSource,
+        installation: &'a str,
     ) -> BoxFuture<'a, Result<String, StageError>>;
 }
 
@@ -226,7 +228,14 @@ pub struct Context<P> {
     pub secret_poll_interval: Duration,
     /// Longest time one reconcile's pipeline may run before it is stopped.
     pub reconcile_deadline: Duration,
+    /// This operator installation, first part of every owner mark in NetBox
+    /// ([`crate::owner`]); `run` sets it from `--installation-id` or the UID of the
+    /// `kube-system` namespace.
+    pub installation: String,
 }
+
+/// Installation id of a [`Context::new`] until `run` sets the real one.
+pub const DEFAULT_INSTALLATION: &str = "default";
 
 /// Default of [`Context::reconcile_deadline`].
 pub const DEFAULT_RECONCILE_DEADLINE: Duration = Duration::from_secs(30 * 60);
@@ -244,6 +253,7 @@ impl<P: ClusterPipeline> Context<P> {
             abort: AbortSignal::never(),
             secret_poll_interval: crate::secret_poll::DEFAULT_SECRET_POLL_INTERVAL,
             reconcile_deadline: DEFAULT_RECONCILE_DEADLINE,
+            installation: DEFAULT_INSTALLATION.into(),
         }
     }
 
@@ -512,7 +522,7 @@ async fn apply<P: ClusterPipeline>(
     let outcome = tokio::select! {
         biased;
         () = ctx.abort.aborted() => return Err(Error::Aborted),
-        outcome = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, now) => outcome,
+        outcome = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, &ctx.installation, now) => outcome,
         () = tokio::time::sleep(ctx.reconcile_deadline) => {
             let limit = ctx.reconcile_deadline;
             let note = format!(
@@ -607,7 +617,7 @@ async fn cleanup<P: ClusterPipeline>(
             let result = tokio::select! {
                 biased;
                 () = ctx.abort.aborted() => return Err(Error::Aborted),
-                r = ctx.pipeline.delete_owned(&cluster, &secrets) => r,
+                r = ctx.pipeline.delete_owned(&cluster, &secrets, &ctx.installation) => r,
             };
             match result {
                 Ok(summary) => {
@@ -1299,6 +1309,9 @@ pub const KUBERNETES_API_CALLS: &[ApiCall] = &[
     // Events (the recorder creates, then patches a series).
     call("events.k8s.io", "events", "create"),
     call("events.k8s.io", "events", "patch"),
+    // The UID of namespace kube-system identifies the installation (resourceNames
+    // kube-system only; not needed when --installation-id is given).
+    call("", "namespaces", "get"),
     // Leader election (namespaced Role).
     call("coordination.k8s.io", "leases", "get"),
     call("coordination.k8s.io", "leases", "create"),

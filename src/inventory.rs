@@ -574,6 +574,18 @@ impl Completeness {
 }
 
 impl Inventory {
+    /// The Proxmox cluster as the owner mark names it: its corosync name, or for a
+    /// standalone node that node's name.
+    pub fn pve_identity(&self) -> Option<String> {
+        self.cluster
+            .name
+            .clone()
+            .or_else(|| match self.nodes.as_slice() {
+                [only] => Some(only.name.clone()),
+                _ => None,
+            })
+    }
+
     /// True when the set of guests is known for every node, so a guest absent
     /// from this inventory really is gone (guests migrate between nodes, so one
     /// failed node list makes every absence uncertain).

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod net;
 pub mod netbox;
+pub mod owner;
 pub mod pipeline;
 pub mod pve;
 pub mod secret;

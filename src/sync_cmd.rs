@@ -53,6 +53,17 @@ pub struct SyncArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// First part of the owner mark on every NetBox object this run writes (see
+    /// docs/operations.md, "Ownership"). Runs that share a NetBox and must not touch each
+    /// other's objects need different ids; to hand a cluster over to the operator, use the
+    /// operator's id.
+    #[arg(
+        long,
+        default_value = "sync",
+        env = "INSTALLATION_ID",
+        value_parser = crate::cli::installation_id_arg
+    )]
+    pub installation_id: String,
     /// The endpoint guard's allow-list.
     #[command(flatten)]
     pub endpoints: crate::cli::EndpointArgs,
@@ -246,6 +257,7 @@ pub async fn run_sync(
         RunOptions {
             force_dry_run: args.dry_run,
             limits: StageLimits::default(),
+            installation: args.installation_id.clone(),
         },
         now,
     )

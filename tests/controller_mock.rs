@@ -60,6 +60,7 @@ impl ClusterPipeline for FakePipeline {
         credentials: &'a [NodeSSHCredential],
         _secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
+        _installation: &'a str,
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome> {
         self.runs.lock().unwrap().push(
@@ -91,6 +92,7 @@ impl ClusterPipeline for FakePipeline {
         &'a self,
         _cluster: &'a ProxmoxCluster,
         _secrets: &'a dyn SecretSource,
+        _installation: &'a str,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         *self.deletes.lock().unwrap() += 1;
         Box::pin(async move { self.delete_result.clone() })

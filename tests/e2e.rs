@@ -335,6 +335,9 @@ async fn operator_as_the_charts_service_account_syncs_and_follows_changes() {
     assert!(!can_i(&client, &user, "watch", "", "secrets", Some(&team.name)).await);
     assert!(!can_i(&client, &user, "get", "", "secrets", Some("kube-system")).await);
     assert!(!can_i(&client, &user, "get", "", "secrets", Some("default")).await);
+    // Namespaces: get on kube-system only (its UID is the installation id).
+    assert!(!can_i(&client, &user, "list", "", "namespaces", None).await);
+    assert!(!can_i(&client, &user, "get", "", "namespaces", None).await);
     assert!(!can_i(&client, &user, "create", "", "pods", Some(&team.name)).await);
     assert!(
         !can_i(

@@ -84,6 +84,7 @@ fn settings(test: &str) -> SyncSettings {
     let test = format!("{test}-{}-{nanos:x}", std::process::id());
     SyncSettings {
         owner: format!("tests/{test}"),
+        adopt_previous: None,
         site: format!("site-{test}"),
         tenant: None,
         cluster_name: format!("cluster-{test}"),
@@ -1228,4 +1229,163 @@ async fn guests_hidden_by_acls_or_vanished_en_masse_are_never_pruned() {
     .await;
     assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 1);
     assert_eq!(rest.list(&vms).await.len(), owned - 1);
+}
+
+/// Ids and owner marks of the VMs of a NetBox cluster, by vmid.
+async fn vms_by_vmid(rest: &Rest, s: &SyncSettings) -> BTreeMap<String, (u64, String)> {
+    let cid = rest.cluster_id(s).await;
+    rest.list(&format!(
+        "virtualization/virtual-machines/?cluster_id={cid}"
+    ))
+    .await
+    .iter()
+    .map(|v| {
+        (
+            v["custom_fields"]["proxmox_vmid"].to_string(),
+            (
+                v["id"].as_u64().unwrap(),
+                v["custom_fields"]["proxmox_owner"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn same_named_resources_of_two_installations_never_touch_each_others_objects() {
+    use proxmox_netbox_operator::netbox::engine::delete_owned;
+    use proxmox_netbox_operator::owner::OwnerScope;
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    // Two Proxmox clusters with the same vmids, guest names and node names.
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let base = settings("owners");
+    let unique = base.site.trim_start_matches("site-").to_string();
+    // The same ProxmoxCluster infra/lab in two Kubernetes clusters (staging, production),
+    // pointed at Proxmox clusters pve-a and pve-b; one NetBox site; prune on, grace 0.
+    let prod = OwnerScope::new(&format!("prod-{unique}"), "infra", "lab");
+    let staging = OwnerScope::new(&format!("staging-{unique}"), "infra", "lab");
+    let with = |scope: &OwnerScope, pve: &str| {
+        let mut s = base.clone();
+        s.owner = scope.mark(pve);
+        s.cluster_name = format!("{pve}-{unique}");
+        s.prune = true;
+        s.grace_period = Duration::ZERO;
+        s
+    };
+    let a = with(&prod, "pve-a");
+    let b = with(&staging, "pve-b");
+    let r = run(&nb, &a, &inv, false).await;
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let a_vms = vms_by_vmid(&rest, &a).await;
+    assert_eq!(
+        a_vms.len(),
+        inv.guests.iter().filter(|g| !g.template).count()
+    );
+    assert!(a_vms.values().all(|(_, mark)| *mark == a.owner));
+
+    // B's first sync: its nodes collide with A's devices by name in the site and are
+    // reported, never adopted; its VMs go to its own cluster; nothing of A changes.
+    let before = rest.changes().await;
+    let r = run(&nb, &b, &inv, false).await;
+    assert!(
+        r.collisions
+            .iter()
+            .all(|c| c.kind == "dcim.device" && c.message.contains(&a.owner)),
+        "{:?}",
+        r.collisions
+    );
+    assert_eq!(r.collisions.len(), inv.nodes.len());
+    for kind in r.kinds.values() {
+        assert_eq!((kind.deleted, kind.stale), (0, 0));
+    }
+    assert_eq!(vms_by_vmid(&rest, &a).await, a_vms, "A's VMs unchanged");
+    let b_vms = vms_by_vmid(&rest, &b).await;
+    assert_eq!(b_vms.len(), a_vms.len());
+    assert!(b_vms.values().all(|(_, mark)| *mark == b.owner));
+    assert!(rest.changes().await > before);
+
+    // Resyncs of both, in turn: A writes nothing, B writes nothing, nothing is pruned.
+    for s in [&a, &b, &a] {
+        let r = run(&nb, s, &inv, false).await;
+        assert_eq!(r.write_requests, 0, "{}: {:?}", s.owner, r.plan);
+    }
+    // A third owner writing to A's NetBox cluster: its VMs would take A's names; each is
+    // reported, none is adopted or changed.
+    let third = OwnerScope::new(&format!("third-{unique}"), "infra", "lab");
+    let mut c = with(&third, "pve-c");
+    c.cluster_name = a.cluster_name.clone();
+    let r = run(&nb, &c, &inv, false).await;
+    assert!(
+        r.collisions
+            .iter()
+            .any(|c| c.kind == "virtualization.virtualmachine" && c.message.contains(&a.owner)),
+        "{:?}",
+        r.collisions
+    );
+    assert_eq!(vms_by_vmid(&rest, &a).await, a_vms, "A's VMs unchanged");
+    delete_owned(&nb, &third).await.unwrap();
+
+    // Deleting staging's resource removes its objects (all its marks), none of A's.
+    let deleted = delete_owned(&nb, &staging).await.unwrap();
+    assert!(deleted >= b_vms.len() as u64);
+    assert_eq!(vms_by_vmid(&rest, &a).await, a_vms);
+    assert!(vms_by_vmid(&rest, &b).await.is_empty());
+    let r = run(&nb, &a, &inv, false).await;
+    assert_eq!(r.write_requests, 0);
+}
+
+#[tokio::test]
+async fn a_resource_takes_over_its_previous_marks_only_when_asked() {
+    use proxmox_netbox_operator::owner::OwnerScope;
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let base = settings("previous");
+    let unique = base.site.trim_start_matches("site-").to_string();
+    let scope = OwnerScope::new("inst", "team", &unique);
+    // Written by a version before 0.2, with the mark `namespace/name`.
+    let mut legacy = base.clone();
+    legacy.owner = scope.legacy_mark();
+    run(&nb, &legacy, &inv, false).await;
+    let old = vms_by_vmid(&rest, &legacy).await;
+    assert!(old.values().all(|(_, m)| *m == scope.legacy_mark()));
+
+    // Upgraded, without the annotation: the old objects are someone else's.
+    let mut current = base.clone();
+    current.owner = scope.mark("pve-demo");
+    let r = run(&nb, &current, &inv, false).await;
+    assert!(!r.collisions.is_empty());
+    assert!(
+        r.collisions
+            .iter()
+            .all(|c| c.message.contains(&scope.legacy_mark())),
+        "{:?}",
+        r.collisions
+    );
+    assert_eq!(vms_by_vmid(&rest, &legacy).await, old, "left as they are");
+
+    // With it: taken over in place (same ids), re-marked; then a resync writes nothing.
+    current.adopt_previous = Some(scope.clone());
+    let r = run(&nb, &current, &inv, false).await;
+    assert!(r.collisions.is_empty(), "{:?}", r.collisions);
+    let now = vms_by_vmid(&rest, &current).await;
+    assert_eq!(
+        now.iter()
+            .map(|(k, (id, _))| (k.clone(), *id))
+            .collect::<Vec<_>>(),
+        old.iter()
+            .map(|(k, (id, _))| (k.clone(), *id))
+            .collect::<Vec<_>>()
+    );
+    assert!(now.values().all(|(_, m)| *m == current.owner));
+    let r = run(&nb, &current, &inv, false).await;
+    assert_eq!(r.write_requests, 0, "{:?}", r.plan);
 }

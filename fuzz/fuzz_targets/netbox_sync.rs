@@ -309,6 +309,7 @@ impl NetBoxApi for FakeNetBox {
 fn settings() -> SyncSettings {
     SyncSettings {
         owner: "infra/lab".into(),
+        adopt_previous: None,
         site: "dc1".into(),
         tenant: Some("ops".into()),
         cluster_name: "lab".into(),

@@ -21,6 +21,12 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h)
 /// Longest text accepted in a duration field (the parser and the CRD agree on it).
 pub const DURATION_MAX_LENGTH: usize = 32;
 
+/// Set to `"true"` on a ProxmoxCluster to take over the NetBox objects it marked earlier:
+/// with its `namespace/name` mark of versions before 0.2, or for another Proxmox cluster
+/// (a standalone node that joined a cluster, endpoints pointed elsewhere). Only this
+/// resource's own marks qualify, never another resource's or installation's.
+pub const ADOPT_PREVIOUS_OWNER_ANNOTATION: &str = "proxmox-netbox.io/adopt-previous-owner";
+
 /// Bounds of one duration field of the spec. The CRD's CEL rule ([`DurationBounds::rule`]) and
 /// the operator's own parser (`config::bounded_duration`) both read them, so an object the API
 /// server accepts is one the operator can use, and the other way round.

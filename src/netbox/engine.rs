@@ -19,6 +19,7 @@ use crate::hardware::facts::NodeHardware;
 use crate::inventory::{
     GuestKind, Inventory, NodeInterfaceKind, ReadFailure, ReadOutcome, ReadScope,
 };
+use crate::owner::OwnerScope;
 
 /// Slug of the tag on every object the operator owns.
 pub const OWNER_TAG: &str = "proxmox-netbox-operator";
@@ -43,8 +44,11 @@ pub const CF_STALE_SINCE: &str = "proxmox_stale_since";
 /// What to sync and how; built from the ProxmoxCluster spec.
 #[derive(Clone, Debug)]
 pub struct SyncSettings {
-    /// `namespace/name` of the ProxmoxCluster.
+    /// The owner mark written on every object ([`crate::owner`]).
     pub owner: String,
+    /// When set, objects marked by this scope for another Proxmox cluster, or with its
+    /// legacy `namespace/name` mark, are taken over (re-marked) as owned.
+    pub adopt_previous: Option<OwnerScope>,
     /// Site slug or name.
     pub site: String,
     /// Tenant slug or name (must exist).
@@ -887,35 +891,61 @@ impl Engine<'_> {
         if !self.shared.owner_field_existed {
             return self.read_owned_by_tag().await;
         }
-        let q = vec![
-            ("cf_proxmox_owner".to_string(), self.s.owner.clone()),
-            ("tag".to_string(), OWNER_TAG.to_string()),
-        ];
-        let api = self.api;
-        let mut results = stream::iter(OWNED_KINDS)
-            .map(|k| {
-                let mut q = q.clone();
-                q.push(("fields".to_string(), k.fields.to_string()));
-                async move { (k, api.list(k.endpoint, &q).await) }
+        // The owner's mark; with adoption, also this scope's other marks and its legacy one.
+        let mut marks = vec![("cf_proxmox_owner", self.s.owner.clone())];
+        if let Some(previous) = &self.s.adopt_previous {
+            marks.push(("cf_proxmox_owner__isw", previous.prefix()));
+            marks.push(("cf_proxmox_owner", previous.legacy_mark()));
+        }
+        let queries: Vec<(Kind, Vec<(String, String)>)> = OWNED_KINDS
+            .iter()
+            .flat_map(|k| {
+                marks.iter().map(|(filter, mark)| {
+                    let q = vec![
+                        (filter.to_string(), mark.clone()),
+                        ("tag".to_string(), OWNER_TAG.to_string()),
+                        ("fields".to_string(), k.fields.to_string()),
+                    ];
+                    (*k, q)
+                })
             })
+            .collect();
+        for k in OWNED_KINDS {
+            self.current.insert(k.name, BTreeMap::new());
+        }
+        let api = self.api;
+        let mut results = stream::iter(queries)
+            .map(|(k, q)| async move { (k, api.list(k.endpoint, &q).await) })
             .buffer_unordered(4);
-        // Each kind is compacted as soon as it is read, so the raw answers of all kinds are
-        // never held at once.
+        // Each answer is compacted as soon as it is read, so the raw answers of all kinds
+        // are never held at once.
         while let Some((k, r)) = results.next().await {
-            let objs = r?;
-            let mut map = BTreeMap::new();
-            for o in objs {
-                // Both marks, checked again on the answer: the tag and the exact owner.
-                if custom_field(&o, CF_OWNER).as_deref() != Some(self.s.owner.as_str()) {
+            for o in r? {
+                // Both marks, checked again on the answer: the tag (by the query) and the
+                // owner (NetBox ignores a filter it does not know).
+                let mark = custom_field(&o, CF_OWNER);
+                if !mark.as_deref().is_some_and(|m| self.owned_mark(m)) {
                     continue;
                 }
                 if let Some(key) = current_key(k, &o) {
-                    map.insert(key, compact(k, o));
+                    self.current
+                        .entry(k.name)
+                        .or_default()
+                        .insert(key, compact(k, o));
                 }
             }
-            self.current.insert(k.name, map);
         }
         Ok(())
+    }
+
+    /// True for the owner's mark, and with adoption for the scope's previous marks.
+    fn owned_mark(&self, mark: &str) -> bool {
+        mark == self.s.owner
+            || self
+                .s
+                .adopt_previous
+                .as_ref()
+                .is_some_and(|p| p.owns(mark) || mark == p.legacy_mark())
     }
 
     /// Without `proxmox_owner` (first sync, or the field was deleted, which wipes its
@@ -2597,9 +2627,10 @@ fn device_model(hw: Option<&NodeHardware>) -> (String, String) {
 
 /// Deletes every object owned by `owner` (deletion policy `Delete`), children first.
 /// Returns how many were deleted.
-pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBoxError> {
+pub async fn delete_owned(api: &dyn NetBoxApi, owner: &OwnerScope) -> Result<u64, NetBoxError> {
+    // Every mark of this scope, whatever Proxmox cluster it was synced from.
     let q = vec![
-        ("cf_proxmox_owner".to_string(), owner.to_string()),
+        ("cf_proxmox_owner__isw".to_string(), owner.prefix()),
         ("tag".to_string(), OWNER_TAG.to_string()),
     ];
     let mut deleted = 0;
@@ -2608,7 +2639,7 @@ pub async fn delete_owned(api: &dyn NetBoxApi, owner: &str) -> Result<u64, NetBo
             .list(kind.endpoint, &q)
             .await?
             .iter()
-            .filter(|o| custom_field(o, CF_OWNER).as_deref() == Some(owner))
+            .filter(|o| custom_field(o, CF_OWNER).is_some_and(|m| owner.owns(&m)))
             .filter_map(id_of)
             .collect();
         for chunk in ids.chunks(200) {
@@ -2680,6 +2711,7 @@ mod tests {
     async fn a_custom_field_being_purged_stops_the_sync_with_a_clear_reason() {
         let settings = SyncSettings {
             owner: "infra/lab".into(),
+            adopt_previous: None,
             site: "dc1".into(),
             tenant: None,
             cluster_name: "lab".into(),

@@ -10,7 +10,9 @@ use serde_json::Value;
 use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
 use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
-use crate::crd::{MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy};
+use crate::crd::{
+    ADOPT_PREVIOUS_OWNER_ANNOTATION, MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy,
+};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::net::guard::EndpointGuard;
@@ -293,12 +295,25 @@ pub struct LiveWriter {
 pub fn sync_settings(
     cluster: &ProxmoxCluster,
     config: &ResolvedCluster,
-    pve_cluster_name: Option<&str>,
+    inventory: &Inventory,
 ) -> SyncSettings {
     let nb = &cluster.spec.netbox;
     let kinds = &cluster.spec.sync.kinds;
+    let pve_cluster_name = inventory.cluster.name.as_deref();
+    let owner = &config.netbox.owner;
+    let adopt_previous = cluster
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT_PREVIOUS_OWNER_ANNOTATION))
+        .is_some_and(|v| v == "true");
     SyncSettings {
-        owner: config.netbox.owner.clone(),
+        owner: owner.mark(
+            &inventory
+                .pve_identity()
+                .unwrap_or_else(|| "unknown".to_string()),
+        ),
+        adopt_previous: adopt_previous.then(|| owner.clone()),
         site: nb.site.clone(),
         tenant: nb.tenant.clone(),
         cluster_name: nb
@@ -385,7 +400,7 @@ impl NetBoxWriter for LiveWriter {
                 inner: &client,
                 calls,
             };
-            let settings = sync_settings(cluster, config, inventory.cluster.name.as_deref());
+            let settings = sync_settings(cluster, config, inventory);
             let report = sync(&client, &settings, inventory, hardware, dry_run, now)
                 .await
                 .map_err(|e| netbox_stage_error(&e))?;
@@ -414,7 +429,7 @@ impl NetBoxWriter for LiveWriter {
                 .map_err(|e| netbox_stage_error(&e))?;
             Ok(format!(
                 "deleted {n} NetBox object(s) owned by {}",
-                config.owner
+                config.owner.resource()
             ))
         })
     }
@@ -423,6 +438,7 @@ impl NetBoxWriter for LiveWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owner::OwnerScope;
 
     struct Answers;
     impl PveApi for Answers {
@@ -712,10 +728,13 @@ mod tests {
         // A plain-http NetBox URL: the NetBox client is refused with the same reason.
         let (cluster, dir) =
             guarded_cluster("https://pve1.example.com:8006", "http://netbox.example.com");
-        let config =
-            crate::config::resolve(&cluster, "infra/lab".into(), &DirSecrets::new(dir.path()))
-                .await
-                .unwrap();
+        let config = crate::config::resolve(
+            &cluster,
+            OwnerScope::new("test", "infra", "lab"),
+            &DirSecrets::new(dir.path()),
+        )
+        .await
+        .unwrap();
         let err = netbox_client(&cluster, &config.netbox, &EndpointGuard::default())
             .err()
             .unwrap();

@@ -22,6 +22,7 @@ use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
 use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
+use crate::owner::OwnerScope;
 use crate::secrets::SecretSource;
 use crate::status::{
     CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError, systems,
@@ -159,13 +160,16 @@ pub struct PipelineRun {
     pub report: Option<SyncReport>,
 }
 
-/// Options of one run: overrides of the spec (the `sync` command) and the stage limits.
-#[derive(Clone, Copy, Debug, Default)]
+/// Options of one run: the operator installation, overrides of the spec (the `sync`
+/// command) and the stage limits.
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Force dry-run whatever the spec says.
     pub force_dry_run: bool,
     /// Deadlines and the transport-error limit of the stages.
     pub limits: StageLimits,
+    /// The operator installation: first part of the owner mark (see [`crate::owner`]).
+    pub installation: String,
 }
 
 /// Deadlines of the stages of one run and the transport errors each stage tolerates. A
@@ -232,6 +236,7 @@ where
         credentials: &'a [NodeSSHCredential],
         secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
+        installation: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome> {
         Box::pin(async move {
@@ -245,6 +250,7 @@ where
                 RunOptions {
                     force_dry_run: false,
                     limits: self.limits,
+                    installation: installation.to_string(),
                 },
                 observer,
                 now,
@@ -258,16 +264,27 @@ where
         &'a self,
         cluster: &'a ProxmoxCluster,
         secrets: &'a dyn SecretSource,
+        installation: &'a str,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
             // Only the NetBox Secrets: the PVE ones may be gone already.
-            let config = resolve_netbox(cluster, owner_key(cluster), secrets).await?;
+            let config =
+                resolve_netbox(cluster, owner_scope(cluster, installation), secrets).await?;
             self.writer.delete_owned(cluster, &config).await
         })
     }
 }
 
-/// `namespace/name` of a cluster, its owner key in NetBox.
+/// The owner scope of a cluster's NetBox objects in `installation`.
+pub fn owner_scope(cluster: &ProxmoxCluster, installation: &str) -> OwnerScope {
+    OwnerScope::new(
+        installation,
+        cluster.metadata.namespace.as_deref().unwrap_or("default"),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// `namespace/name` of a cluster.
 pub fn owner_key(cluster: &ProxmoxCluster) -> String {
     format!(
         "{}/{}",
@@ -406,12 +423,13 @@ pub async fn run_pipeline_observed(
 ) -> PipelineRun {
     let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
     let limits = options.limits;
+    let owner = owner_scope(cluster, &options.installation);
     let calls = CallCounter::with_transport_limit(limits.transport_errors);
     let mut outcome = PipelineOutcome {
         dry_run,
         ..Default::default()
     };
-    let config = match resolve(cluster, owner_key(cluster), secrets).await {
+    let config = match resolve(cluster, owner, secrets).await {
         Ok(c) => c,
         Err(e) => {
             outcome.config_error = Some(e);
@@ -582,7 +600,7 @@ mod tests {
             _c: &'a ProxmoxCluster,
             cfg: &'a ResolvedNetBox,
         ) -> BoxFuture<'a, Result<String, StageError>> {
-            self.deleted.lock().unwrap().push(cfg.owner.clone());
+            self.deleted.lock().unwrap().push(cfg.owner.prefix());
             Box::pin(async { Ok(String::new()) })
         }
     }
@@ -902,14 +920,21 @@ mod tests {
         );
         // ... but the cleanup of the owned NetBox objects still runs.
         pipeline
-            .delete_owned(&cluster(false, "Sync"), &secrets)
+            .delete_owned(&cluster(false, "Sync"), &secrets, "inst-1")
             .await
             .unwrap();
-        assert_eq!(*pipeline.writer.deleted.lock().unwrap(), ["infra/lab"]);
+        assert_eq!(
+            *pipeline.writer.deleted.lock().unwrap(),
+            ["inst-1/infra/lab/"]
+        );
         // Without the NetBox token it is refused, naming the field.
         let none = tempfile::tempdir().unwrap();
         let err = pipeline
-            .delete_owned(&cluster(false, "Sync"), &DirSecrets::new(none.path()))
+            .delete_owned(
+                &cluster(false, "Sync"),
+                &DirSecrets::new(none.path()),
+                "inst-1",
+            )
             .await
             .unwrap_err();
         assert!(
@@ -965,6 +990,7 @@ mod tests {
                 netbox_sync: Duration::from_secs(120),
                 transport_errors: 5,
             },
+            installation: "inst-1".into(),
         }
     }
 
