@@ -153,6 +153,7 @@ pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProb
         },
         writer: LiveWriter {
             endpoint_guard: guard,
+            settle: Default::default(),
         },
         limits: StageLimits::default(),
     }

@@ -202,10 +202,13 @@ async fn sync_with_discovery_puts_facts_in_status_and_netbox() {
         .to_string();
     let devices = netbox_get(
         &env,
-        &format!("dcim/devices/?cf_proxmox_owner=cli/{cluster}&name=pve1"),
+        // The owner mark of `sync` (installation id `sync` by default).
+        &format!("dcim/devices/?cf_proxmox_owner__isw=sync/cli/{cluster}/&name=pve1"),
     )
     .await;
     let dev = &devices["results"][0];
+    let mark = dev["custom_fields"]["proxmox_owner"].as_str().unwrap();
+    assert!(mark.starts_with(&format!("sync/cli/{cluster}/")), "{mark}");
     assert_eq!(dev["serial"], "2RJF153");
     assert_eq!(dev["device_type"]["model"], "PowerEdge R640");
     let ifaces = netbox_get(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::harness::{FakePve, HarnessEnv, checking_http_client, topology};
+use common::harness::{FakePve, HarnessEnv, checking_http_client, read_fake_pve, topology};
 use proxmox_netbox_operator::hardware::facts::{
     ChassisInfo, EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware, SystemInfo,
 };
@@ -17,8 +17,6 @@ use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection};
 use proxmox_netbox_operator::netbox::engine::{SyncSettings, sync};
 use proxmox_netbox_operator::netbox::report::SyncReport;
-use proxmox_netbox_operator::pve::client::{PveAuth, PveClient, PveConnection};
-use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
 use proxmox_netbox_operator::secret::SecretString;
 use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
 use serde_json::{Value, json};
@@ -33,30 +31,9 @@ fn loopback_allowed() -> EndpointGuard {
     EndpointGuard::new(["127.0.0.0/8".parse().unwrap()])
 }
 
-async fn inventory(pve: &FakePve) -> Inventory {
-    install_crypto_provider();
-    let c = PveClient::new(PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Token {
-            token_id: pve.token_id.clone(),
-            secret: SecretString::new(pve.token_secret.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
-        timeout: Duration::from_secs(30),
-        max_concurrency: 8,
-        retries: 1,
-        endpoint_guard: loopback_allowed(),
-    })
-    .unwrap();
-    read_inventory(&c, &ReadOptions::default()).await.unwrap()
-}
-
 async fn demo_inventory(env: &HarnessEnv) -> Inventory {
     let pve = FakePve::start(env, &["--topology", &topology("demo.json")]);
-    inventory(&pve).await
+    read_fake_pve(&pve).await
 }
 
 fn netbox(env: &HarnessEnv) -> NetBoxClient {

@@ -14,7 +14,6 @@ use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::pve::client::{PveAuth, PveClient, PveConnection, PveError};
 use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
 use proxmox_netbox_operator::secret::SecretString;
-use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
 use serde_json::Value;
 
 /// The fake PVE listens on loopback: the endpoint guard must be told to allow it.
@@ -25,21 +24,11 @@ fn loopback_allowed() -> EndpointGuard {
 /// A connection to `pve` verified by its CA bundle: token auth, 10 s timeout, 4 requests in
 /// flight, no retries, loopback allowed. Tests change what they need.
 fn connection(pve: &FakePve) -> PveConnection {
-    install_crypto_provider();
     PveConnection {
-        endpoints: vec![pve.url.clone()],
-        auth: PveAuth::Token {
-            token_id: pve.token_id.clone(),
-            secret: SecretString::new(pve.token_secret.clone()),
-        },
-        tls: TlsSettings {
-            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
-            insecure_skip_verify: false,
-        },
         timeout: Duration::from_secs(10),
         max_concurrency: 4,
         retries: 0,
-        endpoint_guard: loopback_allowed(),
+        ..common::harness::pve_connection(pve)
     }
 }
 

@@ -8,6 +8,8 @@
 #                     collected once per cache and served by WhiteNoise in front of NetBox
 #   netbox.sh stop    stop gunicorn, the worker, redis and postgres (by PID)
 #   netbox.sh env     print the variables of the running instance
+#   netbox.sh kill-gunicorn | restart-gunicorn
+#                     SIGKILL the NetBox server (and start it again), for the fault tests
 #
 # Cache: $PNBO_CACHE_DIR/netbox-<version>/ (venv, conf, PostgreSQL data with a migrated
 # template database). State of a running instance: $PNBO_HARNESS_DIR/netbox/.
@@ -200,11 +202,21 @@ PYEOF
   printf '%s' "$token" > "$STATE/token"
   printf '%s' "$password" > "$STATE/admin_password"
   rm -f "$STATE/token.out"
+  start_gunicorn
+  NETBOX_ROOT="$ROOT" nohup "$VENV/bin/netbox" rqworker high default low >"$STATE/rqworker.log" 2>&1 &
+  echo $! > "$STATE/rqworker.pid"
+  wait_ready
+}
+
+start_gunicorn() {
   "$VENV/bin/gunicorn" --chdir "$ROOT" --bind "127.0.0.1:$NETBOX_PORT" \
     --workers 2 --threads 3 --timeout 600 --keep-alive 30 --preload --daemon --pid "$STATE/gunicorn.pid" \
     --env NETBOX_ROOT="$ROOT" --access-logfile /dev/null --error-logfile "$STATE/gunicorn.log" harness_wsgi
-  NETBOX_ROOT="$ROOT" nohup "$VENV/bin/netbox" rqworker high default low >"$STATE/rqworker.log" 2>&1 &
-  echo $! > "$STATE/rqworker.pid"
+}
+
+wait_ready() {
+  local token
+  token="$(cat "$STATE/token")"
   for _ in $(seq 120); do
     if curl -fs -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$NETBOX_PORT/api/status/" 2>/dev/null; then
       log "ready on http://127.0.0.1:$NETBOX_PORT"
@@ -215,6 +227,24 @@ PYEOF
   tail -30 "$STATE/gunicorn.log" >&2
   echo "netbox.sh: NetBox did not answer /api/status/ within 60 s" >&2
   exit 1
+}
+
+# SIGKILL of gunicorn's master and workers (a crashed NetBox server: requests in flight
+# die with their transactions), for the fault tests.
+cmd_kill_gunicorn() {
+  local file="$STATE/gunicorn.pid" pid
+  [ -f "$file" ] || return 0
+  pid="$(cat "$file")"
+  pkill -KILL -P "$pid" 2>/dev/null || true
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$file"
+}
+
+cmd_restart_gunicorn() {
+  cmd_kill_gunicorn
+  start_gunicorn
+  wait_ready
 }
 
 # Stops the process whose PID is in $STATE/$1 and waits up to 5 s for it to go.
@@ -255,5 +285,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   env) cmd_env ;;
-  *) echo "usage: $0 setup|start|stop|env" >&2; exit 2 ;;
+  kill-gunicorn) cmd_kill_gunicorn ;;
+  restart-gunicorn) cmd_restart_gunicorn ;;
+  *) echo "usage: $0 setup|start|stop|env|kill-gunicorn|restart-gunicorn" >&2; exit 2 ;;
 esac

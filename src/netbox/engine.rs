@@ -281,7 +281,7 @@ pub async fn sync(
         current: HashMap::new(),
     };
     e.bootstrap(inventory, hardware).await?;
-    e.read_owned().await?;
+    e.observe_owned().await?;
 
     let devices = e.sync_devices(inventory, hardware).await?;
     let interfaces = e.sync_node_interfaces(inventory, hardware, &devices).await;
@@ -887,9 +887,11 @@ impl Engine<'_> {
 
     // ------------------------------------------------------------------- observe
 
-    async fn read_owned(&mut self) -> Result<(), NetBoxError> {
+    async fn read_owned(&mut self) -> Result<Vec<(Kind, u64, String)>, NetBoxError> {
+        let mut duplicates = Vec::new();
         if !self.shared.owner_field_existed {
-            return self.read_owned_by_tag().await;
+            self.read_owned_by_tag().await?;
+            return Ok(duplicates);
         }
         // The owner's mark; with adoption, also this scope's other marks and its legacy one.
         let mut marks = vec![("cf_proxmox_owner", self.s.owner.clone())];
@@ -928,12 +930,69 @@ impl Engine<'_> {
                     continue;
                 }
                 if let Some(key) = current_key(k, &o) {
-                    self.current
-                        .entry(k.name)
-                        .or_default()
-                        .insert(key, compact(k, o));
+                    self.keep_first(k, key, o, &mut duplicates);
                 }
             }
+        }
+        Ok(duplicates)
+    }
+
+    /// Adds an owned object to the current ones. Of two owned objects with one identity
+    /// (a create NetBox finished after its client gave up, then made again), the older
+    /// (lower id) is kept and the other returned for deletion.
+    fn keep_first(
+        &mut self,
+        kind: Kind,
+        key: String,
+        obj: Value,
+        duplicates: &mut Vec<(Kind, u64, String)>,
+    ) {
+        let exact = |o: &Value| custom_field(o, CF_OWNER).as_deref() == Some(self.s.owner.as_str());
+        let new_exact = exact(&obj);
+        let map = self.current.entry(kind.name).or_default();
+        let new_id = id_of(&obj).unwrap_or(u64::MAX);
+        let label = format!("duplicate {key} (id {new_id})");
+        let old = map.get(&key);
+        // Only two objects of the exact current mark are duplicates; one taken over from an
+        // earlier mark only stands aside (the first one read stays).
+        let both_exact = new_exact && old.is_some_and(exact);
+        match old.and_then(id_of) {
+            Some(old_id) if old_id == new_id => {}
+            Some(_) if !both_exact => {}
+            Some(old_id) if old_id < new_id => duplicates.push((kind, new_id, label)),
+            Some(old_id) => {
+                duplicates.push((kind, old_id, format!("duplicate {key} (id {old_id})")));
+                map.insert(key, compact(kind, obj));
+            }
+            None => {
+                map.insert(key, compact(kind, obj));
+            }
+        }
+    }
+
+    /// Reads the owned objects; owned duplicates are deleted first (children before their
+    /// parents, by the order of the kinds) and the objects read again.
+    async fn observe_owned(&mut self) -> Result<(), NetBoxError> {
+        let duplicates = self.read_owned().await?;
+        if duplicates.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            owner = %self.s.owner,
+            duplicates = duplicates.len(),
+            "owned duplicates found (writes NetBox finished after their client gave up): the newer ones are deleted"
+        );
+        let mut ordered = duplicates;
+        ordered.sort_by_key(|(k, _, _)| OWNED_KINDS.iter().position(|o| o.name == k.name));
+        self.report.duplicates_removed += ordered.len() as u64;
+        self.delete_many(ordered).await;
+        if self.dry_run {
+            return Ok(());
+        }
+        self.current.clear();
+        let again = self.read_owned().await?;
+        if !again.is_empty() {
+            tracing::warn!(owner = %self.s.owner, duplicates = again.len(), "owned duplicates left; deleted on the next sync");
         }
         Ok(())
     }
@@ -1250,6 +1309,7 @@ impl Engine<'_> {
                         None => missing.push(item),
                     }
                 }
+                self.report.lost_creates += missing.len() as u64;
                 for (key, label, _) in missing {
                     out.push((key, Err((label, format!("no answer from NetBox ({message}); not created, will be retried next sync")))));
                 }

@@ -94,6 +94,13 @@ pub struct SyncReport {
     /// Why pruning was refused (too many owned objects gone at once), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune_blocked: Option<String>,
+    /// Creates whose answer was lost and whose objects were not found right after: NetBox
+    /// may still be executing them (the next sync waits before it reads).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_creates: u64,
+    /// Owned objects deleted because another owned object had the same identity.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_removed: u64,
 }
 
 impl SyncReport {
@@ -153,4 +160,8 @@ impl SyncReport {
             .collect();
         s
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

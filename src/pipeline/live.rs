@@ -1,12 +1,14 @@
 //! The live stages: the PVE API over HTTPS, SSH to the nodes, the NetBox REST API.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use serde_json::Value;
 
+use super::write_settle::{WriteSettle, settle_window};
 use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
 use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
@@ -289,6 +291,21 @@ impl ProxmoxReader for LiveReader {
 pub struct LiveWriter {
     /// What the NetBox URL may reach (`--allow-endpoint-cidr`).
     pub endpoint_guard: EndpointGuard,
+    /// Writes of earlier syncs NetBox may still be executing, per owner.
+    pub settle: Arc<WriteSettle>,
+}
+
+/// True when the resource's status shows a NetBox stage that never finished.
+fn netbox_stage_interrupted(cluster: &ProxmoxCluster) -> bool {
+    cluster
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == crate::conditions::types::NETBOX_SYNCED)
+        })
+        .is_some_and(|c| c.reason == reasons::RECONCILING)
 }
 
 /// The engine settings of a cluster.
@@ -347,7 +364,7 @@ pub fn sync_settings(
         prune_max_percent: u32::try_from(cluster.spec.sync.prune.max_percent)
             .unwrap_or(10)
             .clamp(1, 100),
-        batch_size: 100,
+        batch_size: 50,
         max_in_flight: usize::try_from(nb.max_in_flight).unwrap_or(4).max(1),
     }
 }
@@ -401,9 +418,30 @@ impl NetBoxWriter for LiveWriter {
                 calls,
             };
             let settings = sync_settings(cluster, config, inventory);
-            let report = sync(&client, &settings, inventory, hardware, dry_run, now)
-                .await
-                .map_err(|e| netbox_stage_error(&e))?;
+            let window = settle_window(config.netbox.timeout);
+            let guard = if dry_run {
+                None
+            } else {
+                let interrupted = netbox_stage_interrupted(cluster);
+                if let Some(until) = self.settle.wait_until(&settings.owner, interrupted, window) {
+                    tracing::info!(
+                        owner = %settings.owner,
+                        wait_seconds = until.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+                        "an earlier sync may have left NetBox writes running: waiting for them to settle before reading"
+                    );
+                    tokio::time::sleep_until(until).await;
+                }
+                Some(self.settle.begin(&settings.owner, window))
+            };
+            let result = sync(&client, &settings, inventory, hardware, dry_run, now).await;
+            let lost = match &result {
+                Ok(report) => report.lost_creates > 0,
+                Err(e) => e.is_transport(),
+            };
+            if let Some(guard) = guard {
+                guard.finished(lost);
+            }
+            let report = result.map_err(|e| netbox_stage_error(&e))?;
             if calls.netbox_budget.exhausted() {
                 return Err(netbox_stage_error(&NetBoxError::TransportLimit {
                     limit: calls.netbox_budget.limit(),

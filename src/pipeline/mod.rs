@@ -5,6 +5,7 @@
 //! tested with fakes; the live implementations are in [`live`].
 
 pub mod live;
+pub mod write_settle;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -190,3 +190,37 @@ pub fn checking_http_client() -> reqwest::Client {
         .build()
         .expect("HTTP client")
 }
+
+/// A connection to `pve` as the operator makes one: its CA bundle, token auth, 30 s
+/// timeout, 8 requests in flight, one retry, loopback allowed. Tests change what they need.
+pub fn pve_connection(pve: &FakePve) -> proxmox_netbox_operator::pve::client::PveConnection {
+    use proxmox_netbox_operator::pve::client::{PveAuth, PveConnection};
+    use proxmox_netbox_operator::secret::SecretString;
+    use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
+    install_crypto_provider();
+    PveConnection {
+        endpoints: vec![pve.url.clone()],
+        auth: PveAuth::Token {
+            token_id: pve.token_id.clone(),
+            secret: SecretString::new(pve.token_secret.clone()),
+        },
+        tls: TlsSettings {
+            ca_pem: Some(std::fs::read_to_string(&pve.ca_file).unwrap()),
+            insecure_skip_verify: false,
+        },
+        timeout: Duration::from_secs(30),
+        max_concurrency: 8,
+        retries: 1,
+        endpoint_guard: proxmox_netbox_operator::net::guard::EndpointGuard::new(["127.0.0.0/8"
+            .parse()
+            .unwrap()]),
+    }
+}
+
+/// The inventory of a fake PVE, read as the operator reads it.
+pub async fn read_fake_pve(pve: &FakePve) -> proxmox_netbox_operator::inventory::Inventory {
+    use proxmox_netbox_operator::pve::client::PveClient;
+    use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
+    let c = PveClient::new(pve_connection(pve)).unwrap();
+    read_inventory(&c, &ReadOptions::default()).await.unwrap()
+}

@@ -265,8 +265,9 @@ pub fn harness_cluster(
     let mut spec = json!({
         "proxmox": {"endpoints": [env.pve_url], "credentialsSecretRef": {"name": "pve"},
                     "tls": {"caSecretRef": {"name": "pve-ca", "key": "ca.crt"}}},
-        // The harness's NetBox is plain http on loopback.
-        "netbox": {"url": env.netbox_url, "allowInsecureHttp": true,
+        // The harness's NetBox is plain http on loopback. A request timeout of 20 s makes
+        // the settle wait after an interrupted sync 40 s (docs/reliability.md).
+        "netbox": {"url": env.netbox_url, "allowInsecureHttp": true, "requestTimeout": "20s",
                    "tokenSecretRef": {"name": "netbox", "key": "token"},
                    "site": format!("e2e-{tag}"), "clusterName": format!("e2e-{tag}")},
         "sync": {"interval": "1m"}

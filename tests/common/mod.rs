@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crd_cases;
+pub mod fault_proxy;
 pub mod harness;
 pub mod kube;
 pub mod sshd;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Fault-injection runs against the harness (NetBox, fakepve): the scenarios of
+# tests/fault_netbox.rs with many seeds. Prints one line per run (the rows of
+# docs/reliability.md) and exits non-zero when any run left a duplicate, a missing object,
+# a deletion or a resync with writes.
+#
+#   scripts/chaos.sh                 seeds 1..20, 30 guests, 2 faulty syncs per run
+#   CHAOS_SEEDS=7,8 CHAOS_GUESTS=90 scripts/chaos.sh
+#
+# The harness must be up (scripts/harness/harness.sh up); CI runs the short version (seeds
+# 1,2) as part of the test suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+# shellcheck disable=SC1091
+source "${PNBO_HARNESS_DIR:-/tmp/pnbo-harness}/env"
+export CHAOS_SEEDS="${CHAOS_SEEDS:-$(seq -s, 1 20)}"
+export CHAOS_GUESTS="${CHAOS_GUESTS:-30}"
+export CHAOS_FAULTY_SYNCS="${CHAOS_FAULTY_SYNCS:-2}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/proxmox-netbox-operator/cargo-target}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+echo "chaos: seeds $CHAOS_SEEDS, $CHAOS_GUESTS guests, $CHAOS_FAULTY_SYNCS faulty syncs per run" >&2
+status=0
+cargo test --test fault_netbox -- --nocapture >"$log" 2>&1 || status=$?
+grep -E '^seed [0-9]+:' "$log" || true
+grep -E '^test result|runs that did not converge' "$log" >&2 || true
+exit "$status"
