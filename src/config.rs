@@ -439,6 +439,14 @@ mod tests {
         std::fs::write(dir.join(secret).join(key), value).unwrap();
     }
 
+    /// Resolves `c` with the owner scope every test here uses.
+    async fn resolve_test(
+        c: &ProxmoxCluster,
+        secrets: &DirSecrets,
+    ) -> Result<ResolvedCluster, StageError> {
+        resolve(c, OwnerScope::new("test", "infra", "lab"), secrets).await
+    }
+
     /// Every Secret key `cluster()` references, with placeholder values.
     fn all_secrets() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -456,13 +464,9 @@ mod tests {
         write(d.path(), "pve", "tokenSecret", "s3cr3t-value");
         write(d.path(), "pve-ca", "ca.crt", "-----BEGIN CERTIFICATE-----");
         write(d.path(), "nb", "token", "nbt_abc.def");
-        let r = resolve(
-            &cluster(),
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap();
+        let r = resolve_test(&cluster(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap();
         assert!(
             matches!(&r.pve_credentials, PveCredentials::Token { token_id, .. } if token_id == "sync@pve!op")
         );
@@ -487,13 +491,9 @@ mod tests {
         write(d.path(), "pve-ca", "ca.crt", "pem");
         // NetBox Secret exists but lacks the key.
         write(d.path(), "nb", "other", "x");
-        let err = resolve(
-            &cluster(),
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&cluster(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::SECRET_KEY_MISSING);
         assert!(
             err.message.starts_with("spec.netbox.tokenSecretRef:"),
@@ -503,13 +503,9 @@ mod tests {
         assert!(err.message.contains("\"token\""));
 
         let empty = tempfile::tempdir().unwrap();
-        let err = resolve(
-            &cluster(),
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(empty.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&cluster(), &DirSecrets::new(empty.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::SECRET_NOT_FOUND);
         assert!(
             err.message.contains("spec.proxmox.credentialsSecretRef"),
@@ -523,13 +519,9 @@ mod tests {
         let d = all_secrets();
         let mut c = cluster();
         c.spec.proxmox.tls.insecure_skip_verify = true;
-        let err = resolve(
-            &c,
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&c, &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert!(
             err.message
@@ -544,26 +536,16 @@ mod tests {
         let d = all_secrets();
         let mut c = cluster();
         c.spec.sync.interval = "10s".into();
-        let err = resolve(
-            &c,
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&c, &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert_eq!(
             err.message,
             "spec.sync.interval: \"10s\" is shorter than the minimum of 30s"
         );
         c.spec.sync.interval = "30s".into();
-        let ok = resolve(
-            &c,
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap();
+        let ok = resolve_test(&c, &DirSecrets::new(d.path())).await.unwrap();
         assert_eq!(ok.sync_interval, Duration::from_secs(30));
         c.spec.sync.interval = "1h30m".into();
         assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(5400));
@@ -715,13 +697,9 @@ mod tests {
         let mut c = cluster();
         c.spec.hardware_discovery.command_timeout = "99999999999999999999999999h".into();
         let empty = tempfile::tempdir().unwrap();
-        let err = resolve(
-            &c,
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(empty.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&c, &DirSecrets::new(empty.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert_eq!(
             err.message,
@@ -852,24 +830,16 @@ mod tests {
         write(d.path(), "pve", "password", "pw-value");
         write(d.path(), "pve-ca", "ca.crt", "pem");
         write(d.path(), "nb", "token", "t");
-        let r = resolve(
-            &cluster(),
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap();
+        let r = resolve_test(&cluster(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap();
         assert!(matches!(r.pve_credentials, PveCredentials::Ticket { .. }));
 
         write(d.path(), "pve", "tokenId", "no-separator");
         write(d.path(), "pve", "tokenSecret", "x");
-        let err = resolve(
-            &cluster(),
-            OwnerScope::new("test", "infra", "lab"),
-            &DirSecrets::new(d.path()),
-        )
-        .await
-        .unwrap_err();
+        let err = resolve_test(&cluster(), &DirSecrets::new(d.path()))
+            .await
+            .unwrap_err();
         assert_eq!(err.reason, reasons::INVALID_SPEC);
         assert!(err.message.contains("user@realm!tokenname"));
     }
