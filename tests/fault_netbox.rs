@@ -249,20 +249,14 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
     let _shared = NETBOX_SERVER.read().await;
     let Scenario {
         env,
-        pve: _pve,
+        pve,
         inv,
         rest,
     } = Scenario::start().await;
+    // The Secrets `sync` would read; the resource is built per run below.
     let secrets_dir = tempfile::tempdir().unwrap();
-    for (secret, key, value) in [
-        ("pve", "tokenId", "u@pve!t"),
-        ("pve", "tokenSecret", "s"),
-        ("nb", "token", env.netbox_token.as_str()),
-    ] {
-        std::fs::create_dir_all(secrets_dir.path().join(secret)).unwrap();
-        std::fs::write(secrets_dir.path().join(secret).join(key), value).unwrap();
-    }
-    let secrets = DirSecrets::new(secrets_dir.path());
+    sync_files(&env, &pve, secrets_dir.path(), "unused");
+    let secrets = DirSecrets::new(secrets_dir.path().join("secrets"));
     let faulty_syncs = env_number("CHAOS_FAULTY_SYNCS", 2);
     let mut failures = Vec::new();
     for seed in seeds() {
