@@ -14,7 +14,8 @@ source scripts/harness/shared-dir.sh
 cleanup() { bash scripts/harness/harness.sh down || true; }
 trap cleanup EXIT
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says how long the run has taken so far (CI's log shows where the time goes).
+step() { printf '\n==> [%d s] %s\n' "$SECONDS" "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -99,7 +99,8 @@ impl Rest {
     }
 }
 
-/// One sync through the operator's NetBox stage, without hardware facts.
+/// One sync through the operator's NetBox stage, without hardware facts, failing the test
+/// when it takes longer than [`SYNC_DEADLINE`].
 async fn sync_once(
     writer: &LiveWriter,
     cluster: &ProxmoxCluster,
@@ -110,17 +111,11 @@ async fn sync_once(
     proxmox_netbox_operator::status::StageError,
 > {
     let calls = CallCounter::default();
-    writer
-        .sync(
-            cluster,
-            config,
-            inv,
-            &BTreeMap::new(),
-            false,
-            Utc::now(),
-            &calls,
-        )
+    let no_facts = BTreeMap::new();
+    let sync = writer.sync(cluster, config, inv, &no_facts, false, Utc::now(), &calls);
+    tokio::time::timeout(SYNC_DEADLINE, sync)
         .await
+        .unwrap_or_else(|_| panic!("a sync still running after {SYNC_DEADLINE:?}"))
 }
 
 /// The harness, a generated fake PVE and its inventory.
@@ -369,8 +364,11 @@ fn sync_files(env: &HarnessEnv, pve: &FakePve, dir: &std::path::Path, tag: &str)
     std::fs::write(dir.join("cluster.yaml"), yaml).unwrap();
 }
 
-fn sync_command(dir: &std::path::Path) -> std::process::Command {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"));
+/// A `sync --output json` of the resource in `dir`, its JSON written to `dir/<out>` (a
+/// file, not a pipe: a report larger than a pipe's buffer must never block the process),
+/// killed when dropped.
+fn sync_command(dir: &std::path::Path, out: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"));
     c.args([
         "sync",
         "--output",
@@ -383,9 +381,34 @@ fn sync_command(dir: &std::path::Path) -> std::process::Command {
     .arg("--secrets-dir")
     .arg(dir.join("secrets"))
     .env_remove("ALLOW_ENDPOINT_CIDRS")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null());
+    .stdout(std::fs::File::create(dir.join(out)).unwrap())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
     c
+}
+
+/// The longest a `sync` of these runs may take before the test fails (a sync of 20-30
+/// guests takes well under a minute; the stage deadlines are far longer).
+const SYNC_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Waits for `child` to end, at most [`SYNC_DEADLINE`]; a sync still running then is
+/// killed and the test fails saying so.
+async fn wait_for(child: &mut tokio::process::Child, what: &str) -> std::process::ExitStatus {
+    match tokio::time::timeout(SYNC_DEADLINE, child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!("{what} still running after {SYNC_DEADLINE:?}");
+        }
+    }
+}
+
+/// Runs one `sync` to its end: whether it succeeded, and its JSON report.
+async fn run_sync(dir: &std::path::Path, what: &str) -> (bool, Value) {
+    let mut child = sync_command(dir, "report.json").spawn().unwrap();
+    let ok = wait_for(&mut child, what).await.success();
+    let text = std::fs::read_to_string(dir.join("report.json")).unwrap_or_default();
+    (ok, serde_json::from_str(&text).unwrap_or_default())
 }
 
 /// What is killed in the middle of a first sync.
@@ -434,12 +457,12 @@ async fn kill_mid_sync(victim: Victim) {
         let started = Instant::now();
         // Somewhere in the first sync (a first sync of 20-30 guests takes 10-20 s).
         let kill_after = Duration::from_millis(rng.random_range(1000..12000));
-        let mut first = sync_command(dir.path()).spawn().unwrap();
+        let mut first = sync_command(dir.path(), "first.json").spawn().unwrap();
         tokio::time::sleep(kill_after).await;
         let killed = first.try_wait().unwrap().is_none();
         match victim {
             Victim::Operator => {
-                let _ = first.kill();
+                let _ = first.start_kill();
             }
             Victim::NetBox => {
                 netbox_script("kill-gunicorn");
@@ -447,23 +470,19 @@ async fn kill_mid_sync(victim: Victim) {
                 netbox_script("restart-gunicorn");
             }
         }
-        let _ = first.wait();
+        wait_for(&mut first, "the first sync").await;
         // Then syncs until one succeeds (at most 4).
         let mut syncs = 0;
         let (converged, last) = loop {
             syncs += 1;
-            let out = sync_command(dir.path()).output().unwrap();
-            let text: String = String::from_utf8_lossy(&out.stdout)
-                .chars()
-                .take(2000)
-                .collect();
-            if out.status.success() || syncs == 4 {
-                break (out.status.success(), text);
+            let (ok, report) = run_sync(dir.path(), "a converging sync").await;
+            if ok || syncs == 4 {
+                let text: String = report.to_string().chars().take(2000).collect();
+                break (ok, text);
             }
         };
         let findings = check(&rest, &inv, &format!("cluster-{tag}")).await;
-        let resync = sync_command(dir.path()).output().unwrap();
-        let resync: Value = serde_json::from_slice(&resync.stdout).unwrap_or_default();
+        let (_, resync) = run_sync(dir.path(), "the resync").await;
         let resync_writes = resync["netbox"]["writeRequests"].as_u64();
         let row = format!(
             "seed {seed}: {what} killed after {:.1} s ({}), {syncs} sync(s) to converge, duplicates {}, missing {}, resync writes {:?}, converged in {:.0} s",
