@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fault-injection runs against the harness (NetBox, fakepve): the scenarios of
-# tests/fault_netbox.rs with many seeds. Prints one line per run (the rows of
+# tests/fault_netbox.rs (NetBox side, operator kills) and tests/fault_pve.rs (PVE side)
+# with many seeds. Prints one line per run (the rows of
 # docs/reliability.md) and exits non-zero when any run left a duplicate, a missing object,
 # a deletion or a resync with writes.
 #
@@ -29,7 +30,7 @@ else
 fi
 echo "chaos: seeds $CHAOS_SEEDS, $CHAOS_GUESTS guests, $CHAOS_FAULTY_SYNCS faulty syncs per run" >&2
 status=0
-cargo test --test fault_netbox -- --nocapture "$@" >"$log" 2>&1 || status=$?
+cargo test --test fault_netbox --test fault_pve -- --nocapture "$@" >"$log" 2>&1 || status=$?
 grep -E '^seed [0-9]+:' "$log" || true
 grep -E '^test result|runs that did not converge' "$log" >&2 || true
 exit "$status"

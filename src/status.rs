@@ -598,7 +598,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             degraded.push((
                 reasons::COLLISIONS,
                 format!(
-                    "{} NetBox object(s) not owned by this operator are in the way and were left untouched (set spec.netbox.adoptExisting to take them over)",
+                    "{} NetBox object(s) in the way were left untouched: objects not owned by this operator (spec.netbox.adoptExisting takes them over) or IP addresses in use in the same IP space (give each Proxmox cluster its own VRF with spec.netbox.vrf)",
                     s.collisions
                 ),
             ));

@@ -15,13 +15,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde_json::{Value, json};
 
-use common::fault_proxy::{Fault, FaultPlan, start};
+use common::chaos::{
+    Rest, Scenario, check, cluster, env_number, run_sync, seeds, sync_command, sync_files,
+    sync_once, wait_for,
+};
+use common::fault_proxy::{Fault, FaultPlan, Target, start};
 use common::harness::{FakePve, HarnessEnv, checking_http_client, read_fake_pve};
 use proxmox_netbox_operator::config::resolve;
 use proxmox_netbox_operator::crd::ProxmoxCluster;
@@ -29,7 +32,6 @@ use proxmox_netbox_operator::inventory::Inventory;
 use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::owner::OwnerScope;
 use proxmox_netbox_operator::pipeline::live::LiveWriter;
-use proxmox_netbox_operator::pipeline::{CallCounter, NetBoxWriter};
 use proxmox_netbox_operator::secrets::DirSecrets;
 
 /// Held shared by the tests of this file, exclusively by the one that kills NetBox.
@@ -37,207 +39,6 @@ static NETBOX_SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new((
 
 /// The client's NetBox request timeout in these runs (short, so delays pass it quickly).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A fake PVE of 3 nodes and `CHAOS_GUESTS` guests.
-fn generated_pve(env: &HarnessEnv) -> FakePve {
-    let spec = format!("nodes=3,guests={}", env_number("CHAOS_GUESTS", 20));
-    FakePve::start(env, &["--generate", &spec])
-}
-
-fn seeds() -> Vec<u64> {
-    std::env::var("CHAOS_SEEDS")
-        .unwrap_or_else(|_| "1,2".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect()
-}
-
-/// A ProxmoxCluster whose NetBox is `url` with request timeout `timeout`, with names unique
-/// to `tag`.
-fn cluster(url: &str, tag: &str, timeout: &str) -> ProxmoxCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "proxmox-netbox.io/v1alpha1", "kind": "ProxmoxCluster",
-        "metadata": {"name": tag, "namespace": "chaos"},
-        "spec": {
-            "proxmox": {"endpoints": ["https://127.0.0.1:1"], "credentialsSecretRef": {"name": "pve"}},
-            "netbox": {"url": url, "allowInsecureHttp": true, "requestTimeout": timeout,
-                       "tokenSecretRef": {"name": "nb", "key": "token"},
-                       "site": format!("site-{tag}"), "clusterName": format!("cluster-{tag}")}
-        }
-    }))
-    .unwrap()
-}
-
-/// Plain reads of NetBox.
-struct Rest {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Rest {
-    async fn list(&self, path: &str) -> Vec<Value> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let v: Value = self
-            .http
-            .get(format!("{}/api/{path}{sep}limit=1000", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["results"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-/// One sync through the operator's NetBox stage, without hardware facts, failing the test
-/// when it takes longer than [`SYNC_DEADLINE`].
-async fn sync_once(
-    writer: &LiveWriter,
-    cluster: &ProxmoxCluster,
-    config: &proxmox_netbox_operator::config::ResolvedCluster,
-    inv: &Inventory,
-) -> Result<
-    proxmox_netbox_operator::pipeline::NetBoxResult,
-    proxmox_netbox_operator::status::StageError,
-> {
-    let calls = CallCounter::default();
-    let no_facts = BTreeMap::new();
-    let sync = writer.sync(cluster, config, inv, &no_facts, false, Utc::now(), &calls);
-    tokio::time::timeout(SYNC_DEADLINE, sync)
-        .await
-        .unwrap_or_else(|_| panic!("a sync still running after {SYNC_DEADLINE:?}"))
-}
-
-/// The harness, a generated fake PVE and its inventory.
-struct Scenario {
-    env: HarnessEnv,
-    pve: FakePve,
-    inv: Inventory,
-    rest: Rest,
-}
-
-impl Scenario {
-    async fn start() -> Self {
-        proxmox_netbox_operator::tls::install_crypto_provider();
-        let env = HarnessEnv::load();
-        let pve = generated_pve(&env);
-        let inv = read_fake_pve(&pve).await;
-        let rest = Rest {
-            http: checking_http_client(),
-            url: env.netbox_url.clone(),
-            token: env.netbox_token.clone(),
-        };
-        Self {
-            env,
-            pve,
-            inv,
-            rest,
-        }
-    }
-}
-
-/// What is wrong in NetBox compared with the topology, by the operator's identity.
-#[derive(Debug, Default)]
-struct Findings {
-    duplicates: Vec<String>,
-    missing: Vec<String>,
-}
-
-async fn check(rest: &Rest, inv: &Inventory, cluster_name: &str) -> Findings {
-    let mut f = Findings::default();
-    let clusters = rest
-        .list(&format!("virtualization/clusters/?name={cluster_name}"))
-        .await;
-    let cid = clusters[0]["id"].as_u64().unwrap();
-    let vms = rest
-        .list(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}"
-        ))
-        .await;
-    let mut by_vmid: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for vm in &vms {
-        by_vmid
-            .entry(vm["custom_fields"]["proxmox_vmid"].to_string())
-            .or_default()
-            .push(vm["id"].as_u64().unwrap());
-    }
-    for guest in inv.guests.iter().filter(|g| !g.template) {
-        match by_vmid.get(&guest.vmid.to_string()).map(Vec::len) {
-            None => f.missing.push(format!("vm {}", guest.vmid)),
-            Some(1) => {}
-            Some(n) => f.duplicates.push(format!("vm {} x{n}", guest.vmid)),
-        }
-    }
-    // Children: by parent and name (interfaces, disks), by interface (MACs, IPs).
-    let vm_ids: BTreeSet<u64> = vms.iter().filter_map(|v| v["id"].as_u64()).collect();
-    let mut ifaces = BTreeSet::new();
-    for (path, what) in [
-        ("virtualization/interfaces/", "interface"),
-        ("virtualization/virtual-disks/", "disk"),
-    ] {
-        let mut seen: BTreeMap<(u64, String), u32> = BTreeMap::new();
-        for o in rest.list(&format!("{path}?cluster_id={cid}")).await {
-            let vm = o["virtual_machine"]["id"].as_u64().unwrap_or(0);
-            if vm_ids.contains(&vm) {
-                *seen
-                    .entry((vm, o["name"].as_str().unwrap_or("").to_string()))
-                    .or_default() += 1;
-                if what == "interface" {
-                    ifaces.extend(o["id"].as_u64());
-                }
-            }
-        }
-        for ((vm, name), n) in seen {
-            if n > 1 {
-                f.duplicates.push(format!("{what} {name} of vm {vm} x{n}"));
-            }
-        }
-    }
-    let nics: usize = inv
-        .guests
-        .iter()
-        .filter(|g| !g.template)
-        .map(|g| g.nics.len())
-        .sum();
-    if ifaces.len() < nics {
-        f.missing
-            .push(format!("{} of {nics} VM interfaces", nics - ifaces.len()));
-    }
-    for (path, field) in [
-        ("dcim/mac-addresses/", "mac_address"),
-        ("ipam/ip-addresses/", "address"),
-    ] {
-        let mut seen: BTreeMap<(u64, String), u32> = BTreeMap::new();
-        for chunk in ifaces.iter().collect::<Vec<_>>().chunks(50) {
-            let q: Vec<String> = chunk
-                .iter()
-                .map(|i| format!("vminterface_id={i}"))
-                .collect();
-            for o in rest.list(&format!("{path}?{}", q.join("&"))).await {
-                let owner = o["assigned_object_id"].as_u64().unwrap_or(0);
-                let value = o[field].as_str().unwrap_or("").to_ascii_lowercase();
-                *seen.entry((owner, value)).or_default() += 1;
-            }
-        }
-        for ((iface, value), n) in seen {
-            if n > 1 {
-                f.duplicates
-                    .push(format!("{field} {value} on interface {iface} x{n}"));
-            }
-        }
-    }
-    f
-}
 
 #[tokio::test]
 async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
@@ -261,7 +62,8 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
             env.netbox_url.clone(),
             FaultPlan {
                 seed,
-                write_fault_rate: rate,
+                target: Target::NetBoxWrites,
+                fault_rate: rate,
                 client_timeout: CLIENT_TIMEOUT,
                 scripted: None,
             },
@@ -302,7 +104,7 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
         let row = format!(
             "seed {seed}: {:.0}% of {} writes faulted ({} faults: {}), duplicates {}, missing {}, deletions {deleted}, clean sync {}, resync writes {:?}, converged in {:.0} s",
             rate * 100.0,
-            log.writes,
+            log.targeted,
             log.faults.len(),
             fault_kinds(&log.faults),
             findings.duplicates.len(),
@@ -312,12 +114,7 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
             converged.as_secs_f64()
         );
         eprintln!("{row}");
-        if !findings.duplicates.is_empty()
-            || !findings.missing.is_empty()
-            || clean.is_err()
-            || resync != Ok(0)
-            || deleted != 0
-        {
+        if !findings.clean() || clean.is_err() || resync != Ok(0) || deleted != 0 {
             failures.push(format!("{row}\n  {findings:?}\n  clean: {clean:?}"));
         }
     }
@@ -342,76 +139,7 @@ fn fault_kinds(faults: &[(String, common::fault_proxy::Fault)]) -> String {
         .join(", ")
 }
 
-/// Writes the Secrets and the resource file of a `sync` run against `pve` and NetBox.
-fn sync_files(env: &HarnessEnv, pve: &FakePve, dir: &std::path::Path, tag: &str) {
-    for (secret, key, value) in [
-        ("pve", "tokenId", pve.token_id.clone()),
-        ("pve", "tokenSecret", pve.token_secret.clone()),
-        (
-            "pve-ca",
-            "ca.crt",
-            std::fs::read_to_string(&pve.ca_file).unwrap(),
-        ),
-        ("nb", "token", env.netbox_token.clone()),
-    ] {
-        std::fs::create_dir_all(dir.join("secrets").join(secret)).unwrap();
-        std::fs::write(dir.join("secrets").join(secret).join(key), value).unwrap();
-    }
-    let yaml = format!(
-        "apiVersion: proxmox-netbox.io/v1alpha1\nkind: ProxmoxCluster\nmetadata: {{name: {tag}, namespace: chaos}}\nspec:\n  proxmox: {{endpoints: [\"{}\"], credentialsSecretRef: {{name: pve}}, tls: {{caSecretRef: {{name: pve-ca, key: ca.crt}}}}}}\n  netbox: {{url: \"{}\", allowInsecureHttp: true, tokenSecretRef: {{name: nb, key: token}}, site: site-{tag}, clusterName: cluster-{tag}}}\n",
-        pve.url, env.netbox_url
-    );
-    std::fs::write(dir.join("cluster.yaml"), yaml).unwrap();
-}
-
-/// A `sync --output json` of the resource in `dir`, its JSON written to `dir/<out>` (a
-/// file, not a pipe: a report larger than a pipe's buffer must never block the process),
-/// killed when dropped.
-fn sync_command(dir: &std::path::Path, out: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxmox-netbox-operator"));
-    c.args([
-        "sync",
-        "--output",
-        "json",
-        "--allow-endpoint-cidr",
-        "127.0.0.0/8",
-        "-f",
-    ])
-    .arg(dir.join("cluster.yaml"))
-    .arg("--secrets-dir")
-    .arg(dir.join("secrets"))
-    .env_remove("ALLOW_ENDPOINT_CIDRS")
-    .stdout(std::fs::File::create(dir.join(out)).unwrap())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
-    c
-}
-
-/// The longest a `sync` of these runs may take before the test fails (a sync of 20-30
-/// guests takes well under a minute; the stage deadlines are far longer).
-const SYNC_DEADLINE: Duration = Duration::from_secs(300);
-
-/// Waits for `child` to end, at most [`SYNC_DEADLINE`]; a sync still running then is
-/// killed and the test fails saying so.
-async fn wait_for(child: &mut tokio::process::Child, what: &str) -> std::process::ExitStatus {
-    match tokio::time::timeout(SYNC_DEADLINE, child.wait()).await {
-        Ok(status) => status.unwrap(),
-        Err(_) => {
-            let _ = child.kill().await;
-            panic!("{what} still running after {SYNC_DEADLINE:?}");
-        }
-    }
-}
-
-/// Runs one `sync` to its end: whether it succeeded, and its JSON report.
-async fn run_sync(dir: &std::path::Path, what: &str) -> (bool, Value) {
-    let mut child = sync_command(dir, "report.json").spawn().unwrap();
-    let ok = wait_for(&mut child, what).await.success();
-    let text = std::fs::read_to_string(dir.join("report.json")).unwrap_or_default();
-    (ok, serde_json::from_str(&text).unwrap_or_default())
-}
-
-/// What is killed in the middle of a first sync.
+/// What is killed in the middle of a sync.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Victim {
     /// The `sync` process.
@@ -420,19 +148,30 @@ enum Victim {
     NetBox,
 }
 
-fn netbox_script(action: &str) {
+/// Which sync is interrupted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// The first sync of a new resource.
+    FirstSync,
+    /// A resync after Proxmox changed: guests added, changed and removed (prune on,
+    /// grace 0).
+    ResyncWithChanges,
+}
+
+/// Runs `scripts/harness/netbox.sh` with `args`; the test fails when it fails.
+fn netbox_script(args: &[&str]) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/harness/netbox.sh");
     let ok = std::process::Command::new("bash")
         .arg(script)
-        .arg(action)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap()
         .success();
-    assert!(ok, "netbox.sh {action} failed");
+    assert!(ok, "netbox.sh {args:?} failed");
 }
 
-async fn kill_mid_sync(victim: Victim) {
+async fn kill_mid_sync(victim: Victim, moment: Moment) {
     use rand::{Rng, SeedableRng};
     let Scenario {
         env,
@@ -440,9 +179,39 @@ async fn kill_mid_sync(victim: Victim) {
         inv,
         rest,
     } = Scenario::start().await;
-    let what = match victim {
-        Victim::Operator => "sync process",
-        Victim::NetBox => "NetBox server",
+    // The same Proxmox cluster after a change: 4 more guests, the memory of a quarter
+    // changed, 2 of 24 gone.
+    let changed = (moment == Moment::ResyncWithChanges).then(|| {
+        let guests = env_number("CHAOS_GUESTS", 20);
+        let spec = format!(
+            "nodes=3,guests={},name={}",
+            guests + 4,
+            inv.pve_identity().unwrap()
+        );
+        FakePve::start(
+            &env,
+            &[
+                "--generate",
+                &spec,
+                "--mutate-percent",
+                "25",
+                "--remove-percent",
+                "8",
+            ],
+        )
+    });
+    let (pve, inv) = match changed {
+        Some(after) => {
+            let inv_after = read_fake_pve(&after).await;
+            assert_eq!(inv_after.pve_identity(), inv.pve_identity());
+            ((pve, Some(after)), inv_after)
+        }
+        None => ((pve, None), inv),
+    };
+    let what = match (victim, moment) {
+        (Victim::Operator, Moment::FirstSync) => "sync process",
+        (Victim::Operator, Moment::ResyncWithChanges) => "resync process",
+        (Victim::NetBox, _) => "NetBox server",
     };
     let mut failures = Vec::new();
     for seed in seeds() {
@@ -453,10 +222,19 @@ async fn kill_mid_sync(victim: Victim) {
             std::process::id(),
             Utc::now().timestamp()
         );
-        sync_files(&env, &pve, dir.path(), &tag);
+        sync_files(&env, &pve.0, dir.path(), &tag);
+        if let Some(after) = &pve.1 {
+            let (ok, report) = run_sync(dir.path(), "the sync before the change").await;
+            assert!(ok, "{report}");
+            sync_files(&env, after, dir.path(), &tag);
+        }
         let started = Instant::now();
-        // Somewhere in the first sync (a first sync of 20-30 guests takes 10-20 s).
-        let kill_after = Duration::from_millis(rng.random_range(1000..12000));
+        // Somewhere in the sync (a first sync of 20-30 guests takes 10-20 s, a resync with
+        // these changes 3-5 s).
+        let kill_after = Duration::from_millis(match moment {
+            Moment::FirstSync => rng.random_range(1000..12000),
+            Moment::ResyncWithChanges => rng.random_range(200..4000),
+        });
         let mut first = sync_command(dir.path(), "first.json").spawn().unwrap();
         tokio::time::sleep(kill_after).await;
         let killed = first.try_wait().unwrap().is_none();
@@ -465,9 +243,9 @@ async fn kill_mid_sync(victim: Victim) {
                 let _ = first.start_kill();
             }
             Victim::NetBox => {
-                netbox_script("kill-gunicorn");
+                netbox_script(&["kill-gunicorn"]);
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
-                netbox_script("restart-gunicorn");
+                netbox_script(&["restart-gunicorn"]);
             }
         }
         wait_for(&mut first, "the first sync").await;
@@ -498,11 +276,7 @@ async fn kill_mid_sync(victim: Victim) {
             started.elapsed().as_secs_f64()
         );
         eprintln!("{row}");
-        if !converged
-            || !findings.duplicates.is_empty()
-            || !findings.missing.is_empty()
-            || resync_writes != Some(0)
-        {
+        if !converged || !findings.clean() || resync_writes != Some(0) {
             failures.push(format!("{row}\n  {findings:?}\n  last: {last}"));
         }
     }
@@ -516,13 +290,19 @@ async fn kill_mid_sync(victim: Victim) {
 #[tokio::test]
 async fn a_sync_killed_at_a_random_moment_is_finished_by_the_next_without_duplicates() {
     let _shared = NETBOX_SERVER.read().await;
-    kill_mid_sync(Victim::Operator).await;
+    kill_mid_sync(Victim::Operator, Moment::FirstSync).await;
+}
+
+#[tokio::test]
+async fn a_resync_with_changes_killed_at_a_random_moment_is_finished_by_the_next() {
+    let _shared = NETBOX_SERVER.read().await;
+    kill_mid_sync(Victim::Operator, Moment::ResyncWithChanges).await;
 }
 
 #[tokio::test]
 async fn netbox_killed_at_a_random_moment_of_a_sync_leaves_no_duplicate() {
     let _alone = NETBOX_SERVER.write().await;
-    kill_mid_sync(Victim::NetBox).await;
+    kill_mid_sync(Victim::NetBox, Moment::FirstSync).await;
 }
 
 #[tokio::test]
@@ -540,7 +320,8 @@ async fn a_create_netbox_executes_after_its_client_gave_up_is_waited_for_not_rep
         env.netbox_url.clone(),
         FaultPlan {
             seed: 0,
-            write_fault_rate: 0.0,
+            target: Target::NetBoxWrites,
+            fault_rate: 0.0,
             client_timeout: CLIENT_TIMEOUT,
             scripted: Some((
                 "POST /api/virtualization/virtual-machines/",
@@ -582,9 +363,225 @@ async fn a_create_netbox_executes_after_its_client_gave_up_is_waited_for_not_rep
         "the VMs NetBox created late were found"
     );
     let findings = check(&rest, &inv, &format!("cluster-{tag}")).await;
-    assert!(
-        findings.duplicates.is_empty() && findings.missing.is_empty(),
-        "{findings:?}"
-    );
+    assert!(findings.clean(), "{findings:?}");
     assert_eq!(proxy.log().faults.len(), 1);
+}
+
+/// NetBox's `ENFORCE_GLOBAL_UNIQUE` switched on for as long as this lives (the harness runs
+/// with it off).
+struct GlobalUniqueAddresses;
+
+impl GlobalUniqueAddresses {
+    fn on() -> Self {
+        netbox_script(&["global-unique", "on"]);
+        Self
+    }
+}
+
+impl Drop for GlobalUniqueAddresses {
+    fn drop(&mut self) {
+        netbox_script(&["global-unique", "off"]);
+    }
+}
+
+/// The IP addresses on the VM interfaces of the NetBox cluster `cluster_name`, by id:
+/// address, interface and VRF.
+async fn cluster_addresses(
+    rest: &Rest,
+    cluster_name: &str,
+) -> BTreeMap<u64, (String, u64, Option<u64>)> {
+    let clusters = rest
+        .list(&format!("virtualization/clusters/?name={cluster_name}"))
+        .await;
+    let cid = clusters[0]["id"].as_u64().unwrap();
+    let ifaces: Vec<u64> = rest
+        .list(&format!("virtualization/interfaces/?cluster_id={cid}"))
+        .await
+        .iter()
+        .filter_map(|i| i["id"].as_u64())
+        .collect();
+    let mut out = BTreeMap::new();
+    for chunk in ifaces.chunks(50) {
+        let q: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("vminterface_id={i}"))
+            .collect();
+        for ip in rest
+            .list(&format!("ipam/ip-addresses/?{}", q.join("&")))
+            .await
+        {
+            out.insert(
+                ip["id"].as_u64().unwrap(),
+                (
+                    ip["address"].as_str().unwrap_or_default().to_string(),
+                    ip["assigned_object_id"].as_u64().unwrap_or_default(),
+                    ip["vrf"]["id"].as_u64(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn addresses_of(ips: &BTreeMap<u64, (String, u64, Option<u64>)>) -> Vec<String> {
+    let mut v: Vec<String> = ips.values().map(|(a, _, _)| a.clone()).collect();
+    v.sort();
+    v
+}
+
+/// One sync of `resource` (prune on, grace 0, owner `chaos/chaos/<name>`) through the
+/// operator's NetBox stage.
+async fn sync_resource(
+    writer: &LiveWriter,
+    secrets: &DirSecrets,
+    resource: &ProxmoxCluster,
+    inv: &Inventory,
+) -> proxmox_netbox_operator::pipeline::NetBoxResult {
+    let name = resource.metadata.name.clone().unwrap_or_default();
+    let config = resolve(resource, OwnerScope::new("chaos", "chaos", &name), secrets)
+        .await
+        .unwrap();
+    sync_once(writer, resource, &config, inv).await.unwrap()
+}
+
+#[tokio::test]
+async fn overlapping_address_ranges_of_two_proxmox_clusters_lose_and_move_nothing() {
+    let _alone = NETBOX_SERVER.write().await;
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    let env = HarnessEnv::load();
+    let stamp = format!("{}-{}", std::process::id(), Utc::now().timestamp());
+    let rest = Rest {
+        http: checking_http_client(),
+        url: env.netbox_url.clone(),
+        token: env.netbox_token.clone(),
+    };
+    // Three Proxmox clusters with the same vmids and the same private addresses, in an
+    // address range no earlier test left anything in (they would collide too).
+    let mut octet = None;
+    for k in 11..=126 {
+        let taken = rest
+            .list(&format!("ipam/ip-addresses/?parent={k}.0.0.0/8"))
+            .await;
+        if taken.is_empty() {
+            octet = Some(k);
+            break;
+        }
+    }
+    let octet = octet.expect("a free /8 for the overlapping clusters");
+    let guests = env_number("CHAOS_GUESTS", 20);
+    let pve = |seed: u32, name: &str| {
+        let spec = format!("nodes=3,guests={guests},seed={seed},name={name}-{stamp},octet={octet}");
+        FakePve::start(&env, &["--generate", &spec])
+    };
+    let (pve_a, pve_b, pve_c) = (pve(7, "ovl-a"), pve(8, "ovl-b"), pve(9, "ovl-c"));
+    let (inv_a, inv_b, inv_c) = (
+        read_fake_pve(&pve_a).await,
+        read_fake_pve(&pve_b).await,
+        read_fake_pve(&pve_c).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    sync_files(&env, &pve_a, dir.path(), "unused");
+    let secrets = DirSecrets::new(dir.path().join("secrets"));
+    let writer = LiveWriter {
+        endpoint_guard: EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]),
+        settle: Default::default(),
+    };
+    let resource = |name: &str, vrf: Option<&str>| {
+        let mut c = cluster(&env.netbox_url, &format!("{name}-{stamp}"), "60s");
+        // A site each: node names repeat too (pve1..3), and a device name is unique per
+        // site.
+        c.spec.netbox.site = format!("site-{name}-{stamp}");
+        c.spec.netbox.vrf = vrf.map(Into::into);
+        c.spec.sync.prune.enabled = true;
+        c.spec.sync.prune.grace_period = "0s".into();
+        c
+    };
+    let name_of = |c: &ProxmoxCluster| c.spec.netbox.cluster_name.clone().unwrap();
+
+    // Global uniqueness on: A in the global table.
+    let unique = GlobalUniqueAddresses::on();
+    let a = resource("ovl-a", None);
+    let first = sync_resource(&writer, &secrets, &a, &inv_a).await;
+    assert!(first.report.errors.is_empty(), "{:?}", first.report.errors);
+    let a_addresses = cluster_addresses(&rest, &name_of(&a)).await;
+    assert!(!a_addresses.is_empty());
+    // B with the same addresses in the global table: each address is refused and reported
+    // with the remedy; nothing of A changes.
+    let b = resource("ovl-b", None);
+    let refused = sync_resource(&writer, &secrets, &b, &inv_b).await;
+    let ip_collisions: Vec<_> = refused
+        .report
+        .collisions
+        .iter()
+        .filter(|c| c.kind == "ipam.ipaddress")
+        .collect();
+    assert!(!ip_collisions.is_empty(), "{:?}", refused.report.collisions);
+    assert!(
+        ip_collisions
+            .iter()
+            .all(|c| c.message.contains("spec.netbox.vrf")),
+        "{ip_collisions:?}"
+    );
+    assert_eq!(refused.summary.deleted, 0);
+    assert_eq!(cluster_addresses(&rest, &name_of(&a)).await, a_addresses);
+    // B in a VRF of its own: every address created there; A still untouched.
+    let vrf = format!("vrf-ovl-b-{stamp}");
+    let b = resource("ovl-b", Some(&vrf));
+    let in_vrf = sync_resource(&writer, &secrets, &b, &inv_b).await;
+    assert!(
+        in_vrf.report.errors.is_empty(),
+        "{:?}",
+        in_vrf.report.errors
+    );
+    assert!(
+        in_vrf.report.collisions.is_empty(),
+        "{:?}",
+        in_vrf.report.collisions
+    );
+    let b_addresses = cluster_addresses(&rest, &name_of(&b)).await;
+    assert_eq!(addresses_of(&b_addresses), addresses_of(&a_addresses));
+    let vrf_id = rest.list(&format!("ipam/vrfs/?name={vrf}")).await[0]["id"].as_u64();
+    assert!(vrf_id.is_some());
+    assert!(b_addresses.values().all(|(_, _, v)| *v == vrf_id));
+    assert!(a_addresses.values().all(|(_, _, v)| v.is_none()));
+    for (resource, inv) in [(&a, &inv_a), (&b, &inv_b)] {
+        let f = check(&rest, inv, &name_of(resource)).await;
+        assert!(f.clean(), "{f:?}");
+        let resync = sync_resource(&writer, &secrets, resource, inv).await;
+        assert_eq!(resync.summary.write_requests, 0, "{:?}", resync.report.plan);
+    }
+    assert_eq!(cluster_addresses(&rest, &name_of(&a)).await, a_addresses);
+
+    // Global uniqueness off: C in the global table beside A; both keep their own addresses.
+    drop(unique);
+    let c = resource("ovl-c", None);
+    let beside = sync_resource(&writer, &secrets, &c, &inv_c).await;
+    assert!(
+        beside.report.errors.is_empty(),
+        "{:?}",
+        beside.report.errors
+    );
+    let c_addresses = cluster_addresses(&rest, &name_of(&c)).await;
+    assert_eq!(addresses_of(&c_addresses), addresses_of(&a_addresses));
+    assert_eq!(cluster_addresses(&rest, &name_of(&a)).await, a_addresses);
+    let resync = sync_resource(&writer, &secrets, &c, &inv_c).await;
+    assert_eq!(resync.summary.write_requests, 0);
+
+    // A moved into a VRF of its own later: the same address objects, updated in place.
+    let vrf_a = format!("vrf-ovl-a-{stamp}");
+    let a = resource("ovl-a", Some(&vrf_a));
+    let moved = sync_resource(&writer, &secrets, &a, &inv_a).await;
+    assert!(moved.report.errors.is_empty(), "{:?}", moved.report.errors);
+    assert_eq!(moved.summary.deleted, 0);
+    let a_moved = cluster_addresses(&rest, &name_of(&a)).await;
+    let vrf_a_id = rest.list(&format!("ipam/vrfs/?name={vrf_a}")).await[0]["id"].as_u64();
+    assert_eq!(
+        a_moved.keys().collect::<Vec<_>>(),
+        a_addresses.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        a_moved
+            .values()
+            .all(|(_, _, v)| *v == vrf_a_id && v.is_some())
+    );
 }

@@ -312,6 +312,7 @@ fn settings() -> SyncSettings {
         adopt_previous: None,
         site: "dc1".into(),
         tenant: Some("ops".into()),
+        vrf: Some("lab".into()),
         cluster_name: "lab".into(),
         cluster_group: Some("pve".into()),
         cluster_type: "Proxmox VE".into(),

@@ -10,6 +10,9 @@
 #   netbox.sh env     print the variables of the running instance
 #   netbox.sh kill-gunicorn | restart-gunicorn
 #                     SIGKILL the NetBox server (and start it again), for the fault tests
+#   netbox.sh global-unique on|off
+#                     NetBox's ENFORCE_GLOBAL_UNIQUE (a configuration revision; the
+#                     harness starts with it off), for the overlapping-address tests
 #
 # Cache: $PNBO_CACHE_DIR/netbox-<version>/ (venv, conf, PostgreSQL data with a migrated
 # template database). State of a running instance: $PNBO_HARNESS_DIR/netbox/.
@@ -99,8 +102,6 @@ API_TOKEN_PEPPERS = {1: '$pepper'}
 CENSUS_REPORTING_ENABLED = False
 RELEASE_CHECK_URL = None
 MAX_PAGE_SIZE = 1000
-# Tests of several clusters reuse the same addresses; the operator handles both settings.
-ENFORCE_GLOBAL_UNIQUE = False
 LOGIN_REQUIRED = True
 EOF
   # NetBox serves no static files unless DEBUG is on; WhiteNoise serves what collectstatic
@@ -194,6 +195,12 @@ from users.models import User, Token
 u = User.objects.create_superuser('admin', 'admin@example.invalid', os.environ['NB_ADMIN_PASSWORD'])
 t = Token(user=u, version=2, write_enabled=True, description='proxmox-netbox-operator tests')
 t.save()
+# Tests of several clusters reuse the same addresses: global uniqueness starts off
+# (`netbox.sh global-unique on` turns it on for the tests of both settings).
+from core.models import ConfigRevision
+r = ConfigRevision(data={'ENFORCE_GLOBAL_UNIQUE': False}, comment='proxmox-netbox-operator tests')
+r.save()
+r.activate()
 print('TOKEN=nbt_%s.%s' % (t.key, t.token))
 PYEOF
   local token
@@ -241,6 +248,26 @@ cmd_kill_gunicorn() {
   rm -f "$file"
 }
 
+# ENFORCE_GLOBAL_UNIQUE as NetBox's active configuration revision (configuration.py leaves it
+# unset so that it can change while NetBox runs; NetBox reads the revision from its cache
+# on every request).
+cmd_global_unique() {
+  local value
+  case "$1" in
+    on) value=True ;;
+    off) value=False ;;
+    *) echo "usage: $0 global-unique on|off" >&2; exit 2 ;;
+  esac
+  NETBOX_ROOT="$ROOT" PNBO_GLOBAL_UNIQUE="$value" "$VENV/bin/netbox" shell >/dev/null 2>"$STATE/global-unique.log" <<'PYEOF'
+import os
+from core.models import ConfigRevision
+revision = ConfigRevision(data={'ENFORCE_GLOBAL_UNIQUE': os.environ['PNBO_GLOBAL_UNIQUE'] == 'True'},
+                          comment='proxmox-netbox-operator tests')
+revision.save()
+revision.activate()
+PYEOF
+}
+
 cmd_restart_gunicorn() {
   cmd_kill_gunicorn
   start_gunicorn
@@ -286,6 +313,7 @@ case "${1:-}" in
   stop) cmd_stop ;;
   env) cmd_env ;;
   kill-gunicorn) cmd_kill_gunicorn ;;
+  global-unique) cmd_global_unique "${2:-}" ;;
   restart-gunicorn) cmd_restart_gunicorn ;;
-  *) echo "usage: $0 setup|start|stop|env|kill-gunicorn|restart-gunicorn" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|start|stop|env|kill-gunicorn|restart-gunicorn|global-unique on|off" >&2; exit 2 ;;
 esac

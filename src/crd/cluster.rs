@@ -101,7 +101,7 @@ pub const SYNC_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
     min_secs: 30,
     max_secs: 720 * 3600,
 };
-/// `spec.sync.prune.gracePeriod`: 0 (delete at the next sync) to 30 days.
+/// `spec.sync.prune.gracePeriod`: 0 (delete in the sync that finds it gone) to 30 days.
 pub const PRUNE_GRACE_PERIOD_BOUNDS: DurationBounds = DurationBounds {
     field: "spec.sync.prune.gracePeriod",
     min_secs: 0,
@@ -271,6 +271,14 @@ pub struct NetBoxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
     pub tenant: Option<String>,
+    /// Name of a NetBox VRF for the IP addresses of this cluster's nodes and guests. Created
+    /// if missing (with unique addresses enforced inside it). Give each Proxmox cluster its
+    /// own VRF when their private address ranges overlap: in the global table, with NetBox's
+    /// `ENFORCE_GLOBAL_UNIQUE`, an address another cluster already uses is refused and
+    /// reported as a collision. Default: the global table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
+    pub vrf: Option<String>,
     /// Name of the NetBox cluster. Defaults to the PVE cluster name, else this resource's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = NETBOX_NAME_MAX_LENGTH))]
@@ -453,7 +461,7 @@ pub struct PruneSpec {
     #[serde(default)]
     pub enabled: bool,
     /// How long an object stays marked stale before it is deleted (Go duration, default `24h`,
-    /// at most `720h`).
+    /// at most `720h`; `0s` deletes it in the sync that finds it gone, without a mark).
     #[serde(default = "default_grace_period")]
     #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = PRUNE_GRACE_PERIOD_BOUNDS.rule())]

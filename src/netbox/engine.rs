@@ -41,6 +41,14 @@ pub const CF_DISK_STORAGE: &str = "proxmox_disk_storage";
 /// Custom field holding when an object was first found gone from Proxmox.
 pub const CF_STALE_SINCE: &str = "proxmox_stale_since";
 
+/// What NetBox says when an address is taken in the same IP space (the global table with
+/// `ENFORCE_GLOBAL_UNIQUE`, or a VRF enforcing unique addresses).
+const DUPLICATE_IP: &str = "Duplicate IP address";
+/// The remedy given with an address taken in the same IP space.
+pub const IP_SPACE_REMEDY: &str = "the address is in use in the same IP space by another Proxmox cluster or a hand-made object; give each Proxmox cluster its own VRF with spec.netbox.vrf";
+/// The remedy given with an unowned object in the way.
+const OWNER_REMEDY: &str = "an object not managed by this operator is in the way; spec.netbox.adoptExisting takes such objects over";
+
 /// What to sync and how; built from the ProxmoxCluster spec.
 #[derive(Clone, Debug)]
 pub struct SyncSettings {
@@ -53,6 +61,8 @@ pub struct SyncSettings {
     pub site: String,
     /// Tenant slug or name (must exist).
     pub tenant: Option<String>,
+    /// VRF (by name) of the IP addresses; `None`: the global table.
+    pub vrf: Option<String>,
     /// NetBox cluster name.
     pub cluster_name: String,
     /// Cluster group name.
@@ -134,7 +144,7 @@ const MAC: Kind = Kind {
 const IP: Kind = Kind {
     name: "ipam.ipaddress",
     endpoint: "ipam/ip-addresses",
-    fields: "id,address,status,assigned_object_type,assigned_object_id,tenant,description,tags,custom_fields",
+    fields: "id,address,vrf,status,assigned_object_type,assigned_object_id,tenant,description,tags,custom_fields",
 };
 const VM: Kind = Kind {
     name: "virtualization.virtualmachine",
@@ -185,6 +195,7 @@ struct Shared {
     pve_tags_made: BTreeSet<u64>,
     site: u64,
     tenant: Option<u64>,
+    vrf: Option<u64>,
     cluster: u64,
     device_role: u64,
     role_qemu: u64,
@@ -354,6 +365,30 @@ impl Engine<'_> {
             .first()
             .and_then(id_of)
             .ok_or_else(|| decode(endpoint))
+    }
+
+    /// The VRF named `name` (VRFs have no slug), created when missing with unique
+    /// addresses enforced and the owner tag.
+    async fn ensure_vrf(&mut self, name: &str) -> Result<u64, NetBoxError> {
+        const EP: &str = "ipam/vrfs";
+        let by_name = [("name".to_string(), name.to_string())];
+        if let Some(found) = self.api.list(EP, &by_name).await?.first() {
+            return id_of(found).ok_or_else(|| decode(EP));
+        }
+        let body = fields(json!({
+            "name": name,
+            "enforce_unique": true,
+            "description": "IP space of a Proxmox VE cluster (spec.netbox.vrf)",
+            "tags": [self.shared.owner_tag],
+        }));
+        self.report.counts("ipam.vrf").created += 1;
+        self.report
+            .plan("ipam.vrf", name, "create", body.keys().cloned().collect());
+        if self.dry_run {
+            return Ok(self.next_placeholder());
+        }
+        let created = self.api.create(EP, vec![Value::Object(body)]).await?;
+        created.first().and_then(id_of).ok_or_else(|| decode(EP))
     }
 
     async fn ensure_custom_fields(&mut self) -> Result<(), NetBoxError> {
@@ -621,6 +656,9 @@ impl Engine<'_> {
                             ),
                         })?,
                 );
+        }
+        if let Some(name) = self.s.vrf.clone() {
+            self.shared.vrf = Some(self.ensure_vrf(&name).await?);
         }
         let cluster_type = self
             .ensure(
@@ -1171,14 +1209,17 @@ impl Engine<'_> {
                         .insert(key, compact(kind, obj));
                 }
                 Err((label, message)) => {
-                    if message.contains("Duplicate IP address")
-                        || message.contains("already exists")
-                    {
+                    if message.contains(DUPLICATE_IP) || message.contains("already exists") {
+                        let remedy = if message.contains(DUPLICATE_IP) {
+                            IP_SPACE_REMEDY
+                        } else {
+                            OWNER_REMEDY
+                        };
                         self.report.collisions.push(Collision {
                             kind: kind.name.into(),
                             object: label.clone(),
                             existing_id: None,
-                            message: message.clone(),
+                            message: format!("{message} ({remedy})"),
                         });
                     }
                     self.report.error(kind.name, &label, message);
@@ -1990,6 +2031,7 @@ impl Engine<'_> {
             let key = format!("{object_type}/{object_id}/{cidr}");
             let f = fields(json!({
                 "address": cidr,
+                "vrf": e.shared.vrf,
                 "status": "active",
                 "assigned_object_type": object_type,
                 "assigned_object_id": object_id,
@@ -2361,7 +2403,8 @@ impl Engine<'_> {
         }
         self.delete_many(deletes).await;
 
-        // Devices and VMs: stale first, deleted after the grace period. A kind that is not
+        // Devices and VMs: stale first, deleted after the grace period (at once when it is
+        // zero). A kind that is not
         // synced is not managed: its objects are left as they are. So is a template when
         // templates are skipped: it still exists in Proxmox.
         let node_names: BTreeSet<&str> = inv.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -2439,6 +2482,9 @@ impl Engine<'_> {
                         expired.push((kind, id, label));
                     }
                     Some(_) => self.report.counts(kind.name).stale += 1,
+                    // No grace period: deleted in the sync that finds it gone, without a
+                    // stale mark first (one write, and one clean sync converges).
+                    None if self.s.grace_period.is_zero() => expired.push((kind, id, label)),
                     None => {
                         let mut tags: BTreeSet<u64> = obj["tags"]
                             .as_array()
@@ -2774,6 +2820,7 @@ mod tests {
             adopt_previous: None,
             site: "dc1".into(),
             tenant: None,
+            vrf: None,
             cluster_name: "lab".into(),
             cluster_group: None,
             cluster_type: "Proxmox VE".into(),

@@ -333,6 +333,7 @@ pub fn sync_settings(
         adopt_previous: adopt_previous.then(|| owner.clone()),
         site: nb.site.clone(),
         tenant: nb.tenant.clone(),
+        vrf: nb.vrf.clone(),
         cluster_name: nb
             .cluster_name
             .clone()

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod crd_cases;
 pub mod fault_proxy;
 pub mod harness;

@@ -1,7 +1,7 @@
 """Serve the third-party fake Proxmox VE API (PyPI `fakepve`) seeded from a topology file.
 
     python serve.py --topology tests/topologies/demo.json --state-dir DIR [--port N]
-    python serve.py --generate nodes=3,guests=1000,seed=7 --state-dir DIR
+    python serve.py --generate nodes=3,guests=1000,seed=7[,name=CLUSTER][,octet=K] --state-dir DIR
 
 fakepve answers every path of the PVE 9 schema; where it only has placeholders for what the
 operator reads (node status, node network, disks, storage usage, guest-agent and LXC
@@ -44,14 +44,16 @@ def node_network(index, ip):
     a VLAN interface on the bridge and one on a NIC."""
     base = ip.rsplit('.', 1)[0]
     host = ip.rsplit('.', 1)[1]
+    first = ip.split('.')[0]
+    storage = '172.16.10' if first == '10' else first + '.16.10'
     return [
         {'iface': 'eno1', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
          'exists': 1, 'active': 1, 'priority': 3},
         {'iface': 'eno2', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
          'exists': 1, 'active': 1, 'priority': 4},
         {'iface': 'enp65s0f0', 'type': 'eth', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
-         'exists': 1, 'active': 1, 'autostart': 1, 'mtu': '9000', 'address': '172.16.10.{0}'.format(host),
-         'netmask': '24', 'cidr': '172.16.10.{0}/24'.format(host), 'comments': 'storage network\n', 'priority': 5},
+         'exists': 1, 'active': 1, 'autostart': 1, 'mtu': '9000', 'address': '{0}.{1}'.format(storage, host),
+         'netmask': '24', 'cidr': '{0}.{1}/24'.format(storage, host), 'comments': 'storage network\n', 'priority': 5},
         {'iface': 'bond0', 'type': 'bond', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
          'slaves': 'eno1 eno2', 'bond_mode': '802.3ad', 'bond-xmit-hash-policy': 'layer3+4',
          'active': 1, 'autostart': 1, 'priority': 6},
@@ -60,8 +62,8 @@ def node_network(index, ip):
          'bridge_vids': '2-4094', 'address': ip, 'netmask': '24', 'cidr': ip + '/24',
          'gateway': base + '.1', 'active': 1, 'autostart': 1, 'priority': 7},
         {'iface': 'vmbr0.50', 'type': 'vlan', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
-         'vlan-id': '50', 'vlan-raw-device': 'vmbr0', 'address': '10.50.0.{0}'.format(host), 'netmask': '24',
-         'cidr': '10.50.0.{0}/24'.format(host), 'active': 1, 'autostart': 1, 'comments': 'management\n',
+         'vlan-id': '50', 'vlan-raw-device': 'vmbr0', 'address': '{0}.50.0.{1}'.format(first, host), 'netmask': '24',
+         'cidr': '{0}.50.0.{1}/24'.format(first, host), 'active': 1, 'autostart': 1, 'comments': 'management\n',
          'priority': 8},
         {'iface': 'vlan60', 'type': 'vlan', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
          'vlan-id': 60, 'vlan-raw-device': 'enp65s0f0', 'active': 1, 'autostart': 1, 'priority': 9},
@@ -84,10 +86,12 @@ def node_disks(index, rng):
     ]
 
 
-def generate(nodes, guests, seed):
-    """A deterministic topology of `nodes` nodes and `guests` guests."""
+def generate(nodes, guests, seed, name=None, octet=10):
+    """A deterministic topology of `nodes` nodes and `guests` guests (guest g is the same
+    whatever the count; addresses depend on g and `octet`, their first octet, only, so two
+    seeds overlap in IP space)."""
     rng = random.Random(seed)
-    topo = {'cluster': 'gen{0}x{1}'.format(nodes, guests), 'ceph': 'installed', 'nodes': [], 'guests': [],
+    topo = {'cluster': name or 'gen{0}x{1}'.format(nodes, guests), 'ceph': 'installed', 'nodes': [], 'guests': [],
             'storage': [
                 {'name': 'local', 'type': 'dir', 'content': 'iso,vztmpl,backup', 'shared': 0,
                  'total': 100 * GIB, 'used': 20 * GIB},
@@ -98,7 +102,7 @@ def generate(nodes, guests, seed):
                 {'name': 'nfs-backup', 'type': 'nfs', 'content': 'backup', 'shared': 1,
                  'total': 20000 * GIB, 'used': 9000 * GIB}]}
     for i in range(nodes):
-        topo['nodes'].append({'name': 'pve{0}'.format(i + 1), 'ip': '10.10.0.{0}'.format(11 + i)})
+        topo['nodes'].append({'name': 'pve{0}'.format(i + 1), 'ip': '{0}.10.0.{1}'.format(octet, 11 + i)})
     for g in range(guests):
         vmid = 100 + g
         node = 'pve{0}'.format(g % nodes + 1)
@@ -107,14 +111,15 @@ def generate(nodes, guests, seed):
         template = g % 50 == 49
         name = '{0}-{1:04d}'.format('ct' if kind == 'lxc' else 'vm', g)
         tags = ';'.join(sorted(rng.sample(['prod', 'web', 'db', 'k8s', 'backup'], rng.randrange(0, 3))))
-        ip = '10.{0}.{1}.{2}'.format(20 + g // 60000, (g // 250) % 250, g % 250 + 2)
+        ip = '{0}.{1}.{2}.{3}'.format(octet, 20 + g // 60000, (g // 250) % 250, g % 250 + 2)
+        gateway = '{0}.20.0.1'.format(octet)
         if kind == 'qemu':
             config = {'name': name, 'cores': rng.choice([1, 2, 4]), 'sockets': rng.choice([1, 1, 2]),
                       'memory': str(rng.choice([1024, 2048, 4096, 8192])), 'ostype': rng.choice(['l26', 'l26', 'win11']),
                       'agent': '1', 'scsihw': 'virtio-scsi-single', 'boot': 'order=scsi0',
                       'scsi0': 'ceph-vm:vm-{0}-disk-0,iothread=1,size={1}G'.format(vmid, rng.choice([16, 32, 64])),
                       'net0': 'virtio={0},bridge=vmbr0,firewall=1,tag={1}'.format(mac(rng), 100 + g % 5),
-                      'ipconfig0': 'ip={0}/24,gw=10.20.0.1'.format(ip)}
+                      'ipconfig0': 'ip={0}/24,gw={1}'.format(ip, gateway)}
             if g % 3 == 0:
                 config['virtio1'] = 'local-lvm:vm-{0}-disk-1,size=100G'.format(vmid)
             if g % 7 == 0:
@@ -132,7 +137,7 @@ def generate(nodes, guests, seed):
             config = {'hostname': name, 'cores': rng.choice([1, 2]), 'memory': rng.choice([512, 1024]),
                       'swap': 512, 'ostype': 'debian', 'arch': 'amd64', 'unprivileged': 1,
                       'rootfs': 'local-lvm:vm-{0}-disk-0,size=8G'.format(vmid),
-                      'net0': 'name=eth0,bridge=vmbr0,hwaddr={0},ip={1}/24,gw=10.20.0.1,type=veth'.format(mac(rng), ip)}
+                      'net0': 'name=eth0,bridge=vmbr0,hwaddr={0},ip={1}/24,gw={2},type=veth'.format(mac(rng), ip, gateway)}
             if tags:
                 config['tags'] = tags
             guest = {'vmid': vmid, 'type': 'lxc', 'node': node, 'name': name, 'status': status,
@@ -280,7 +285,7 @@ def seed(pve, topo):
 async def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--topology')
-    ap.add_argument('--generate', help='nodes=N,guests=M[,seed=S]')
+    ap.add_argument('--generate', help='nodes=N,guests=M[,seed=S][,name=CLUSTER][,octet=K: first octet of the addresses]')
     ap.add_argument('--state-dir', required=True)
     ap.add_argument('--port', type=int, default=0)
     ap.add_argument('--offline-node', action='append', default=[])
@@ -290,19 +295,26 @@ async def main():
     ap.add_argument('--ticket-ttl', type=float, help='seconds a login ticket is valid (PVE: 7200)')
     ap.add_argument('--mutate-percent', type=float, default=0.0,
                     help='change the memory of this share of the guests (benchmarks of a resync)')
+    ap.add_argument('--remove-percent', type=float, default=0.0,
+                    help='leave out this share of the guests (a resync that removes some)')
     args = ap.parse_args()
     if args.topology:
         with open(args.topology) as f:
             topo = json.load(f)
     elif args.generate:
         opts = dict(kv.split('=') for kv in args.generate.split(','))
-        topo = generate(int(opts['nodes']), int(opts['guests']), int(opts.get('seed', 7)))
+        topo = generate(int(opts['nodes']), int(opts['guests']), int(opts.get('seed', 7)), opts.get('name'),
+                        int(opts.get('octet', 10)))
     else:
         ap.error('--topology or --generate is required')
     if args.mutate_percent:
         step = max(1, int(round(100 / args.mutate_percent)))
         for g in topo['guests'][::step]:
             g['config']['memory'] = str(int(g['config'].get('memory', 512)) + 1024)
+    if args.remove_percent:
+        step = max(1, int(round(100 / args.remove_percent)))
+        gone = set(g['vmid'] for g in topo['guests'][1::step])
+        topo['guests'] = [g for g in topo['guests'] if g['vmid'] not in gone]
     faults = topo.setdefault('faults', {})
     faults.setdefault('offline_nodes', []).extend(args.offline_node)
     faults.setdefault('forbidden', []).extend(args.forbid)
