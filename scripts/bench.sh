@@ -79,7 +79,7 @@ PY
 }
 
 sync_once() { # prints: seconds peakKiB writes reads created updated unchanged failed
-  LOG_FORMAT=json RUST_LOG=proxmox_netbox_operator::netbox=debug /usr/bin/time -f "%e %M" -o "$WORK/time" \
+  PNO_LOG_FORMAT=json RUST_LOG=proxmox_netbox_operator::netbox=debug /usr/bin/time -f "%e %M" -o "$WORK/time" \
     "$BIN" sync -f "$WORK/cluster.yaml" --secrets-dir "$WORK/secrets" --allow-endpoint-cidr 127.0.0.0/8 --output json > "$WORK/out.json" 2>"$WORK/requests.log" || true
   requests_by_endpoint >&2
   python3 - "$WORK/out.json" "$WORK/time" <<'PY'
@@ -122,7 +122,7 @@ spec: {clusterRef: {name: $RUN}, nodeName: $node, address: 127.0.0.1, port: $SSH
 YAML
   done
   for _ in $(seq 10); do
-    LOG_FORMAT=json RUST_LOG=info "$BIN" sync --dry-run -f "$WORK/cluster.yaml" --secrets-dir "$WORK/secrets" --allow-endpoint-cidr 127.0.0.0/8 --output json 2>>"$WORK/log" >"$WORK/out.json" || true
+    PNO_LOG_FORMAT=json RUST_LOG=info "$BIN" sync --dry-run -f "$WORK/cluster.yaml" --secrets-dir "$WORK/secrets" --allow-endpoint-cidr 127.0.0.0/8 --output json 2>>"$WORK/log" >"$WORK/out.json" || true
   done
   python3 -c 'import json, sys; [print(n["name"], n["warning"], file=sys.stderr) for n in json.load(open(sys.argv[1]))["status"].get("nodes", []) if n.get("warning")]' "$WORK/out.json"
   python3 - "$WORK/log" <<'PY'

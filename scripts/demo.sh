@@ -114,7 +114,7 @@ KCFG
 )
 # Everything of the demo (fake PVE, NetBox, sshd) is on loopback, which the endpoint guard
 # refuses unless allowed.
-KUBECONFIG="$DEMO/operator.kubeconfig" LOG_FORMAT=text nohup "$BIN" run \
+KUBECONFIG="$DEMO/operator.kubeconfig" PNO_LOG_FORMAT=text nohup "$BIN" run \
   --namespace "$NS" --leader-election --lease-namespace "$NS" --identity demo \
   --allow-endpoint-cidr 127.0.0.0/8 \
   --metrics-addr 127.0.0.1:58080 > "$DEMO/operator.log" 2>&1 &

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 
+use crate::args::{EndpointArgs, installation_id_arg};
 use crate::controller::{AbortSignal, AbortTrigger, ClusterPipeline, Context, run_controller};
 use crate::hardware::discovery::SshProber;
 use crate::metrics::Metrics;
@@ -28,11 +29,11 @@ pub struct Cli {
         global = true,
         value_enum,
         default_value = "text",
-        env = "LOG_FORMAT"
+        env = "PNO_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
     /// Log level or filter (`info`, `proxmox_netbox_operator=debug`); `RUST_LOG` wins.
-    #[arg(long, global = true, default_value = "info", env = "LOG_LEVEL")]
+    #[arg(long, global = true, default_value = "info", env = "PNO_LOG_LEVEL")]
     pub log_level: String,
     /// What to do.
     #[command(subcommand)]
@@ -118,30 +119,6 @@ pub struct CrdgenArgs {
     pub reference: bool,
 }
 
-/// The operator-wide allow-list of the endpoint guard, shared by `run` and `sync`.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct EndpointArgs {
-    /// Also allow PVE endpoints, the NetBox URL and SSH node addresses inside this CIDR
-    /// (`127.0.0.0/8`, `fe80::/10`, or one address), which the endpoint guard refuses by
-    /// default (loopback, link-local, unspecified, cloud metadata). Repeatable, or
-    /// comma-separated. A cloud metadata address (169.254.169.254, fd00:ec2::254,
-    /// 100.100.100.200) is allowed only when listed exactly, never by a wider CIDR.
-    #[arg(
-        long = "allow-endpoint-cidr",
-        value_name = "CIDR",
-        env = "ALLOW_ENDPOINT_CIDRS",
-        value_delimiter = ','
-    )]
-    pub allow_endpoint_cidr: Vec<Cidr>,
-}
-
-impl EndpointArgs {
-    /// The endpoint guard with these CIDRs allowed.
-    pub fn guard(&self) -> EndpointGuard {
-        EndpointGuard::new(self.allow_endpoint_cidr.iter().copied())
-    }
-}
-
 /// The live stages (PVE over HTTPS, SSH, NetBox), all checked by `guard`.
 pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProber, LiveWriter> {
     StagedPipeline {
@@ -163,39 +140,37 @@ pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProb
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
+    #[arg(long, env = "PNO_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(long, default_value = "0.0.0.0:8080", env = "METRICS_ADDR")]
+    #[arg(long, default_value = "0.0.0.0:8080", env = "PNO_METRICS_ADDR")]
     pub metrics_addr: SocketAddr,
     /// Elect a leader through a coordination.k8s.io Lease, so replicas never sync the same
     /// cluster at once.
-    #[arg(long, env = "LEADER_ELECTION")]
+    #[arg(long, env = "PNO_LEADER_ELECTION")]
     pub leader_election: bool,
     /// Name of the leader-election Lease.
-    #[arg(long, default_value = "proxmox-netbox-operator", env = "LEASE_NAME")]
+    #[arg(
+        long,
+        default_value = "proxmox-netbox-operator",
+        env = "PNO_LEASE_NAME"
+    )]
     pub lease_name: String,
-    /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE).
-    #[arg(long, env = "POD_NAMESPACE")]
+    /// Namespace of the Lease (the chart sets the pod's namespace; default: the namespace of
+    /// the kubeconfig or service account).
+    #[arg(long, env = "PNO_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
-    /// Identity of this replica (default: POD_NAME or the host name).
-    #[arg(long, env = "POD_NAME")]
+    /// Identity of this replica (the chart sets the pod's name; default: the host name).
+    #[arg(long, env = "PNO_IDENTITY")]
     pub identity: Option<String>,
     /// First part of the owner mark on every NetBox object (see docs/operations.md,
     /// "Ownership"); default: the UID of the `kube-system` namespace, which tells this
     /// Kubernetes cluster from any other writing to the same NetBox.
-    #[arg(long, env = "INSTALLATION_ID", value_parser = installation_id_arg)]
+    #[arg(long, env = "PNO_INSTALLATION_ID", value_parser = installation_id_arg)]
     pub installation_id: Option<String>,
     /// The endpoint guard's allow-list.
     #[command(flatten)]
     pub endpoints: EndpointArgs,
-}
-
-/// Parses `--installation-id`.
-pub fn installation_id_arg(value: &str) -> Result<String, String> {
-    crate::owner::check_installation_id(value)
-        .map(|()| value.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// The installation id of this Kubernetes cluster: the UID of namespace `kube-system`.

@@ -4,16 +4,14 @@
 
 use std::time::Duration;
 
-use crate::conditions::reasons;
+use crate::conditions::{StageError, reasons};
 use crate::crd::{
     DURATION_MAX_LENGTH, DurationBounds, NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS,
     PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
     SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, SecretKeyRef, TlsSpec,
 };
 use crate::owner::OwnerScope;
-use crate::secret::SecretString;
-use crate::secrets::{SecretError, SecretSource};
-use crate::status::StageError;
+use crate::secrets::{SecretError, SecretSource, SecretString};
 use crate::tls::TlsSettings;
 
 /// How to authenticate to the PVE API.
@@ -73,6 +71,8 @@ pub struct ResolvedNetBox {
     pub tls: TlsSettings,
     /// NetBox request timeout.
     pub timeout: Duration,
+    /// NetBox requests in flight (`spec.netbox.maxInFlight`, at least 1).
+    pub max_in_flight: usize,
 }
 
 /// Shortest `spec.sync.interval` accepted; a shorter one is a spec error naming the field.
@@ -413,6 +413,7 @@ async fn netbox_settings(
         .await?,
         tls: tls(secrets, "spec.netbox.tls", &spec.tls).await?,
         timeout,
+        max_in_flight: usize::try_from(spec.max_in_flight).unwrap_or(4).max(1),
     })
 }
 

@@ -36,8 +36,9 @@ use crate::inventory::Inventory;
 use crate::metrics::{
     CallLabels, ClusterLabels, ErrorLabels, Metrics, ObjectLabels, RequestLabels, StorageLabels,
 };
+pub use crate::pipeline::ClusterPipeline;
 use crate::pipeline::StageObserver;
-use crate::secrets::{KubeSecrets, SecretSource};
+use crate::secrets::KubeSecrets;
 use crate::status::{
     NetBoxOutcome, PipelineOutcome, StageError, build_status, differs, guest_address_gaps,
     needs_write, observed_status, suspended_status,
@@ -75,30 +76,6 @@ impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
-}
-
-/// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
-pub trait ClusterPipeline: Send + Sync + 'static {
-    /// Runs one full pass and reports what happened; never fails as a whole. Calls
-    /// `observer` once Proxmox was read and hardware discovered, before the NetBox sync.
-    fn run<'a>(
-        &'a self,
-        cluster: &'a ProxmoxCluster,
-        credentials: &'a [NodeSSHCredential],
-        secrets: &'a dyn SecretSource,
-        observer: &'a dyn StageObserver,
-        installation: &'a str,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, PipelineOutcome>;
-
-    /// Removes the NetBox objects owned for this cluster (deletion policy `Delete`) and
-    /// returns a summary.
-    fn delete_owned<'a>(
-        &'a self,
-        cluster: &'a ProxmoxCluster,
-        secrets: &'a dyn SecretSource,
-        installation: &'a str,
-    ) -> BoxFuture<'a, Result<String, StageError>>;
 }
 
 /// Tells running reconciles to stop at once (leadership lost). Cloned into each
@@ -552,12 +529,10 @@ async fn apply<P: ClusterPipeline>(
     record_metrics(ctx, &key, &outcome, &status, finished);
 
     let interval = cluster_interval(&cluster);
-    let stage_failed = outcome.config_error.is_some()
-        || outcome.proxmox_error.is_some()
-        || matches!(outcome.netbox, NetBoxOutcome::Failed(_));
+    let failure = stage_failure(&outcome);
     let failures = {
         let mut map = ctx.failures();
-        if stage_failed {
+        if failure.is_some() {
             let n = map.entry(key.clone()).or_insert(0);
             *n += 1;
             *n
@@ -566,18 +541,38 @@ async fn apply<P: ClusterPipeline>(
             0
         }
     };
-    let delay = if failures > 0 {
-        backoff_delay(failures, interval)
-    } else {
-        next_sync_delay(interval)
-    };
+    let delay = retry_delay(failure, failures, interval);
     tracing::info!(
         cluster = %key,
         ready = outcome.fully_successful(),
+        permanent_failure = failure.is_some_and(StageError::is_permanent),
         next_in_seconds = delay.as_secs(),
         "sync finished"
     );
     Ok(Action::requeue(delay))
+}
+
+/// The stage failure that stopped a pass, if one did.
+fn stage_failure(outcome: &PipelineOutcome) -> Option<&StageError> {
+    outcome
+        .config_error
+        .as_ref()
+        .or(outcome.proxmox_error.as_ref())
+        .or(match &outcome.netbox {
+            NetBoxOutcome::Failed(e) => Some(e),
+            _ => None,
+        })
+}
+
+/// When to run the next pass: the interval after a success or a permanent failure (an
+/// invalid spec or refused credentials wait for a change, not for a hot retry; a change
+/// of the spec or of a Secret starts a pass anyway), the backoff after `failures`
+/// transient ones in a row.
+pub fn retry_delay(failure: Option<&StageError>, failures: u32, interval: Duration) -> Duration {
+    match failure {
+        Some(e) if !e.is_permanent() => backoff_delay(failures, interval),
+        _ => next_sync_delay(interval),
+    }
 }
 
 async fn cleanup<P: ClusterPipeline>(
@@ -1401,6 +1396,28 @@ mod tests {
             BACKOFF_BASE * 65536,
             "the doubling stops at 2^16 whatever the interval"
         );
+    }
+
+    #[test]
+    fn permanent_failures_wait_for_the_interval_transient_ones_back_off() {
+        let interval = Duration::from_secs(600);
+        let error = |reason| StageError {
+            reason,
+            message: String::new(),
+        };
+        let invalid = error(reasons::INVALID_SPEC);
+        let refused = error(reasons::NETBOX_UNAUTHORIZED);
+        let unreachable = error(reasons::PROXMOX_UNREACHABLE);
+        for permanent in [&invalid, &refused] {
+            let d = retry_delay(Some(permanent), 1, interval);
+            assert!(d >= interval, "{}: {d:?}", permanent.reason);
+        }
+        assert_eq!(retry_delay(Some(&unreachable), 1, interval), BACKOFF_BASE);
+        assert_eq!(
+            retry_delay(Some(&unreachable), 3, interval),
+            BACKOFF_BASE * 4
+        );
+        assert!(retry_delay(None, 0, interval) >= interval);
     }
 
     #[test]

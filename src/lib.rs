@@ -1,5 +1,6 @@
 //! proxmox-netbox-operator: keeps NetBox true to what Proxmox VE runs.
 
+pub mod args;
 pub mod cli;
 pub mod conditions;
 pub mod config;
@@ -15,7 +16,6 @@ pub mod netbox;
 pub mod owner;
 pub mod pipeline;
 pub mod pve;
-pub mod secret;
 pub mod secret_poll;
 pub mod secrets;
 pub mod server;

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+pub use crate::conditions::StageError;
 use crate::conditions::{reasons, types};
+use crate::crd::facts::NodeHardware;
 use crate::crd::{
     CephStatusEntry, InventorySummary, NodeStatusEntry, NodeWarning, ProxmoxClusterStatus,
     ReadFailureEntry, StorageStatusEntry, SyncSummary,
 };
-use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
 
@@ -22,15 +23,6 @@ pub const MAX_READ_FAILURES: usize = 50;
 /// Without any other change, the status is still rewritten when its `lastSyncTime` is
 /// older than this, so `kubectl get` shows that syncs keep happening.
 pub const STATUS_HEARTBEAT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-/// A failed stage, with a condition reason (see [`reasons`]) and a message free of secrets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StageError {
-    /// Condition and Event reason.
-    pub reason: &'static str,
-    /// Human-readable detail naming the field or object at fault.
-    pub message: String,
-}
 
 /// Discovery result of one node.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -96,13 +88,6 @@ impl ExternalCalls {
             .get(&(system.to_string(), outcome.to_string()))
             .copied()
             .unwrap_or(0)
-    }
-
-    /// Adds every count of `other`.
-    pub fn merge(&mut self, other: &ExternalCalls) {
-        for ((system, outcome), n) in &other.0 {
-            self.add(system, outcome, *n);
-        }
     }
 }
 

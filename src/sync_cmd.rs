@@ -38,20 +38,20 @@ pub enum OutputFormat {
 #[derive(Debug, clap::Args)]
 pub struct SyncArgs {
     /// YAML file with one ProxmoxCluster and optionally NodeSSHCredentials for it.
-    #[arg(short = 'f', long = "file")]
+    #[arg(short = 'f', long = "file", env = "PNO_FILE")]
     pub file: PathBuf,
     /// Directory with Secret values as `DIR/<secret-name>/<key>` (the layout of a mounted Secret).
     #[arg(
         long,
         default_value = "/var/run/secrets/proxmox-netbox",
-        env = "PNBO_SECRETS_DIR"
+        env = "PNO_SECRETS_DIR"
     )]
     pub secrets_dir: PathBuf,
     /// Compute and print the plan; write nothing (overrides spec.sync.mode).
-    #[arg(long)]
+    #[arg(long, env = "PNO_DRY_RUN")]
     pub dry_run: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value = "text", env = "PNO_OUTPUT")]
     pub output: OutputFormat,
     /// First part of the owner mark on every NetBox object this run writes (see
     /// docs/operations.md, "Ownership"). Runs that share a NetBox and must not touch each
@@ -60,13 +60,13 @@ pub struct SyncArgs {
     #[arg(
         long,
         default_value = "sync",
-        env = "INSTALLATION_ID",
-        value_parser = crate::cli::installation_id_arg
+        env = "PNO_INSTALLATION_ID",
+        value_parser = crate::args::installation_id_arg
     )]
     pub installation_id: String,
     /// The endpoint guard's allow-list.
     #[command(flatten)]
-    pub endpoints: crate::cli::EndpointArgs,
+    pub endpoints: crate::args::EndpointArgs,
 }
 
 /// Why the resource file could not be used.

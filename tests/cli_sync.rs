@@ -88,7 +88,7 @@ fn run_cli(setup: &Setup, args: &[&str], env: &[(&str, &str)]) -> (bool, String,
         .arg(setup.dir.path().join("secrets"))
         .args(args)
         .env("RUST_LOG", "debug")
-        .env_remove("ALLOW_ENDPOINT_CIDRS")
+        .env_remove("PNO_ALLOW_ENDPOINT_CIDRS")
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -362,7 +362,7 @@ async fn the_file_is_checked_by_the_endpoint_guard_before_anything_is_read() {
     let (ok, stdout, stderr) = run_cli(
         &setup,
         &["--dry-run", "--output", "json"],
-        &[("ALLOW_ENDPOINT_CIDRS", "10.0.0.0/8,127.0.0.0/8")],
+        &[("PNO_ALLOW_ENDPOINT_CIDRS", "10.0.0.0/8,127.0.0.0/8")],
     );
     assert!(ok, "{stdout}\n{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();

@@ -12,7 +12,7 @@ use proxmox_netbox_operator::hardware::discovery::{collect, collect_node, warnin
 use proxmox_netbox_operator::hardware::facts::{LinkKind, NodeHardware};
 use proxmox_netbox_operator::hardware::ssh::{SshAuth, SshError, SshTarget};
 use proxmox_netbox_operator::net::guard::{AddressClass, EndpointGuard};
-use proxmox_netbox_operator::secret::SecretString;
+use proxmox_netbox_operator::secrets::SecretString;
 
 /// The physical NICs of the stub node, by name.
 const PHYSICAL: [&str; 4] = ["eno1", "eno2", "enp65s0f0", "enp65s0f1"];

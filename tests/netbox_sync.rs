@@ -17,7 +17,7 @@ use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection};
 use proxmox_netbox_operator::netbox::engine::{SyncSettings, sync};
 use proxmox_netbox_operator::netbox::report::SyncReport;
-use proxmox_netbox_operator::secret::SecretString;
+use proxmox_netbox_operator::secrets::SecretString;
 use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;

@@ -13,7 +13,7 @@ use proxmox_netbox_operator::inventory::{
 use proxmox_netbox_operator::net::guard::EndpointGuard;
 use proxmox_netbox_operator::pve::client::{PveAuth, PveClient, PveConnection, PveError};
 use proxmox_netbox_operator::pve::reader::{ReadOptions, read_inventory};
-use proxmox_netbox_operator::secret::SecretString;
+use proxmox_netbox_operator::secrets::SecretString;
 use serde_json::Value;
 
 /// The fake PVE listens on loopback: the endpoint guard must be told to allow it.

@@ -11,8 +11,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::facts::NodeHardware;
 use super::{SecretKeyRef, SecretRef, TlsSpec};
-use crate::hardware::facts::NodeHardware;
 
 /// Pattern of a Go-style duration such as `30s`, `15m`, `1h30m`, `1.5h`: one or more numbers,
 /// each with a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`), no sign.

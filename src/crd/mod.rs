@@ -3,6 +3,7 @@
 //! Doc comments on fields become `kubectl explain` text: keep them user-facing.
 
 mod cluster;
+pub mod facts;
 mod reference;
 pub mod schema_check;
 mod ssh_credential;

@@ -11,7 +11,6 @@ use super::ssh::{
 use crate::config::ResolvedCluster;
 use crate::crd::{NodeSSHCredential, NodeWarning};
 use crate::net::guard::EndpointGuard;
-use crate::pipeline::HardwareProber;
 use crate::secrets::SecretSource;
 
 /// Largest output accepted from one command (a full `dmidecode` is about 40 KiB).
@@ -45,6 +44,19 @@ pub mod codes {
     pub const STAGE_DEADLINE: &str = "StageDeadline";
     /// Anything else.
     pub const FAILED: &str = "Failed";
+}
+
+/// Gathers the hardware facts of one node over SSH.
+pub trait HardwareProber: Send + Sync {
+    /// Discovers one node with its credential; the warning says why it failed.
+    fn probe<'a>(
+        &'a self,
+        node: &'a str,
+        address: &'a str,
+        credential: &'a NodeSSHCredential,
+        config: &'a ResolvedCluster,
+        secrets: &'a dyn SecretSource,
+    ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>>;
 }
 
 /// The warning for an SSH failure.

@@ -15,7 +15,7 @@ use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate, decode
 use russh::{ChannelMsg, Disconnect, Sig};
 
 use crate::net::guard::{EndpointGuard, Refusal, ResolveError};
-use crate::secret::SecretString;
+use crate::secrets::SecretString;
 
 /// How to authenticate.
 #[derive(Clone, Debug)]

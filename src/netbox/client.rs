@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
 use crate::net::guard::{EndpointError, EndpointGuard, NETBOX_URL_FIELD, UrlProblem, refusal_in};
-use crate::secret::SecretString;
+use crate::secrets::SecretString;
 use crate::tls::{TlsSettings, http_client};
 
 /// Largest page NetBox serves by default (`MAX_PAGE_SIZE`).
@@ -204,7 +204,7 @@ impl NetBoxClient {
             format!("Token {token}")
         });
         let auth_header =
-            crate::secret::sensitive_header(auth_header.expose()).ok_or_else(|| {
+            crate::secrets::sensitive_header(auth_header.expose()).ok_or_else(|| {
                 NetBoxError::Config(
                 "spec.netbox.tokenSecretRef: the token holds characters an HTTP header cannot carry"
                     .into(),

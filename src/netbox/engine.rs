@@ -15,7 +15,7 @@ use super::mapping::{
     vm_status,
 };
 use super::report::{Collision, SyncReport};
-use crate::hardware::facts::NodeHardware;
+use crate::crd::facts::NodeHardware;
 use crate::inventory::{
     GuestKind, Inventory, NodeInterfaceKind, ReadFailure, ReadOutcome, ReadScope,
 };

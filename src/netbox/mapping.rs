@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::hardware::facts::EthtoolInfo;
+use crate::crd::facts::EthtoolInfo;
 use crate::inventory::{Guest, GuestKind, GuestState, NodeInterfaceKind};
 
 /// NetBox slug of a name: lower case, `[a-z0-9_-]`, at most 100 characters.

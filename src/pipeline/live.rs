@@ -366,7 +366,7 @@ pub fn sync_settings(
             .unwrap_or(10)
             .clamp(1, 100),
         batch_size: 50,
-        max_in_flight: usize::try_from(nb.max_in_flight).unwrap_or(4).max(1),
+        max_in_flight: config.netbox.max_in_flight,
     }
 }
 
@@ -380,9 +380,7 @@ fn netbox_client(
         token: config.token.clone(),
         tls: config.tls.clone(),
         timeout: config.timeout,
-        max_in_flight: usize::try_from(cluster.spec.netbox.max_in_flight)
-            .unwrap_or(4)
-            .max(1),
+        max_in_flight: config.max_in_flight,
         retries: 3,
         allow_insecure_http: cluster.spec.netbox.allow_insecure_http,
         endpoint_guard: endpoint_guard.clone(),

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::conditions::reasons;
 use crate::config::{ResolvedCluster, ResolvedNetBox, resolve, resolve_netbox};
 use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
+pub use crate::hardware::discovery::HardwareProber;
 use crate::hardware::discovery::codes;
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
@@ -104,17 +105,28 @@ pub trait ProxmoxReader: Send + Sync {
     ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>>;
 }
 
-/// Gathers the hardware facts of one node over SSH.
-pub trait HardwareProber: Send + Sync {
-    /// Discovers one node with its credential; the warning says why it failed.
-    fn probe<'a>(
+/// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
+pub trait ClusterPipeline: Send + Sync + 'static {
+    /// Runs one full pass and reports what happened; never fails as a whole. Calls
+    /// `observer` once Proxmox was read and hardware discovered, before the NetBox sync.
+    fn run<'a>(
         &'a self,
-        node: &'a str,
-        address: &'a str,
-        credential: &'a NodeSSHCredential,
-        config: &'a ResolvedCluster,
+        cluster: &'a ProxmoxCluster,
+        credentials: &'a [NodeSSHCredential],
         secrets: &'a dyn SecretSource,
-    ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>>;
+        observer: &'a dyn StageObserver,
+        installation: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, PipelineOutcome>;
+
+    /// Removes the NetBox objects owned for this cluster (deletion policy `Delete`) and
+    /// returns a summary.
+    fn delete_owned<'a>(
+        &'a self,
+        cluster: &'a ProxmoxCluster,
+        secrets: &'a dyn SecretSource,
+        installation: &'a str,
+    ) -> BoxFuture<'a, Result<String, StageError>>;
 }
 
 /// What the NetBox stage produced.
@@ -225,7 +237,7 @@ pub struct StagedPipeline<R, H, W> {
     pub limits: StageLimits,
 }
 
-impl<R, H, W> crate::controller::ClusterPipeline for StagedPipeline<R, H, W>
+impl<R, H, W> ClusterPipeline for StagedPipeline<R, H, W>
 where
     R: ProxmoxReader + 'static,
     H: HardwareProber + 'static,
@@ -892,7 +904,6 @@ mod tests {
 
     #[tokio::test]
     async fn cleanup_reads_only_the_netbox_secrets() {
-        use crate::controller::ClusterPipeline;
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("nb")).unwrap();
         std::fs::write(d.path().join("nb/token"), "y").unwrap();

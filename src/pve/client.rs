@@ -13,7 +13,7 @@ use tokio::sync::{Mutex, Semaphore};
 use crate::inventory::ReadFailure;
 use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
 use crate::net::guard::{EndpointError, EndpointGuard, UrlProblem, pve_endpoint_field, refusal_in};
-use crate::secret::SecretString;
+use crate::secrets::SecretString;
 use crate::tls::{TlsSettings, http_client};
 
 /// Largest PVE answer read (a 3000-guest `/cluster/resources` is about 2 MiB; the pod's
@@ -220,7 +220,7 @@ fn header_value(
     value: &SecretString,
     path: &str,
 ) -> Result<reqwest::header::HeaderValue, PveError> {
-    crate::secret::sensitive_header(value.expose())
+    crate::secrets::sensitive_header(value.expose())
         .ok_or_else(|| PveError::Unauthorized { path: path.into() })
 }
 

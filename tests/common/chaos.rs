@@ -289,7 +289,7 @@ pub fn sync_command(dir: &std::path::Path, out: &str) -> tokio::process::Command
     .arg(dir.join("cluster.yaml"))
     .arg("--secrets-dir")
     .arg(dir.join("secrets"))
-    .env_remove("ALLOW_ENDPOINT_CIDRS")
+    .env_remove("PNO_ALLOW_ENDPOINT_CIDRS")
     .stdout(std::fs::File::create(dir.join(out)).unwrap())
     .stderr(std::process::Stdio::null())
     .kill_on_drop(true);

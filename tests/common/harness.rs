@@ -195,7 +195,7 @@ pub fn checking_http_client() -> reqwest::Client {
 /// timeout, 8 requests in flight, one retry, loopback allowed. Tests change what they need.
 pub fn pve_connection(pve: &FakePve) -> proxmox_netbox_operator::pve::client::PveConnection {
     use proxmox_netbox_operator::pve::client::{PveAuth, PveConnection};
-    use proxmox_netbox_operator::secret::SecretString;
+    use proxmox_netbox_operator::secrets::SecretString;
     use proxmox_netbox_operator::tls::{TlsSettings, install_crypto_provider};
     install_crypto_provider();
     PveConnection {

@@ -437,7 +437,7 @@ impl OperatorProcess {
             .args(["--allow-endpoint-cidr", "127.0.0.0/8"])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .env("LOG_FORMAT", "json")
+            .env("PNO_LOG_FORMAT", "json")
             .env_remove("RUST_LOG")
             .stdout(file.try_clone().unwrap())
             .stderr(file)

@@ -7,7 +7,9 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use crate::secret::SecretString;
+mod value;
+
+pub use value::{SecretString, sensitive_header};
 
 /// The label a Secret must carry, with the value `"true"`, before the operator uses it.
 /// Without it a person who may create a ProxmoxCluster, but not read Secrets, could make
