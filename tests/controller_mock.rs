@@ -665,9 +665,26 @@ async fn secret_problem_becomes_a_condition_naming_the_field_and_a_warning_event
     respond(send, req.body().clone());
 
     let action = task.await.unwrap().unwrap();
-    // Backoff: 15 s after the first failure, not the 15 min interval.
-    assert!(format!("{action:?}").contains("15s"), "{action:?}");
+    // A missing key cannot heal by retrying: the next pass comes at the 15 min interval
+    // (or when the Secret changes), not after the 15 s backoff of a transient failure.
+    let after = requeue_after(&action);
+    assert!(
+        after >= Duration::from_secs(15 * 60) && after <= Duration::from_secs(990),
+        "{action:?}"
+    );
     assert_eq!(ctx.failures.lock().unwrap().get("infra/lab"), Some(&1));
+}
+
+/// The delay of a requeue action, read from its debug form (`requeue_after: Some(…s)`).
+fn requeue_after(action: &impl std::fmt::Debug) -> Duration {
+    let text = format!("{action:?}");
+    let secs = text
+        .split("Some(")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no requeue delay in {text}"));
+    Duration::from_secs_f64(secs)
 }
 
 #[tokio::test]
