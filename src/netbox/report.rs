@@ -69,6 +69,40 @@ pub struct PlannedChange {
     pub action: String,
     /// Fields set or changed.
     pub fields: Vec<String>,
+    /// Why the change is made (`not in NetBox`, `changed in Proxmox`, `gone from Proxmox`...).
+    pub reason: String,
+    /// In dry-run, the values that would be sent (ids of objects to be created are
+    /// placeholders from 2^48 up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl PlannedChange {
+    /// A change of `object` of `kind`, made for `reason`.
+    pub fn new(kind: &str, object: &str, action: &str, reason: &str, fields: Vec<String>) -> Self {
+        PlannedChange {
+            kind: kind.into(),
+            object: object.into(),
+            action: action.into(),
+            fields,
+            reason: reason.into(),
+            values: None,
+        }
+    }
+}
+
+/// The actions of a [`PlannedChange`].
+pub mod actions {
+    /// A new object.
+    pub const CREATE: &str = "create";
+    /// Changed fields of an owned object.
+    pub const UPDATE: &str = "update";
+    /// An unowned object taken over (`adoptExisting`).
+    pub const ADOPT: &str = "adopt";
+    /// An owned object gone from Proxmox, marked stale for the grace period.
+    pub const MARK_STALE: &str = "markStale";
+    /// An owned object deleted.
+    pub const DELETE: &str = "delete";
 }
 
 /// Everything one sync did (or would do).
@@ -110,17 +144,12 @@ impl SyncReport {
     }
 
     /// Records a change in the plan.
-    pub fn plan(&mut self, kind: &str, object: &str, action: &str, fields: Vec<String>) {
+    pub fn plan(&mut self, change: PlannedChange) {
         if self.plan.len() >= MAX_PLAN_ENTRIES {
             self.plan_truncated = true;
             return;
         }
-        self.plan.push(PlannedChange {
-            kind: kind.into(),
-            object: object.into(),
-            action: action.into(),
-            fields,
-        });
+        self.plan.push(change);
     }
 
     /// Records a failed object.

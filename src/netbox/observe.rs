@@ -1,0 +1,334 @@
+//! Observe: the owned objects read once per kind (compacted as they arrive), owned
+//! duplicates removed, and the unowned objects in the way of the desired ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+
+use super::apply::{Session, is_placeholder};
+use super::client::NetBoxError;
+use super::kinds::{CF_OWNER, Kind, OWNER_TAG, custom_field, id_of};
+use super::mapping::guest_names;
+use super::plan::{Candidates, SharedIds};
+use super::prune::Deletion;
+use crate::inventory::Inventory;
+
+/// Why an owned duplicate is deleted.
+pub const REASON_DUPLICATE: &str = "a second owned object with the identity of an older one";
+
+/// Reads the owned objects into the session (owned duplicates deleted first, children
+/// before their parents) and the candidates for adoption and repair.
+pub async fn observe(
+    s: &mut Session<'_>,
+    shared: &SharedIds,
+    inv: &Inventory,
+) -> Result<Candidates, NetBoxError> {
+    observe_owned(s, shared).await?;
+    let nodes: Vec<String> = inv
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| !s.owned.contains(Kind::Device, n))
+        .collect();
+    let settings = s.settings;
+    let unowned_devices = if settings.nodes {
+        unowned_by_name(s, Kind::Device, &nodes, ("site_id", shared.site)).await?
+    } else {
+        BTreeMap::new()
+    };
+    let unowned_vms = if settings.virtual_machines {
+        let synced = inv
+            .guests
+            .iter()
+            .filter(|g| settings.sync_templates || !g.template);
+        let names = guest_names(synced.clone());
+        let wanted: Vec<String> = synced
+            .filter(|g| !s.owned.contains(Kind::VirtualMachine, &g.vmid.to_string()))
+            .map(|g| names[&g.vmid].clone())
+            .collect();
+        unowned_by_name(
+            s,
+            Kind::VirtualMachine,
+            &wanted,
+            ("cluster_id", shared.cluster),
+        )
+        .await?
+    } else {
+        BTreeMap::new()
+    };
+    let disk_repairs = if settings.virtual_machines && settings.virtual_disks {
+        disk_totals_to_repair(s).await?
+    } else {
+        BTreeMap::new()
+    };
+    Ok(Candidates {
+        unowned_devices,
+        unowned_vms,
+        disk_repairs,
+    })
+}
+
+/// Reads the owned objects; owned duplicates are deleted first (children before their
+/// parents, by the order of the kinds) and the objects read again.
+async fn observe_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<(), NetBoxError> {
+    let mut duplicates = read_owned(s, shared).await?;
+    if duplicates.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(
+        owner = %s.settings.owner,
+        duplicates = duplicates.len(),
+        "owned duplicates found (writes NetBox finished after their client gave up): the newer ones are deleted"
+    );
+    duplicates.sort_by_key(|d| Kind::OWNED.iter().position(|k| *k == d.kind));
+    s.report.duplicates_removed += duplicates.len() as u64;
+    s.delete_many(duplicates).await;
+    if s.dry_run {
+        return Ok(());
+    }
+    let again = read_owned(s, shared).await?;
+    if !again.is_empty() {
+        tracing::warn!(owner = %s.settings.owner, duplicates = again.len(), "owned duplicates left; deleted on the next sync");
+    }
+    Ok(())
+}
+
+/// Reads every owned kind by the owner's marks; returns the owned duplicates.
+async fn read_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<Vec<Deletion>, NetBoxError> {
+    let mut duplicates = Vec::new();
+    for k in Kind::OWNED {
+        s.owned.set(k, BTreeMap::new());
+    }
+    if !shared.owner_field_existed {
+        read_owned_by_tag(s, shared).await?;
+        return Ok(duplicates);
+    }
+    // The owner's mark; with adoption, also this scope's other marks and its legacy one.
+    let settings = s.settings;
+    let mut marks = vec![("cf_proxmox_owner", settings.owner.clone())];
+    if let Some(previous) = &settings.adopt_previous {
+        marks.push(("cf_proxmox_owner__isw", previous.prefix()));
+        marks.push(("cf_proxmox_owner", previous.legacy_mark()));
+    }
+    let queries: Vec<(Kind, Vec<(String, String)>)> = Kind::OWNED
+        .iter()
+        .flat_map(|k| {
+            marks.iter().map(|(filter, mark)| {
+                let q = vec![
+                    (filter.to_string(), mark.clone()),
+                    ("tag".to_string(), OWNER_TAG.to_string()),
+                    ("fields".to_string(), k.fields().to_string()),
+                ];
+                (*k, q)
+            })
+        })
+        .collect();
+    let api = s.api;
+    let mut results = stream::iter(queries)
+        .map(|(k, q)| async move { (k, api.list(k.endpoint(), &q).await) })
+        .buffer_unordered(4);
+    // Each answer is compacted as soon as it is read, so the raw answers of all kinds are
+    // never held at once.
+    while let Some((k, r)) = results.next().await {
+        for o in r? {
+            // Both marks, checked again on the answer: the tag (by the query) and the
+            // owner (NetBox ignores a filter it does not know).
+            let mark = custom_field(&o, CF_OWNER);
+            if !mark.as_deref().is_some_and(|m| owned_mark(s, m)) {
+                continue;
+            }
+            if let Some(key) = k.key_of(&o) {
+                keep_first(s, k, key, o, &mut duplicates);
+            }
+        }
+    }
+    Ok(duplicates)
+}
+
+/// True for the owner's mark, and with adoption for the scope's previous marks.
+fn owned_mark(s: &Session, mark: &str) -> bool {
+    mark == s.settings.owner
+        || s.settings
+            .adopt_previous
+            .as_ref()
+            .is_some_and(|p| p.owns(mark) || mark == p.legacy_mark())
+}
+
+/// Adds an owned object to the owned ones. Of two owned objects with one identity (a
+/// create NetBox finished after its client gave up, then made again), the older (lower
+/// id) is kept and the other returned for deletion.
+fn keep_first(
+    s: &mut Session,
+    kind: Kind,
+    key: String,
+    obj: Value,
+    duplicates: &mut Vec<Deletion>,
+) {
+    let owner = s.settings.owner.as_str();
+    let exact = |o: &Value| custom_field(o, CF_OWNER).as_deref() == Some(owner);
+    let new_id = id_of(&obj).unwrap_or(u64::MAX);
+    let old = s.owned.get(kind, &key);
+    // Only two objects of the exact current mark are duplicates; one taken over from an
+    // earlier mark only stands aside (the first one read stays).
+    let both_exact = exact(&obj) && old.is_some_and(exact);
+    let duplicate = |id: u64| Deletion {
+        kind,
+        id,
+        label: format!("duplicate {key} (id {id})"),
+        reason: REASON_DUPLICATE,
+    };
+    match old.and_then(id_of) {
+        Some(old_id) if old_id == new_id => {}
+        Some(_) if !both_exact => {}
+        Some(old_id) if old_id < new_id => duplicates.push(duplicate(new_id)),
+        Some(old_id) => {
+            duplicates.push(duplicate(old_id));
+            s.owned.insert(kind, key, obj);
+        }
+        None => s.owned.insert(kind, key, obj),
+    }
+}
+
+/// Without `proxmox_owner` (first sync, or the field was deleted, which wipes its values),
+/// the owned objects are those with the operator's tag in this sync's NetBox cluster and
+/// their children with the tag. They get the owner mark back on this sync.
+async fn read_owned_by_tag(s: &mut Session<'_>, shared: &SharedIds) -> Result<(), NetBoxError> {
+    if is_placeholder(shared.cluster) {
+        return Ok(());
+    }
+    let tagged = |extra: Option<(&str, u64)>| {
+        let mut q = vec![("tag".to_string(), OWNER_TAG.to_string())];
+        q.extend(extra.map(|(k, v)| (k.to_string(), v.to_string())));
+        q
+    };
+    let mut parents: BTreeMap<Kind, BTreeSet<u64>> = BTreeMap::new();
+    let has_parent = |parents: &BTreeMap<Kind, BTreeSet<u64>>, kind: Kind, id: Option<u64>| {
+        id.is_some_and(|p| parents.get(&kind).is_some_and(|ids| ids.contains(&p)))
+    };
+    for kind in [
+        Kind::Device,
+        Kind::VirtualMachine,
+        Kind::Interface,
+        Kind::VmInterface,
+        Kind::VirtualDisk,
+        Kind::MacAddress,
+        Kind::IpAddress,
+    ] {
+        let mut q = match kind {
+            Kind::Device | Kind::VirtualMachine => tagged(Some(("cluster_id", shared.cluster))),
+            _ => tagged(None),
+        };
+        q.push(("fields".to_string(), kind.fields().to_string()));
+        let mut found = BTreeMap::new();
+        for o in s.api.list(kind.endpoint(), &q).await? {
+            let parent_ok = match kind {
+                Kind::Interface => has_parent(&parents, Kind::Device, id_of(&o["device"])),
+                Kind::VmInterface | Kind::VirtualDisk => {
+                    has_parent(&parents, Kind::VirtualMachine, id_of(&o["virtual_machine"]))
+                }
+                Kind::MacAddress | Kind::IpAddress => {
+                    let Some(of) = o["assigned_object_type"]
+                        .as_str()
+                        .and_then(Kind::from_name)
+                        .filter(|k| matches!(k, Kind::Interface | Kind::VmInterface))
+                    else {
+                        continue;
+                    };
+                    has_parent(&parents, of, o["assigned_object_id"].as_u64())
+                }
+                Kind::Device | Kind::VirtualMachine => true,
+            };
+            if !parent_ok || custom_field(&o, CF_OWNER).is_some() {
+                continue;
+            }
+            if let Some(key) = kind.key_of(&o) {
+                parents.entry(kind).or_default().extend(id_of(&o));
+                found.insert(key, kind.compact(o));
+            }
+        }
+        if !found.is_empty() {
+            tracing::warn!(
+                kind = kind.name(),
+                objects = found.len(),
+                "custom field proxmox_owner was missing: objects with the operator's tag in this cluster are taken back"
+            );
+        }
+        s.owned.set(kind, found);
+    }
+    Ok(())
+}
+
+/// Unowned objects of `kind` with the given names in a scope (`site_id`, `cluster_id`).
+async fn unowned_by_name(
+    s: &mut Session<'_>,
+    kind: Kind,
+    names: &[String],
+    scope: (&str, u64),
+) -> Result<BTreeMap<String, Value>, NetBoxError> {
+    let mut out = BTreeMap::new();
+    if is_placeholder(scope.1) {
+        return Ok(out);
+    }
+    for chunk in names.chunks(100) {
+        let mut q: Vec<(String, String)> = vec![(scope.0.to_string(), scope.1.to_string())];
+        q.extend(chunk.iter().map(|n| ("name".to_string(), n.clone())));
+        for o in s.api.list(kind.endpoint(), &q).await? {
+            let owned = custom_field(&o, CF_OWNER).as_deref() == Some(s.settings.owner.as_str());
+            if !owned && let Some(name) = o["name"].as_str() {
+                out.insert(name.to_lowercase(), o);
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .filter_map(|n| out.get(&n.to_lowercase()).map(|o| (n.clone(), o.clone())))
+        .collect())
+}
+
+/// VMs whose `disk` total in NetBox is not the sum of their virtual disks (left by
+/// another client writing disks of one VM concurrently): NetBox then refuses every update
+/// of the VM, so the total is put back. Checked against the owned disks read at the start
+/// (no request when they agree); on a mismatch all of the VM's disks are read, hand-made
+/// ones included, since NetBox sums them all. By vmid key.
+async fn disk_totals_to_repair(
+    s: &mut Session<'_>,
+) -> Result<BTreeMap<String, Value>, NetBoxError> {
+    let mut out = BTreeMap::new();
+    let mut owned_sum: BTreeMap<u64, u64> = BTreeMap::new();
+    for d in s.owned.of(Kind::VirtualDisk).values() {
+        if let Some(vm) = id_of(&d["virtual_machine"]) {
+            *owned_sum.entry(vm).or_default() += d["size"].as_u64().unwrap_or(0);
+        }
+    }
+    let suspects: Vec<(String, u64, u64)> = s
+        .owned
+        .of(Kind::VirtualMachine)
+        .iter()
+        .filter_map(|(key, vm)| {
+            let id = id_of(vm)?;
+            let have = vm["disk"].as_u64().unwrap_or(0);
+            (have != owned_sum.get(&id).copied().unwrap_or(0)).then(|| (key.clone(), id, have))
+        })
+        .collect();
+    for chunk in suspects.chunks(100) {
+        let q: Vec<(String, String)> = chunk
+            .iter()
+            .map(|(_, id, _)| ("virtual_machine_id".to_string(), id.to_string()))
+            .collect();
+        let mut total: BTreeMap<u64, u64> = BTreeMap::new();
+        for d in s.api.list(Kind::VirtualDisk.endpoint(), &q).await? {
+            if let Some(vm) = id_of(&d["virtual_machine"]) {
+                *total.entry(vm).or_default() += d["size"].as_u64().unwrap_or(0);
+            }
+        }
+        for (key, id, have) in chunk {
+            let want = total.get(id).copied().unwrap_or(0);
+            if want != *have {
+                let total = if want > 0 { json!(want) } else { Value::Null };
+                out.insert(key.clone(), total);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,71 @@
+//! What to sync and how, resolved from the ProxmoxCluster spec.
+
+use std::time::Duration;
+
+use crate::owner::OwnerScope;
+
+/// What to sync and how; built from the ProxmoxCluster spec.
+#[derive(Clone, Debug)]
+pub struct SyncSettings {
+    /// The owner mark written on every object ([`crate::owner`]).
+    pub owner: String,
+    /// When set, objects marked by this scope for another Proxmox cluster, or with its
+    /// legacy `namespace/name` mark, are taken over (re-marked) as owned.
+    pub adopt_previous: Option<OwnerScope>,
+    /// Site slug or name.
+    pub site: String,
+    /// Tenant slug or name (must exist).
+    pub tenant: Option<String>,
+    /// VRF (by name) of the IP addresses; `None`: the global table.
+    pub vrf: Option<String>,
+    /// NetBox cluster name.
+    pub cluster_name: String,
+    /// Cluster group name.
+    pub cluster_group: Option<String>,
+    /// Cluster type name.
+    pub cluster_type: String,
+    /// Device role of nodes.
+    pub device_role: String,
+    /// Role of QEMU VMs.
+    pub role_qemu: String,
+    /// Role of LXC containers.
+    pub role_lxc: String,
+    /// Role of templates.
+    pub role_template: String,
+    /// Extra tags on every object.
+    pub extra_tags: Vec<String>,
+    /// Sync templates (else skip them).
+    pub sync_templates: bool,
+    /// Sync nodes as devices.
+    pub nodes: bool,
+    /// Sync node interfaces.
+    pub node_interfaces: bool,
+    /// Sync guests as VMs.
+    pub virtual_machines: bool,
+    /// Sync guest NICs.
+    pub vm_interfaces: bool,
+    /// Sync guest disks.
+    pub virtual_disks: bool,
+    /// Sync IP addresses.
+    pub ip_addresses: bool,
+    /// Take over unowned objects with the same identity.
+    pub adopt_existing: bool,
+    /// VM descriptions come from the PVE notes (else they are not managed).
+    pub description_from_notes: bool,
+    /// Create missing VLANs of guest NIC tags in the site (else leave the NIC without one).
+    pub create_missing_vlans: bool,
+    /// Prune owned objects gone from Proxmox.
+    pub prune: bool,
+    /// Hardware discovery is on: a node without facts in this run failed discovery, and
+    /// the fields that come from its facts are left as they are.
+    pub hardware_discovery: bool,
+    /// How long an object stays stale before it is deleted.
+    pub grace_period: Duration,
+    /// Largest share (percent) of the owned nodes or guests that one sync may mark stale
+    /// or delete; above it, pruning of that kind is refused (one object is always allowed).
+    pub prune_max_percent: u32,
+    /// Objects per bulk request.
+    pub batch_size: usize,
+    /// Bulk requests in flight.
+    pub max_in_flight: usize,
+}
