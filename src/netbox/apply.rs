@@ -1,7 +1,9 @@
 //! Apply: the writes a plan calls for, as bulk requests in batches with bounded requests
 //! in flight; a batch NetBox rejects is split until the bad objects fail alone, and
 //! creates whose answer was lost are looked up before anything is retried. In dry-run
-//! nothing is written: objects to be created get placeholder ids.
+//! nothing is written: the owned objects are changed in memory as the writes would change
+//! them (objects to be created get placeholder ids), so the later stages plan what the
+//! live sync would, references to new objects included.
 
 use std::collections::BTreeMap;
 
@@ -68,6 +70,12 @@ impl<'a> Session<'a> {
             owned: OwnedObjects::default(),
             placeholder: PLACEHOLDER_BASE,
         }
+    }
+
+    /// Starts from known owned objects (placeholders are handed out above their ids).
+    pub fn set_owned(&mut self, owned: OwnedObjects) {
+        self.placeholder = self.placeholder.max(owned.max_id());
+        self.owned = owned;
     }
 
     /// The id of an object a dry-run would create.
@@ -161,9 +169,15 @@ impl<'a> Session<'a> {
         if self.dry_run {
             self.report.counts(kind.name()).updated += updates.len() as u64;
             self.report.counts(kind.name()).created += creates.len() as u64;
+            for u in updates {
+                self.owned.merge(kind, &u.desired.key, u.changed);
+            }
             for d in creates {
                 let id = self.next_placeholder();
-                ids.insert(d.key, id);
+                ids.insert(d.key.clone(), id);
+                let mut obj = d.fields;
+                obj.insert("id".into(), json!(id));
+                self.owned.insert(kind, d.key, Value::Object(obj));
             }
             return ids;
         }
@@ -380,6 +394,7 @@ impl<'a> Session<'a> {
         for (kind, objs) in by_kind {
             if self.dry_run {
                 self.report.counts(kind.name()).deleted += objs.len() as u64;
+                self.owned.remove_ids(kind, objs.iter().map(|(id, _)| *id).collect());
                 continue;
             }
             for chunk in objs.chunks(self.settings.batch_size.max(1)) {
@@ -436,6 +451,9 @@ impl<'a> Session<'a> {
         }
         if self.dry_run {
             self.report.counts(kind.name()).stale += marks.len() as u64;
+            for m in marks {
+                self.owned.merge(kind, &m.key, super::kinds::fields(m.patch));
+            }
             return;
         }
         let patches = marks

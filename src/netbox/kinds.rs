@@ -1,8 +1,9 @@
 //! The NetBox object kinds the operator owns, their identity keys, and the names of the
 //! tags and custom fields that mark ownership.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// Slug of the tag on every object the operator owns.
@@ -37,22 +38,29 @@ pub const CF_NIC_DUPLEX: &str = "nic_duplex";
 /// Custom field: link detected, from ethtool.
 pub const CF_NIC_LINK: &str = "nic_link";
 
-/// A kind of NetBox object the operator creates and owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A kind of NetBox object the operator creates and owns (serialized by its NetBox name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     /// A Proxmox node (`dcim.device`).
+    #[serde(rename = "dcim.device")]
     Device,
     /// A node's network interface (`dcim.interface`).
+    #[serde(rename = "dcim.interface")]
     Interface,
     /// A MAC address of a node or guest interface (`dcim.macaddress`).
+    #[serde(rename = "dcim.macaddress")]
     MacAddress,
     /// An IP address of a node or guest interface (`ipam.ipaddress`).
+    #[serde(rename = "ipam.ipaddress")]
     IpAddress,
     /// A guest (`virtualization.virtualmachine`).
+    #[serde(rename = "virtualization.virtualmachine")]
     VirtualMachine,
     /// A guest's network interface (`virtualization.vminterface`).
+    #[serde(rename = "virtualization.vminterface")]
     VmInterface,
     /// A guest's disk (`virtualization.virtualdisk`).
+    #[serde(rename = "virtualization.virtualdisk")]
     VirtualDisk,
 }
 
@@ -219,7 +227,8 @@ pub fn custom_field(obj: &Value, name: &str) -> Option<String> {
 }
 
 /// Owned objects by kind and key (compacted), as read and as written since.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct OwnedObjects {
     by_kind: BTreeMap<Kind, BTreeMap<String, Value>>,
 }
@@ -262,9 +271,47 @@ impl OwnedObjects {
             .insert(key, kind.compact(obj));
     }
 
+    /// Changes fields of the object of `kind` with `key` as a PATCH would: custom fields
+    /// are merged, other fields replaced.
+    pub fn merge(&mut self, kind: Kind, key: &str, changed: Map<String, Value>) {
+        let Some(Value::Object(obj)) = self.by_kind.get_mut(&kind).and_then(|m| m.get_mut(key))
+        else {
+            return;
+        };
+        for (field, value) in changed {
+            match (obj.get_mut(&field), value) {
+                (Some(Value::Object(have)), Value::Object(want)) if field == "custom_fields" => {
+                    have.extend(want)
+                }
+                (_, value) => {
+                    obj.insert(field, value);
+                }
+            }
+        }
+        let merged = std::mem::take(obj);
+        self.insert(kind, key.to_string(), Value::Object(merged));
+    }
+
+    /// Forgets the objects of `kind` with these ids (deleted).
+    pub fn remove_ids(&mut self, kind: Kind, ids: BTreeSet<u64>) {
+        if let Some(m) = self.by_kind.get_mut(&kind) {
+            m.retain(|_, o| id_of(o).is_none_or(|id| !ids.contains(&id)));
+        }
+    }
+
     /// Replaces every object of `kind`.
     pub fn set(&mut self, kind: Kind, objects: BTreeMap<String, Value>) {
         self.by_kind.insert(kind, objects);
+    }
+
+    /// The highest id of any owned object (0 when none).
+    pub fn max_id(&self) -> u64 {
+        self.by_kind
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter_map(id_of)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The number of objects of `kind`.

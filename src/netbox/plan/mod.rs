@@ -9,6 +9,7 @@ pub mod nodes;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::diff::changed_fields;
@@ -27,7 +28,8 @@ pub const REASON_CHANGED: &str = "differs from Proxmox";
 pub const REASON_ADOPTED: &str = "unowned object with this identity (spec.netbox.adoptExisting)";
 
 /// Ids of the shared objects (tags, site, cluster, roles...) the owned objects refer to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SharedIds {
     /// The owner tag.
     pub owner_tag: u64,
@@ -78,7 +80,8 @@ impl SharedIds {
 }
 
 /// Unowned objects in the way and repairs, read before planning.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Candidates {
     /// Unowned devices with a node's name in the site, by node name.
     pub unowned_devices: BTreeMap<String, Value>,

@@ -31,7 +31,7 @@ pub fn devices(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
         let h = input.hardware.get(&node.name);
         let label = label(node);
         let adopted = match input.candidates.unowned_devices.get(&node.name) {
-            Some(existing) => {
+            Some(existing) if !owned.contains(Kind::Device, &node.name) => {
                 if !adopt_or_collide(
                     input,
                     Kind::Device,
@@ -44,7 +44,7 @@ pub fn devices(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
                 }
                 Some(existing)
             }
-            None => None,
+            _ => None,
         };
         let existing = owned.get(Kind::Device, &node.name).or(adopted);
         let mut f = device_fields(input, node, h);
