@@ -52,7 +52,11 @@ impl NetBoxApi for NoNetBox {
     ) -> BoxFuture<'a, Result<Vec<Value>, NetBoxError>> {
         panic!("the plan updated in {endpoint}")
     }
-    fn delete<'a>(&'a self, endpoint: &'a str, _: Vec<u64>) -> BoxFuture<'a, Result<(), NetBoxError>> {
+    fn delete<'a>(
+        &'a self,
+        endpoint: &'a str,
+        _: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), NetBoxError>> {
         panic!("the plan deleted in {endpoint}")
     }
     fn request_counts(&self) -> (u64, u64) {
@@ -131,7 +135,8 @@ fn edit(mut doc: Value, edits: &[Edit]) -> Value {
             .unwrap_or_else(|| panic!("no {parent} to edit"));
         match target {
             Value::Object(m) if e.remove => {
-                m.remove(&last).unwrap_or_else(|| panic!("no {} to remove", e.path));
+                m.remove(&last)
+                    .unwrap_or_else(|| panic!("no {} to remove", e.path));
             }
             Value::Object(m) => {
                 m.insert(last, e.value.clone());
@@ -222,7 +227,10 @@ struct Run {
 
 fn run(name: &str) -> Run {
     let case = load(name);
-    let inventory = edit(read_json(&dir().join("inventory.json")), &case.inventory_edits);
+    let inventory = edit(
+        read_json(&dir().join("inventory.json")),
+        &case.inventory_edits,
+    );
     let inventory: Inventory = serde_json::from_value(inventory).expect("an inventory");
     let shared = edit(read_json(&dir().join("shared.json")), &case.shared_edits);
     let shared: SharedIds = serde_json::from_value(shared).expect("shared ids");
@@ -269,7 +277,10 @@ fn golden(name: &str) {
     // One sync converges: planned again from the state it leads to, nothing changes.
     let (again, _) = plan(&r.case, r.after.clone(), &r.inventory, &r.shared);
     let writes: Vec<_> = again.plan.iter().map(|p| (&p.action, &p.object)).collect();
-    assert!(writes.is_empty(), "{name}: a second sync would write {writes:?}");
+    assert!(
+        writes.is_empty(),
+        "{name}: a second sync would write {writes:?}"
+    );
 }
 
 macro_rules! golden_cases {
@@ -306,7 +317,10 @@ fn every_case_directory_has_a_test() {
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            e.file_type().ok()?.is_dir().then(|| e.file_name().to_string_lossy().into_owned())
+            e.file_type()
+                .ok()?
+                .is_dir()
+                .then(|| e.file_name().to_string_lossy().into_owned())
         })
         .collect();
     on_disk.sort();

@@ -394,7 +394,8 @@ impl<'a> Session<'a> {
         for (kind, objs) in by_kind {
             if self.dry_run {
                 self.report.counts(kind.name()).deleted += objs.len() as u64;
-                self.owned.remove_ids(kind, objs.iter().map(|(id, _)| *id).collect());
+                self.owned
+                    .remove_ids(kind, objs.iter().map(|(id, _)| *id).collect());
                 continue;
             }
             for chunk in objs.chunks(self.settings.batch_size.max(1)) {
@@ -452,7 +453,8 @@ impl<'a> Session<'a> {
         if self.dry_run {
             self.report.counts(kind.name()).stale += marks.len() as u64;
             for m in marks {
-                self.owned.merge(kind, &m.key, super::kinds::fields(m.patch));
+                self.owned
+                    .merge(kind, &m.key, super::kinds::fields(m.patch));
             }
             return;
         }

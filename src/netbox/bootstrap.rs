@@ -296,16 +296,7 @@ impl Bootstrap<'_, '_> {
                     }
                 }
                 None => {
-                    let filter = if name == CF_OWNER || name == CF_VMID {
-                        "exact"
-                    } else {
-                        "loose"
-                    };
-                    let body = json!({
-                        "name": name, "label": label, "type": type_, "object_types": types,
-                        "group_name": CF_GROUP, "description": description, "filter_logic": filter,
-                        "ui_editable": if name.starts_with("proxmox_") { "no" } else { "yes" },
-                    });
+                    let body = field_body(&(name, label, type_, types, description));
                     self.s.report.counts("extras.customfield").created += 1;
                     let named = vec!["name".into(), "object_types".into()];
                     self.s.record_fields(
@@ -610,6 +601,21 @@ impl Bootstrap<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// The body that creates a custom field: operator fields filter exactly and are not
+/// editable in the UI.
+fn field_body(&(name, label, type_, types, description): &FieldSpec) -> Value {
+    let filter = if name == CF_OWNER || name == CF_VMID {
+        "exact"
+    } else {
+        "loose"
+    };
+    json!({
+        "name": name, "label": label, "type": type_, "object_types": types,
+        "group_name": CF_GROUP, "description": description, "filter_logic": filter,
+        "ui_editable": if name.starts_with("proxmox_") { "no" } else { "yes" },
+    })
 }
 
 /// NetBox >= 4.7 provisions and purges a field's data in a background job; until the job

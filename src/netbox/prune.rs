@@ -250,13 +250,8 @@ fn nodes_and_guests(input: &PlanInput, owned: &OwnedObjects, out: &mut PrunePlan
                 owned = count,
                 "pruning refused"
             );
-            out.blocked.push(format!(
-                "{}: {} of {} owned objects are gone from Proxmox, more than spec.sync.prune.maxPercent ({}%): none marked stale or deleted; check the PVE token's permissions, or raise maxPercent for one sync to confirm",
-                kind.name(),
-                gone.len(),
-                count,
-                s.prune_max_percent
-            ));
+            out.blocked
+                .push(refusal(kind, gone.len(), count, s.prune_max_percent));
         }
         let mut marks = Vec::new();
         for (key, obj) in gone {
@@ -295,6 +290,14 @@ fn nodes_and_guests(input: &PlanInput, owned: &OwnedObjects, out: &mut PrunePlan
         }
         out.stale_marks.push((kind, marks));
     }
+}
+
+/// Why pruning of `kind` is refused.
+fn refusal(kind: Kind, gone: usize, owned: usize, max_percent: u32) -> String {
+    format!(
+        "{}: {gone} of {owned} owned objects are gone from Proxmox, more than spec.sync.prune.maxPercent ({max_percent}%): none marked stale or deleted; check the PVE token's permissions, or raise maxPercent for one sync to confirm",
+        kind.name()
+    )
 }
 
 /// The stale mark of a gone object: status offline, the stale tag, the time found gone.

@@ -103,6 +103,33 @@ pub fn macs(
     desired
 }
 
+/// The desired IP address `on` an interface.
+fn ip(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    on: Assigned,
+    label: String,
+    description: &str,
+) -> Desired {
+    let key = on.key();
+    let f = fields(json!({
+        "address": on.value,
+        "vrf": input.shared.vrf,
+        "status": "active",
+        "assigned_object_type": on.object_type.name(),
+        "assigned_object_id": on.object_id,
+        "tenant": input.shared.tenant,
+        "description": description,
+        "custom_fields": input.owner_cf(),
+        "tags": input.merged_tags(owned.get(on.kind, &key), &[]),
+    }));
+    Desired {
+        key,
+        label,
+        fields: f,
+    }
+}
+
 /// IP addresses of node interfaces and guest interfaces.
 pub fn ips(
     input: &PlanInput,
@@ -110,53 +137,10 @@ pub fn ips(
     interfaces: &BTreeMap<String, u64>,
     vm_ifaces: &BTreeMap<String, u64>,
 ) -> Vec<Desired> {
-    let mut desired = Vec::new();
     if !input.settings.ip_addresses {
-        return desired;
+        return Vec::new();
     }
-    let mut push = |on: Assigned, label: String, description: &str| {
-        let key = on.key();
-        let f = fields(json!({
-            "address": on.value,
-            "vrf": input.shared.vrf,
-            "status": "active",
-            "assigned_object_type": on.object_type.name(),
-            "assigned_object_id": on.object_id,
-            "tenant": input.shared.tenant,
-            "description": description,
-            "custom_fields": input.owner_cf(),
-            "tags": input.merged_tags(owned.get(on.kind, &key), &[]),
-        }));
-        desired.push(Desired {
-            key,
-            label,
-            fields: f,
-        });
-    };
-    let devices = owned.ids(Kind::Device);
-    for node in &input.inventory.nodes {
-        let Some(device) = devices.get(&node.name) else {
-            continue;
-        };
-        for iface in &node.interfaces {
-            let Some(&id) = interfaces.get(&format!("{device}/{}", iface.name)) else {
-                continue;
-            };
-            for c in [&iface.cidr, &iface.cidr6]
-                .into_iter()
-                .flatten()
-                .filter_map(|c| normalize_cidr(c))
-            {
-                let on = Assigned {
-                    kind: Kind::IpAddress,
-                    object_type: Kind::Interface,
-                    object_id: id,
-                    value: &c,
-                };
-                push(on, format!("node {} {} {c}", node.name, iface.name), "");
-            }
-        }
-    }
+    let mut desired = node_ips(input, owned, interfaces);
     let vms = owned.ids(Kind::VirtualMachine);
     for g in input.synced_guests() {
         let Some(vm) = vms.get(&g.vmid.to_string()) else {
@@ -182,7 +166,43 @@ pub fn ips(
                 object_id: iface,
                 value: &c,
             };
-            push(on, format!("vm {} {slot} {c}", g.vmid), source);
+            let label = format!("vm {} {slot} {c}", g.vmid);
+            desired.push(ip(input, owned, on, label, source));
+        }
+    }
+    desired
+}
+
+/// IP addresses of node interfaces.
+fn node_ips(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    interfaces: &BTreeMap<String, u64>,
+) -> Vec<Desired> {
+    let mut desired = Vec::new();
+    let devices = owned.ids(Kind::Device);
+    for node in &input.inventory.nodes {
+        let Some(device) = devices.get(&node.name) else {
+            continue;
+        };
+        for iface in &node.interfaces {
+            let Some(&id) = interfaces.get(&format!("{device}/{}", iface.name)) else {
+                continue;
+            };
+            for c in [&iface.cidr, &iface.cidr6]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| normalize_cidr(c))
+            {
+                let on = Assigned {
+                    kind: Kind::IpAddress,
+                    object_type: Kind::Interface,
+                    object_id: id,
+                    value: &c,
+                };
+                let label = format!("node {} {} {c}", node.name, iface.name);
+                desired.push(ip(input, owned, on, label, ""));
+            }
         }
     }
     desired
