@@ -4,7 +4,8 @@
 //! One reconcile: list the cluster's NodeSSHCredentials -> run the pipeline (config,
 //! Proxmox read, hardware discovery) -> write the intermediate status and the credential
 //! statuses ([`StatusObserver`]) -> NetBox sync -> write the final status, publish Events,
-//! record metrics, requeue.
+//! record metrics, requeue at the interval; or, when a stage failed, return its typed error
+//! to [`error_policy`], which retries by its classification.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -346,7 +347,12 @@ pub async fn reconcile<P: ClusterPipeline>(
         Err(e) if e.is_aborted() => {
             tracing::warn!(cluster = %key, "reconcile aborted: leadership lost");
         }
-        Err(e) => tracing::warn!(cluster = %key, error = %e, "reconcile failed"),
+        Err(e) => tracing::warn!(
+            cluster = %key,
+            error = %e,
+            permanent = e.is_permanent(),
+            "reconcile failed"
+        ),
         Ok(_) => {}
     }
     result
@@ -557,12 +563,6 @@ async fn apply<P: ClusterPipeline>(
     let interval = outcome.sync_interval.unwrap_or(DEFAULT_INTERVAL);
     ctx.sync_intervals().insert(key.clone(), interval);
     if let Some(failure) = stage_failure(&outcome) {
-        tracing::info!(
-            cluster = %key,
-            reason = failure.reason(),
-            permanent = failure.is_permanent(),
-            "sync failed"
-        );
         return Err(Error::Stage(failure));
     }
     ctx.failures().remove(&key);

@@ -1,7 +1,9 @@
 //! One reconcile pass for a ProxmoxCluster, as a pipeline:
 //! resolve config and Secrets -> read Proxmox -> discover hardware (sequentially, when
 //! enabled) -> [`StageObserver::observed`] (the controller writes the per-node status
-//! here) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
+//! here) -> sync NetBox. The spec is resolved once, first: the stages get the resolved
+//! settings ([`ResolvedCluster`]), never the resource, and fail with their typed error
+//! ([`crate::stage_errors`]). Each stage sits behind a small trait so the orchestration is
 //! tested with fakes; the live implementations are in [`live`].
 
 pub mod live;
