@@ -675,6 +675,45 @@ mod tests {
         assert_eq!(interval(&c).unwrap(), Duration::from_secs(5400));
     }
 
+    #[tokio::test]
+    async fn sync_options_are_converted_once_from_the_spec_the_annotation_and_the_status() {
+        let d = all_secrets();
+        let mut c = cluster();
+        c.spec.sync.kinds = vec![SyncKind::VmInterfaces, SyncKind::IpAddresses];
+        c.spec.sync.prune.max_percent = 400;
+        c.metadata.annotations = Some(
+            [(
+                ADOPT_PREVIOUS_OWNER_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        c.status = Some(serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "NetBoxSynced", "status": "Unknown", "reason": "Reconciling",
+                            "message": "", "lastTransitionTime": "2026-11-22T12:00:00Z"}]
+        })).unwrap());
+        let r = resolve_test(&c, &DirSecrets::new(d.path())).await.unwrap();
+        let o = &r.sync;
+        // Guest interfaces need the guests.
+        assert!(!o.virtual_machines && !o.vm_interfaces && !o.nodes);
+        assert!(o.ip_addresses);
+        assert_eq!(o.prune_max_percent, 100);
+        assert!(o.adopt_previous_owner);
+        assert!(o.netbox_sync_interrupted);
+        assert_eq!((o.site.as_str(), o.resource_name.as_str()), ("dc1", "lab"));
+        assert_eq!(r.netbox.url, "https://nb");
+
+        c.metadata.annotations = None;
+        c.status = None;
+        c.spec.sync.prune.max_percent = 0;
+        let o = resolve_test(&c, &DirSecrets::new(d.path()))
+            .await
+            .unwrap()
+            .sync;
+        assert_eq!(o.prune_max_percent, 1);
+        assert!(!o.adopt_previous_owner && !o.netbox_sync_interrupted);
+    }
+
     #[test]
     fn parses_go_durations_exactly() {
         let ok = |s: &str| parse_go_duration(s).unwrap();

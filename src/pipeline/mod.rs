@@ -695,6 +695,11 @@ mod tests {
         .await;
         assert!(prober.seen.lock().unwrap().is_empty());
         assert!(run.outcome.discovery.is_none());
+        // The resolved interval (the default of the field) travels with the outcome.
+        assert_eq!(
+            run.outcome.sync_interval,
+            Some(Duration::from_secs(15 * 60))
+        );
         assert_eq!(*writer.calls.lock().unwrap(), vec![(0, false)]);
     }
 
@@ -890,6 +895,7 @@ mod tests {
             run.outcome.config_error.unwrap().reason(),
             reasons::SECRET_NOT_FOUND
         );
+        assert_eq!(run.outcome.sync_interval, None);
         assert!(writer.calls.lock().unwrap().is_empty());
     }
 
