@@ -94,63 +94,13 @@ pub mod reasons {
     pub const RESUMED: &str = "Resumed";
 }
 
-/// A failed stage, with a condition reason (see [`reasons`]) and a message free of secrets.
+/// What the permission preflight found wrong with the PVE token without failing the read:
+/// privileges it lacks ([`reasons::MISSING_PRIVILEGES`]) or write privileges it does not
+/// need ([`reasons::EXCESS_PRIVILEGES`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StageError {
+pub struct PermissionWarning {
     /// Condition and Event reason.
     pub reason: &'static str,
-    /// Human-readable detail naming the field or object at fault.
+    /// Which privileges, and what follows from it.
     pub message: String,
-}
-
-impl StageError {
-    /// True when retrying cannot help until something changes (the spec, a Secret, the
-    /// credentials or certificate on the other side, the operator's allow-list): such a
-    /// failure is retried at the sync interval, not with the fast backoff of a transient
-    /// one (a network error, a 5xx, a timeout).
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self.reason,
-            reasons::INVALID_SPEC
-                | reasons::SECRET_NOT_FOUND
-                | reasons::SECRET_KEY_MISSING
-                | reasons::SECRET_NOT_MARKED
-                | reasons::SECRET_UNREADABLE
-                | reasons::PROXMOX_UNAUTHORIZED
-                | reasons::NETBOX_UNAUTHORIZED
-                | reasons::TLS_VERIFICATION_FAILED
-                | reasons::ENDPOINT_REFUSED
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn spec_secret_and_credential_errors_are_permanent_network_errors_are_not() {
-        let e = |reason| StageError {
-            reason,
-            message: String::new(),
-        };
-        for reason in [
-            reasons::INVALID_SPEC,
-            reasons::SECRET_KEY_MISSING,
-            reasons::SECRET_NOT_MARKED,
-            reasons::PROXMOX_UNAUTHORIZED,
-            reasons::NETBOX_UNAUTHORIZED,
-            reasons::TLS_VERIFICATION_FAILED,
-            reasons::ENDPOINT_REFUSED,
-        ] {
-            assert!(e(reason).is_permanent(), "{reason}");
-        }
-        for reason in [
-            reasons::PROXMOX_UNREACHABLE,
-            reasons::NETBOX_FAILED,
-            reasons::STAGE_TIMED_OUT,
-        ] {
-            assert!(!e(reason).is_permanent(), "{reason}");
-        }
-    }
 }

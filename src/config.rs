@@ -1,17 +1,21 @@
 //! Resolution of a ProxmoxCluster spec and its Secrets into ready-to-use settings.
 //!
-//! Every error names the spec field at fault and never contains a secret value.
+//! Every conversion of the spec happens here, once: the stages get the resolved value and
+//! never read the resource. Every error names the spec field at fault and never contains a
+//! secret value.
 
 use std::time::Duration;
 
-use crate::conditions::{StageError, reasons};
+use crate::conditions::{reasons, types};
 use crate::crd::{
-    DURATION_MAX_LENGTH, DurationBounds, NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS,
-    PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
-    SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, SecretKeyRef, TlsSpec,
+    ADOPT_PREVIOUS_OWNER_ANNOTATION, DURATION_MAX_LENGTH, DurationBounds, MissingVlanPolicy,
+    NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS, PVE_REQUEST_TIMEOUT_BOUNDS,
+    ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS, SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS,
+    SecretKeyRef, SyncKind, TemplatePolicy, TlsSpec,
 };
 use crate::owner::OwnerScope;
-use crate::secrets::{SecretError, SecretSource, SecretString};
+use crate::secrets::{SecretSource, SecretString};
+use crate::stage_errors::ConfigError;
 use crate::tls::TlsSettings;
 
 /// How to authenticate to the PVE API.
@@ -48,6 +52,12 @@ pub struct ResolvedCluster {
     pub pve_timeout: Duration,
     /// PVE requests in flight.
     pub pve_concurrency: usize,
+    /// Read the QEMU guest agent of running guests (`spec.proxmox.readGuestAgent`).
+    pub pve_read_guest_agent: bool,
+    /// Read Ceph when it is installed (`spec.proxmox.readCeph`).
+    pub pve_read_ceph: bool,
+    /// Run hardware discovery over SSH (`spec.hardwareDiscovery.enabled`).
+    pub hardware_discovery: bool,
     /// Prune grace period.
     pub prune_grace_period: Duration,
     /// SSH connect timeout.
@@ -56,6 +66,69 @@ pub struct ResolvedCluster {
     pub ssh_command_timeout: Duration,
     /// Time between two syncs (`spec.sync.interval`, at least [`MIN_SYNC_INTERVAL`]).
     pub sync_interval: Duration,
+    /// What the NetBox sync writes.
+    pub sync: SyncOptions,
+}
+
+/// What the NetBox sync writes and how (`spec.netbox`, `spec.sync`, an annotation and the
+/// last status), converted. The owner mark and the NetBox cluster name also depend on the
+/// inventory: the NetBox stage completes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// NetBox site of the nodes and the cluster.
+    pub site: String,
+    /// NetBox tenant, if any.
+    pub tenant: Option<String>,
+    /// NetBox VRF of the IP addresses, if any.
+    pub vrf: Option<String>,
+    /// `spec.netbox.clusterName`; without it the PVE cluster's name, else `resource_name`.
+    pub cluster_name: Option<String>,
+    /// The ProxmoxCluster's name.
+    pub resource_name: String,
+    /// NetBox cluster group, if any.
+    pub cluster_group: Option<String>,
+    /// NetBox cluster type.
+    pub cluster_type: String,
+    /// Device role of the nodes.
+    pub device_role: String,
+    /// Role of QEMU virtual machines.
+    pub role_qemu: String,
+    /// Role of LXC containers.
+    pub role_lxc: String,
+    /// Role of templates.
+    pub role_template: String,
+    /// Tags put on every object created.
+    pub extra_tags: Vec<String>,
+    /// Templates are synced (`spec.sync.templates: Sync`).
+    pub sync_templates: bool,
+    /// Nodes are synced as devices.
+    pub nodes: bool,
+    /// Node interfaces are synced (nodes too).
+    pub node_interfaces: bool,
+    /// Guests are synced as virtual machines.
+    pub virtual_machines: bool,
+    /// Guest interfaces are synced (guests too).
+    pub vm_interfaces: bool,
+    /// Guest disks are synced (guests too).
+    pub virtual_disks: bool,
+    /// IP addresses are synced.
+    pub ip_addresses: bool,
+    /// Unowned objects of the same identity are taken over.
+    pub adopt_existing: bool,
+    /// Guest notes become the description.
+    pub description_from_notes: bool,
+    /// Missing VLANs are created (`spec.netbox.missingVlans: Create`).
+    pub create_missing_vlans: bool,
+    /// Owned objects gone from Proxmox are deleted.
+    pub prune: bool,
+    /// Most owned objects of a kind pruned in one sync, in percent (1 to 100).
+    pub prune_max_percent: u32,
+    /// The resource carries the annotation that adopts the objects of its previous owner
+    /// mark.
+    pub adopt_previous_owner: bool,
+    /// The last status shows a NetBox sync that never finished: its writes may still be
+    /// running in NetBox.
+    pub netbox_sync_interrupted: bool,
 }
 
 /// What talking to NetBox needs, resolved alone by [`resolve_netbox`]: the cleanup of a
@@ -63,6 +136,10 @@ pub struct ResolvedCluster {
 /// blocks it.
 #[derive(Clone, Debug)]
 pub struct ResolvedNetBox {
+    /// NetBox URL.
+    pub url: String,
+    /// Plain http is allowed (`spec.netbox.allowInsecureHttp`).
+    pub allow_insecure_http: bool,
     /// Whose objects these are (the mark is completed by the Proxmox cluster's name).
     pub owner: OwnerScope,
     /// NetBox token.
@@ -80,18 +157,6 @@ pub const MIN_SYNC_INTERVAL: Duration = SYNC_INTERVAL_BOUNDS.min();
 
 /// Longest `spec.sync.interval` accepted (30 days).
 pub const MAX_SYNC_INTERVAL: Duration = SYNC_INTERVAL_BOUNDS.max();
-
-/// `spec.sync.interval` of a cluster, validated against [`SYNC_INTERVAL_BOUNDS`].
-pub fn sync_interval(cluster: &ProxmoxCluster) -> Result<Duration, StageError> {
-    bounded_duration(&SYNC_INTERVAL_BOUNDS, &cluster.spec.sync.interval)
-}
-
-fn secret_error(field: &str, e: SecretError) -> StageError {
-    StageError {
-        reason: e.metric_label(),
-        message: format!("{field}: {e}"),
-    }
-}
 
 /// Why a duration text was refused by [`parse_go_duration`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,12 +264,8 @@ fn quoted(value: &str) -> String {
 /// Parses the duration field `bounds.field` with [`parse_go_duration`] and checks it against
 /// its bounds. Errors name the field and the bound, e.g.
 /// `spec.sync.interval: "99999999999999999999h" is longer than the maximum of 720h`.
-pub fn bounded_duration(bounds: &DurationBounds, value: &str) -> Result<Duration, StageError> {
-    let field = bounds.field;
-    let invalid = |message: String| StageError {
-        reason: reasons::INVALID_SPEC,
-        message: format!("{field}: {message}"),
-    };
+pub fn bounded_duration(bounds: &DurationBounds, value: &str) -> Result<Duration, ConfigError> {
+    let invalid = |problem: String| ConfigError::invalid_spec(bounds.field, problem);
     let too_long = || {
         invalid(format!(
             "{} is longer than the maximum of {}",
@@ -248,15 +309,18 @@ async fn read_key(
     secrets: &dyn SecretSource,
     field: &str,
     r: &SecretKeyRef,
-) -> Result<SecretString, StageError> {
+) -> Result<SecretString, ConfigError> {
     let value = secrets
         .get(&r.name, &r.key)
         .await
-        .map_err(|e| secret_error(field, e))?;
+        .map_err(|source| ConfigError::Secret {
+            field: field.into(),
+            source,
+        })?;
     if value.is_empty() {
-        return Err(StageError {
-            reason: reasons::SECRET_KEY_MISSING,
-            message: format!("{field}: Secret {:?} key {:?} is empty", r.name, r.key),
+        return Err(ConfigError::SecretKeyMissing {
+            field: field.into(),
+            problem: format!("Secret {:?} key {:?} is empty", r.name, r.key),
         });
     }
     Ok(value)
@@ -266,15 +330,13 @@ async fn tls(
     secrets: &dyn SecretSource,
     field: &str,
     spec: &TlsSpec,
-) -> Result<TlsSettings, StageError> {
+) -> Result<TlsSettings, ConfigError> {
     // The CRD's CEL rule says the same; a file given to `sync` is not checked by an API server.
     if spec.ca_secret_ref.is_some() && spec.insecure_skip_verify {
-        return Err(StageError {
-            reason: reasons::INVALID_SPEC,
-            message: format!(
-                "{field}: caSecretRef and insecureSkipVerify: true exclude each other: trust that CA, or remove caSecretRef"
-            ),
-        });
+        return Err(ConfigError::invalid_spec(
+            field,
+            "caSecretRef and insecureSkipVerify: true exclude each other: trust that CA, or remove caSecretRef",
+        ));
     }
     let ca_pem = match &spec.ca_secret_ref {
         Some(r) => Some(
@@ -294,16 +356,16 @@ async fn tls(
 async fn pve_credentials(
     secrets: &dyn SecretSource,
     name: &str,
-) -> Result<PveCredentials, StageError> {
+) -> Result<PveCredentials, ConfigError> {
     let field = "spec.proxmox.credentialsSecretRef";
-    let get = |key: &'static str| {
-        let field = field.to_string();
-        async move {
-            secrets
-                .get_optional(name, key)
-                .await
-                .map_err(|e| secret_error(&field, e))
-        }
+    let get = |key: &'static str| async move {
+        secrets
+            .get_optional(name, key)
+            .await
+            .map_err(|source| ConfigError::Secret {
+                field: field.into(),
+                source,
+            })
     };
     let token_id = get("tokenId").await?;
     let token_secret = get("tokenSecret").await?;
@@ -313,12 +375,10 @@ async fn pve_credentials(
         (Some(id), Some(secret), _, _) if !id.is_empty() && !secret.is_empty() => {
             let token_id = id.expose().trim().to_string();
             if !token_id.contains('!') || !token_id.contains('@') {
-                return Err(StageError {
-                    reason: reasons::INVALID_SPEC,
-                    message: format!(
-                        "{field}: Secret {name:?} key \"tokenId\" must look like user@realm!tokenname"
-                    ),
-                });
+                return Err(ConfigError::invalid_spec(
+                    field,
+                    format!("Secret {name:?} key \"tokenId\" must look like user@realm!tokenname"),
+                ));
             }
             Ok(PveCredentials::Token { token_id, secret })
         }
@@ -328,10 +388,10 @@ async fn pve_credentials(
                 password,
             })
         }
-        _ => Err(StageError {
-            reason: reasons::SECRET_KEY_MISSING,
-            message: format!(
-                "{field}: Secret {name:?} must hold keys tokenId and tokenSecret, or username and password"
+        _ => Err(ConfigError::SecretKeyMissing {
+            field: field.into(),
+            problem: format!(
+                "Secret {name:?} must hold keys tokenId and tokenSecret, or username and password"
             ),
         }),
     }
@@ -342,16 +402,16 @@ pub async fn resolve(
     cluster: &ProxmoxCluster,
     owner: OwnerScope,
     secrets: &dyn SecretSource,
-) -> Result<ResolvedCluster, StageError> {
+) -> Result<ResolvedCluster, ConfigError> {
     let spec = &cluster.spec;
     if spec.proxmox.endpoints.is_empty() {
-        return Err(StageError {
-            reason: reasons::INVALID_SPEC,
-            message: "spec.proxmox.endpoints: at least one endpoint is required".into(),
-        });
+        return Err(ConfigError::invalid_spec(
+            "spec.proxmox.endpoints",
+            "at least one endpoint is required",
+        ));
     }
     // Checked before any Secret is read: a spec error is reported as such.
-    let sync_interval = sync_interval(cluster)?;
+    let sync_interval = bounded_duration(&SYNC_INTERVAL_BOUNDS, &spec.sync.interval)?;
     let pve_timeout = bounded_duration(&PVE_REQUEST_TIMEOUT_BOUNDS, &spec.proxmox.request_timeout)?;
     let prune_grace_period =
         bounded_duration(&PRUNE_GRACE_PERIOD_BOUNDS, &spec.sync.prune.grace_period)?;
@@ -379,8 +439,63 @@ pub async fn resolve(
         pve_credentials,
         pve_tls,
         pve_concurrency: usize::try_from(spec.proxmox.max_concurrency.clamp(1, 64)).unwrap_or(8),
+        pve_read_guest_agent: spec.proxmox.read_guest_agent,
+        pve_read_ceph: spec.proxmox.read_ceph,
+        hardware_discovery: spec.hardware_discovery.enabled,
+        sync: sync_options(cluster),
         netbox: netbox_settings(cluster, owner, netbox_timeout, secrets).await?,
     })
+}
+
+fn sync_options(cluster: &ProxmoxCluster) -> SyncOptions {
+    let nb = &cluster.spec.netbox;
+    let sync = &cluster.spec.sync;
+    let kind = |k: SyncKind| sync.kinds.contains(&k);
+    let adopt_previous_owner = cluster
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT_PREVIOUS_OWNER_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    let netbox_sync_interrupted = cluster
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == types::NETBOX_SYNCED)
+        })
+        .is_some_and(|c| c.reason == reasons::RECONCILING);
+    SyncOptions {
+        site: nb.site.clone(),
+        tenant: nb.tenant.clone(),
+        vrf: nb.vrf.clone(),
+        cluster_name: nb.cluster_name.clone(),
+        resource_name: cluster.metadata.name.clone().unwrap_or_default(),
+        cluster_group: nb.cluster_group.clone(),
+        cluster_type: nb.cluster_type.clone(),
+        device_role: nb.device_role.clone(),
+        role_qemu: nb.vm_roles.qemu.clone(),
+        role_lxc: nb.vm_roles.lxc.clone(),
+        role_template: nb.vm_roles.template.clone(),
+        extra_tags: nb.tags.clone(),
+        sync_templates: sync.templates == TemplatePolicy::Sync,
+        nodes: kind(SyncKind::Nodes),
+        node_interfaces: kind(SyncKind::Nodes) && kind(SyncKind::NodeInterfaces),
+        virtual_machines: kind(SyncKind::VirtualMachines),
+        vm_interfaces: kind(SyncKind::VirtualMachines) && kind(SyncKind::VmInterfaces),
+        virtual_disks: kind(SyncKind::VirtualMachines) && kind(SyncKind::VirtualDisks),
+        ip_addresses: kind(SyncKind::IpAddresses),
+        adopt_existing: nb.adopt_existing,
+        description_from_notes: nb.description_from_notes,
+        create_missing_vlans: nb.missing_vlans == MissingVlanPolicy::Create,
+        prune: sync.prune.enabled,
+        prune_max_percent: u32::try_from(sync.prune.max_percent)
+            .unwrap_or(10)
+            .clamp(1, 100),
+        adopt_previous_owner,
+        netbox_sync_interrupted,
+    }
 }
 
 /// Resolves only the NetBox part of the spec and reads only the NetBox Secrets.
@@ -388,7 +503,7 @@ pub async fn resolve_netbox(
     cluster: &ProxmoxCluster,
     owner: OwnerScope,
     secrets: &dyn SecretSource,
-) -> Result<ResolvedNetBox, StageError> {
+) -> Result<ResolvedNetBox, ConfigError> {
     let timeout = bounded_duration(
         &NETBOX_REQUEST_TIMEOUT_BOUNDS,
         &cluster.spec.netbox.request_timeout,
@@ -401,9 +516,11 @@ async fn netbox_settings(
     owner: OwnerScope,
     timeout: Duration,
     secrets: &dyn SecretSource,
-) -> Result<ResolvedNetBox, StageError> {
+) -> Result<ResolvedNetBox, ConfigError> {
     let spec = &cluster.spec.netbox;
     Ok(ResolvedNetBox {
+        url: spec.url.clone(),
+        allow_insecure_http: spec.allow_insecure_http,
         owner,
         token: read_key(
             secrets,
@@ -421,6 +538,7 @@ async fn netbox_settings(
 mod tests {
     use super::*;
     use crate::secrets::DirSecrets;
+    use crate::stage_errors::StageFailure;
 
     fn cluster() -> ProxmoxCluster {
         serde_json::from_value(serde_json::json!({
@@ -444,8 +562,12 @@ mod tests {
     async fn resolve_test(
         c: &ProxmoxCluster,
         secrets: &DirSecrets,
-    ) -> Result<ResolvedCluster, StageError> {
+    ) -> Result<ResolvedCluster, ConfigError> {
         resolve(c, OwnerScope::new("test", "infra", "lab"), secrets).await
+    }
+
+    fn interval(c: &ProxmoxCluster) -> Result<Duration, ConfigError> {
+        bounded_duration(&SYNC_INTERVAL_BOUNDS, &c.spec.sync.interval)
     }
 
     /// Every Secret key `cluster()` references, with placeholder values.
@@ -495,23 +617,24 @@ mod tests {
         let err = resolve_test(&cluster(), &DirSecrets::new(d.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::SECRET_KEY_MISSING);
+        assert_eq!(err.reason(), reasons::SECRET_KEY_MISSING);
         assert!(
-            err.message.starts_with("spec.netbox.tokenSecretRef:"),
+            err.to_string().starts_with("spec.netbox.tokenSecretRef:"),
             "{}",
-            err.message
+            err.to_string()
         );
-        assert!(err.message.contains("\"token\""));
+        assert!(err.to_string().contains("\"token\""));
 
         let empty = tempfile::tempdir().unwrap();
         let err = resolve_test(&cluster(), &DirSecrets::new(empty.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::SECRET_NOT_FOUND);
+        assert_eq!(err.reason(), reasons::SECRET_NOT_FOUND);
         assert!(
-            err.message.contains("spec.proxmox.credentialsSecretRef"),
+            err.to_string()
+                .contains("spec.proxmox.credentialsSecretRef"),
             "{}",
-            err.message
+            err.to_string()
         );
     }
 
@@ -523,12 +646,12 @@ mod tests {
         let err = resolve_test(&c, &DirSecrets::new(d.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(err.reason(), reasons::INVALID_SPEC);
         assert!(
-            err.message
+            err.to_string()
                 .starts_with("spec.proxmox.tls: caSecretRef and insecureSkipVerify"),
             "{}",
-            err.message
+            err.to_string()
         );
     }
 
@@ -540,16 +663,55 @@ mod tests {
         let err = resolve_test(&c, &DirSecrets::new(d.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(err.reason(), reasons::INVALID_SPEC);
         assert_eq!(
-            err.message,
+            err.to_string(),
             "spec.sync.interval: \"10s\" is shorter than the minimum of 30s"
         );
         c.spec.sync.interval = "30s".into();
         let ok = resolve_test(&c, &DirSecrets::new(d.path())).await.unwrap();
         assert_eq!(ok.sync_interval, Duration::from_secs(30));
         c.spec.sync.interval = "1h30m".into();
-        assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(5400));
+        assert_eq!(interval(&c).unwrap(), Duration::from_secs(5400));
+    }
+
+    #[tokio::test]
+    async fn sync_options_are_converted_once_from_the_spec_the_annotation_and_the_status() {
+        let d = all_secrets();
+        let mut c = cluster();
+        c.spec.sync.kinds = vec![SyncKind::VmInterfaces, SyncKind::IpAddresses];
+        c.spec.sync.prune.max_percent = 400;
+        c.metadata.annotations = Some(
+            [(
+                ADOPT_PREVIOUS_OWNER_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        c.status = Some(serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "NetBoxSynced", "status": "Unknown", "reason": "Reconciling",
+                            "message": "", "lastTransitionTime": "2026-11-22T12:00:00Z"}]
+        })).unwrap());
+        let r = resolve_test(&c, &DirSecrets::new(d.path())).await.unwrap();
+        let o = &r.sync;
+        // Guest interfaces need the guests.
+        assert!(!o.virtual_machines && !o.vm_interfaces && !o.nodes);
+        assert!(o.ip_addresses);
+        assert_eq!(o.prune_max_percent, 100);
+        assert!(o.adopt_previous_owner);
+        assert!(o.netbox_sync_interrupted);
+        assert_eq!((o.site.as_str(), o.resource_name.as_str()), ("dc1", "lab"));
+        assert_eq!(r.netbox.url, "https://nb");
+
+        c.metadata.annotations = None;
+        c.status = None;
+        c.spec.sync.prune.max_percent = 0;
+        let o = resolve_test(&c, &DirSecrets::new(d.path()))
+            .await
+            .unwrap()
+            .sync;
+        assert_eq!(o.prune_max_percent, 1);
+        assert!(!o.adopt_previous_owner && !o.netbox_sync_interrupted);
     }
 
     #[test]
@@ -625,28 +787,28 @@ mod tests {
     fn a_huge_interval_is_an_error_naming_the_field_and_the_bound() {
         let mut c = cluster();
         c.spec.sync.interval = "99999999999999999999h".into();
-        let err = sync_interval(&c).unwrap_err();
-        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        let err = interval(&c).unwrap_err();
+        assert_eq!(err.reason(), reasons::INVALID_SPEC);
         assert_eq!(
-            err.message,
+            err.to_string(),
             "spec.sync.interval: \"99999999999999999999h\" is longer than the maximum of 720h"
         );
         // In range for Go, above the field's bound.
         c.spec.sync.interval = "721h".into();
         assert_eq!(
-            sync_interval(&c).unwrap_err().message,
+            interval(&c).unwrap_err().to_string(),
             "spec.sync.interval: \"721h\" is longer than the maximum of 720h"
         );
         c.spec.sync.interval = "720h".into();
-        assert_eq!(sync_interval(&c).unwrap(), Duration::from_secs(720 * 3600));
+        assert_eq!(interval(&c).unwrap(), Duration::from_secs(720 * 3600));
     }
 
     #[test]
     fn every_duration_field_has_its_own_bounds() {
         let check = |b: &DurationBounds, value: &str, expected: &str| {
             let err = bounded_duration(b, value).unwrap_err();
-            assert_eq!(err.reason, reasons::INVALID_SPEC);
-            assert_eq!(err.message, format!("{}: {expected}", b.field));
+            assert_eq!(err.reason(), reasons::INVALID_SPEC);
+            assert_eq!(err.to_string(), format!("{}: {expected}", b.field));
         };
         check(
             &PVE_REQUEST_TIMEOUT_BOUNDS,
@@ -701,9 +863,9 @@ mod tests {
         let err = resolve_test(&c, &DirSecrets::new(empty.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::INVALID_SPEC);
+        assert_eq!(err.reason(), reasons::INVALID_SPEC);
         assert_eq!(
-            err.message,
+            err.to_string(),
             "spec.hardwareDiscovery.commandTimeout: \"99999999999999999999999999h\" is longer than the maximum of 1h"
         );
     }
@@ -788,14 +950,14 @@ mod tests {
                         bounds.field
                     ),
                     Err(e) => {
-                        assert_eq!(e.reason, reasons::INVALID_SPEC);
+                        assert_eq!(e.reason(), reasons::INVALID_SPEC);
                         assert!(
-                            e.message.starts_with(&format!("{}: \"", bounds.field)),
+                            e.to_string().starts_with(&format!("{}: \"", bounds.field)),
                             "{}",
-                            e.message
+                            e.to_string()
                         );
-                        assert!(!e.message.contains('\n'), "{}", e.message);
-                        assert!(e.message.len() < 600, "{}", e.message);
+                        assert!(!e.to_string().contains('\n'), "{}", e.to_string());
+                        assert!(e.to_string().len() < 600, "{}", e.to_string());
                         assert!(
                             [
                                 "maximum",
@@ -805,9 +967,9 @@ mod tests {
                                 "characters"
                             ]
                             .iter()
-                            .any(|w| e.message.contains(w)),
+                            .any(|w| e.to_string().contains(w)),
                             "{}",
-                            e.message
+                            e.to_string()
                         );
                     }
                 }
@@ -817,10 +979,10 @@ mod tests {
         let long = "1h".repeat(100_000);
         let err = bounded_duration(&SYNC_INTERVAL_BOUNDS, &long).unwrap_err();
         assert!(
-            err.message
+            err.to_string()
                 .ends_with("... (200000 characters) is longer than 32 characters"),
             "{}",
-            err.message
+            err.to_string()
         );
     }
 
@@ -841,7 +1003,7 @@ mod tests {
         let err = resolve_test(&cluster(), &DirSecrets::new(d.path()))
             .await
             .unwrap_err();
-        assert_eq!(err.reason, reasons::INVALID_SPEC);
-        assert!(err.message.contains("user@realm!tokenname"));
+        assert_eq!(err.reason(), reasons::INVALID_SPEC);
+        assert!(err.to_string().contains("user@realm!tokenname"));
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::conditions::{reasons, types};
 use crate::crd::ProxmoxClusterStatus;
+use crate::stage_errors::StageFailure;
 use crate::status::{NetBoxOutcome, PipelineOutcome, agent_note_in};
 
 /// Longest Event note; the API server rejects notes over 1 KiB.
@@ -53,15 +54,14 @@ pub fn events_for(
             note: truncate(note),
         })
     };
-    for err in [
-        &outcome.config_error,
-        &outcome.proxmox_error,
-        &outcome.permission_warning,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        warn(err.reason, err.message.clone());
+    if let Some(err) = &outcome.config_error {
+        warn(err.reason(), err.to_string());
+    }
+    if let Some(err) = &outcome.proxmox_error {
+        warn(err.reason(), err.to_string());
+    }
+    if let Some(w) = &outcome.permission_warning {
+        warn(w.reason, w.message.clone());
     }
     if !new.read_failures.is_empty() {
         let list: Vec<String> = new
@@ -83,7 +83,7 @@ pub fn events_for(
         }
     }
     match &outcome.netbox {
-        NetBoxOutcome::Failed(err) => warn(err.reason, err.message.clone()),
+        NetBoxOutcome::Failed(err) => warn(err.reason(), err.to_string()),
         NetBoxOutcome::Done(s) => {
             if s.failed > 0 {
                 warn(
@@ -178,8 +178,9 @@ pub fn suspend_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::PermissionWarning;
     use crate::crd::SyncSummary;
-    use crate::status::{StageError, build_status};
+    use crate::status::build_status;
     use chrono::TimeZone;
 
     fn done(created: i64, failed: i64) -> PipelineOutcome {
@@ -219,7 +220,7 @@ mod tests {
     fn failures_become_warning_events_with_their_reason() {
         let now = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         let mut o = done(0, 1);
-        o.permission_warning = Some(StageError {
+        o.permission_warning = Some(PermissionWarning {
             reason: reasons::MISSING_PRIVILEGES,
             message: "token lacks VM.Audit on /".into(),
         });

@@ -19,6 +19,7 @@ pub mod pve;
 pub mod secret_poll;
 pub mod secrets;
 pub mod server;
+pub mod stage_errors;
 pub mod status;
 pub mod sync_cmd;
 pub mod telemetry;

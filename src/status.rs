@@ -3,12 +3,12 @@
 //! No I/O and no clock: the caller passes `now`, so every rule here is tested directly.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub use crate::conditions::StageError;
-use crate::conditions::{reasons, types};
+use crate::conditions::{PermissionWarning, reasons, types};
 use crate::crd::facts::NodeHardware;
 use crate::crd::{
     CephStatusEntry, InventorySummary, NodeStatusEntry, NodeWarning, ProxmoxClusterStatus,
@@ -16,6 +16,7 @@ use crate::crd::{
 };
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
+use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
 
 /// At most this many read failures are listed in the status.
 pub const MAX_READ_FAILURES: usize = 50;
@@ -47,7 +48,7 @@ pub enum NetBoxOutcome {
     /// state of the status written between the two stages (see [`observed_status`]).
     InProgress,
     /// NetBox could not be used at all (bootstrap or reads failed).
-    Failed(StageError),
+    Failed(NetBoxSyncError),
     /// The sync ran (possibly with failed objects, see the summary).
     Done(SyncSummary),
 }
@@ -95,11 +96,13 @@ impl ExternalCalls {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PipelineOutcome {
     /// Spec or Secret resolution failed: nothing else ran.
-    pub config_error: Option<StageError>,
+    pub config_error: Option<ConfigError>,
+    /// The resolved `spec.sync.interval`; `None` when the spec could not be resolved.
+    pub sync_interval: Option<Duration>,
     /// The PVE read failed as a whole.
-    pub proxmox_error: Option<StageError>,
+    pub proxmox_error: Option<ProxmoxReadError>,
     /// Missing privileges (an error) or excess write privileges (a warning).
-    pub permission_warning: Option<StageError>,
+    pub permission_warning: Option<PermissionWarning>,
     /// The inventory, when the PVE read succeeded at least partly.
     pub inventory: Option<Inventory>,
     /// `None` when discovery is disabled; otherwise one entry per node, in order.
@@ -388,7 +391,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
     let cond = |t: &str, ok: bool, r: &str, m: String| condition(t, ok, r, m, generation);
 
     if let Some(err) = &outcome.config_error {
-        out.push(cond(types::READY, false, err.reason, err.message.clone()));
+        out.push(cond(types::READY, false, err.reason(), err.to_string()));
         out.push(cond(
             types::PROXMOX_REACHABLE,
             false,
@@ -408,7 +411,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             reasons::NOT_RUN,
             "configuration is invalid".into(),
         ));
-        out.push(cond(types::DEGRADED, true, err.reason, err.message.clone()));
+        out.push(cond(types::DEGRADED, true, err.reason(), err.to_string()));
         return out;
     }
 
@@ -445,8 +448,8 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
         (Some(err), _) => out.push(cond(
             types::PROXMOX_REACHABLE,
             false,
-            err.reason,
-            err.message.clone(),
+            err.reason(),
+            err.to_string(),
         )),
         (None, Some(m)) => out.push(cond(
             types::PROXMOX_REACHABLE,
@@ -515,7 +518,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
             reasons::RECONCILING,
             "Proxmox was read; the NetBox sync is in progress".to_string(),
         ),
-        NetBoxOutcome::Failed(err) => (false, err.reason, err.message.clone()),
+        NetBoxOutcome::Failed(err) => (false, err.reason(), err.to_string()),
         NetBoxOutcome::Done(s) => {
             let counts = format!(
                 "created {}, updated {}, unchanged {}, deleted {}, stale {}, failed {}, collisions {}; {} write request(s)",
@@ -567,7 +570,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
     // Degraded: anything that worked only partly.
     let mut degraded: Vec<(&'static str, String)> = Vec::new();
     if let Some(err) = &outcome.proxmox_error {
-        degraded.push((err.reason, err.message.clone()));
+        degraded.push((err.reason(), err.to_string()));
     }
     if let Some(m) = &partial_read_message {
         degraded.push((reasons::PARTIAL_READ, m.clone()));
@@ -590,7 +593,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
         }
     }
     if let NetBoxOutcome::Failed(err) = &outcome.netbox {
-        degraded.push((err.reason, err.message.clone()));
+        degraded.push((err.reason(), err.to_string()));
     }
     if let Some(nodes) = &outcome.discovery
         && nodes.iter().any(|n| n.warning.is_some())
@@ -613,7 +616,7 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
     // Ready: the kstatus summary. True only when the data in NetBox is complete and right
     // (warnings such as discovery failures or collisions keep it True but set Degraded).
     let ready = if let Some(err) = &outcome.proxmox_error {
-        cond(types::READY, false, err.reason, err.message.clone())
+        cond(types::READY, false, err.reason(), err.to_string())
     } else if let Some(m) = &partial_read_message {
         cond(types::READY, false, reasons::PARTIAL_READ, m.clone())
     } else if let Some(w) = outcome
@@ -826,6 +829,8 @@ mod tests {
     use super::*;
     use crate::crd::SyncSummary;
     use crate::inventory::Node;
+    use crate::netbox::client::NetBoxError;
+    use crate::pve::client::PveError;
     use chrono::TimeZone;
 
     /// The injected clock: a fixed start plus minutes.
@@ -852,11 +857,15 @@ mod tests {
         }
     }
 
-    fn err(reason: &'static str, message: &str) -> StageError {
-        StageError {
+    fn warning(reason: &'static str, message: &str) -> PermissionWarning {
+        PermissionWarning {
             reason,
             message: message.into(),
         }
+    }
+
+    fn pve_failed(e: PveError) -> ProxmoxReadError {
+        ProxmoxReadError::Api(e)
     }
 
     #[test]
@@ -921,7 +930,10 @@ mod tests {
             "True -> True keeps the time"
         );
         let failed = PipelineOutcome {
-            proxmox_error: Some(err(reasons::PROXMOX_UNREACHABLE, "cannot connect")),
+            proxmox_error: Some(pve_failed(PveError::Connection {
+                endpoint: "https://pve1:8006".into(),
+                message: "connection refused".into(),
+            })),
             ..Default::default()
         };
         let s3 = build_status(Some(1), Some(&s2), &failed, at(45));
@@ -933,7 +945,9 @@ mod tests {
             Some(1),
             Some(&s3),
             &PipelineOutcome {
-                proxmox_error: Some(err(reasons::PROXMOX_UNAUTHORIZED, "401")),
+                proxmox_error: Some(pve_failed(PveError::Unauthorized {
+                    path: "/cluster/status".into(),
+                })),
                 ..Default::default()
             },
             at(50),
@@ -963,10 +977,10 @@ mod tests {
             (r.status.clone(), r.reason.clone())
         };
         let config = PipelineOutcome {
-            config_error: Some(err(
-                reasons::SECRET_UNREADABLE,
-                "spec.netbox.tokenSecretRef: 403",
-            )),
+            config_error: Some(ConfigError::Secret {
+                field: "spec.netbox.tokenSecretRef".into(),
+                source: crate::secrets::SecretError::Forbidden { name: "nb".into() },
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -1005,13 +1019,13 @@ mod tests {
         assert!(s.last_successful_sync_time.is_none());
 
         let mut missing = synced(0);
-        missing.permission_warning = Some(err(reasons::MISSING_PRIVILEGES, "lacks VM.Audit"));
+        missing.permission_warning = Some(warning(reasons::MISSING_PRIVILEGES, "lacks VM.Audit"));
         assert_eq!(
             ready(&missing),
             ("False".into(), reasons::MISSING_PRIVILEGES.into())
         );
         let mut excess = synced(0);
-        excess.permission_warning = Some(err(reasons::EXCESS_PRIVILEGES, "VM.Allocate"));
+        excess.permission_warning = Some(warning(reasons::EXCESS_PRIVILEGES, "VM.Allocate"));
         assert_eq!(ready(&excess), ("True".into(), reasons::SYNCED.into()));
         let s = build_status(Some(1), None, &excess, at(0));
         assert_eq!(cond(&s, types::DEGRADED).reason, reasons::EXCESS_PRIVILEGES);
@@ -1043,7 +1057,10 @@ mod tests {
         let s = build_status(Some(1), None, &collisions, at(0));
         assert_eq!(cond(&s, types::DEGRADED).reason, reasons::COLLISIONS);
         let nb_failed = PipelineOutcome {
-            netbox: NetBoxOutcome::Failed(err(reasons::NETBOX_FAILED, "no answer")),
+            netbox: NetBoxOutcome::Failed(NetBoxSyncError::Api(NetBoxError::Transport {
+                endpoint: "dcim/devices".into(),
+                message: "connection reset".into(),
+            })),
             ..synced(0)
         };
         assert_eq!(

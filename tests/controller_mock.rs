@@ -24,11 +24,16 @@ use proxmox_netbox_operator::inventory::{
     CephInfo, Inventory, Node, ReadFailure, ReadOutcome, ReadScope, StoragePool,
 };
 use proxmox_netbox_operator::metrics::Metrics;
+use proxmox_netbox_operator::netbox::client::NetBoxError;
 use proxmox_netbox_operator::netbox::report::KindCounts;
 use proxmox_netbox_operator::pipeline::StageObserver;
-use proxmox_netbox_operator::secrets::SecretSource;
+use proxmox_netbox_operator::pve::client::PveError;
+use proxmox_netbox_operator::secrets::{SecretError, SecretSource};
+use proxmox_netbox_operator::stage_errors::{
+    ConfigError, NetBoxSyncError, ProxmoxReadError, StageError,
+};
 use proxmox_netbox_operator::status::{
-    ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError,
+    ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome,
 };
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -625,15 +630,18 @@ async fn resync_annotation_is_echoed_in_last_resync_request() {
 #[tokio::test]
 async fn secret_problem_becomes_a_condition_naming_the_field_and_a_warning_event() {
     let outcome = PipelineOutcome {
-        config_error: Some(StageError {
-            reason: reasons::SECRET_KEY_MISSING,
-            message: "spec.netbox.tokenSecretRef: Secret \"nb\" has no key \"token\"".into(),
+        config_error: Some(ConfigError::Secret {
+            field: "spec.netbox.tokenSecretRef".into(),
+            source: SecretError::KeyMissing {
+                name: "nb".into(),
+                key: "token".into(),
+            },
         }),
         ..Default::default()
     };
     let (ctx, mut handle) = context(outcome);
     let obj = Arc::new(cluster(json!({}), true, None));
-    let task = tokio::spawn(reconcile(obj, ctx.clone()));
+    let task = tokio::spawn(reconcile(obj.clone(), ctx.clone()));
 
     let (_, send) = next_request(&mut handle).await;
     respond(send, credential_list());
@@ -664,9 +672,20 @@ async fn secret_problem_becomes_a_condition_naming_the_field_and_a_warning_event
     assert_eq!(req.body()["reason"], reasons::SECRET_KEY_MISSING);
     respond(send, req.body().clone());
 
-    let action = task.await.unwrap().unwrap();
+    // The typed failure reaches the error policy, with its cause.
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.metric_label(), reasons::SECRET_KEY_MISSING);
+    assert!(err.is_permanent(), "{err}");
+    let cause = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+        .find_map(|e| e.downcast_ref::<SecretError>());
+    assert!(
+        matches!(cause, Some(SecretError::KeyMissing { key, .. }) if key == "token"),
+        "{err:?}"
+    );
     // A missing key cannot heal by retrying: the next pass comes at the 15 min interval
-    // (or when the Secret changes), not after the 15 s backoff of a transient failure.
+    // (the default: the spec was not resolved), or when the Secret changes, not after the
+    // 15 s backoff of a transient failure.
+    let action = error_policy(obj, &err, ctx.clone());
     let after = requeue_after(&action);
     assert!(
         after >= Duration::from_secs(15 * 60) && after <= Duration::from_secs(990),
@@ -829,10 +848,12 @@ async fn deletion_with_orphan_policy_deletes_nothing_and_removes_the_finalizer()
 #[tokio::test]
 async fn failed_delete_cleanup_keeps_the_finalizer_and_says_why() {
     let mut p = pipeline(synced_outcome(0));
-    p.delete_result = Err(StageError {
-        reason: reasons::NETBOX_FAILED,
-        message: "no answer from NetBox on dcim/devices".into(),
-    });
+    p.delete_result = Err(StageError::NetBoxSync(NetBoxSyncError::Api(
+        NetBoxError::Transport {
+            endpoint: "dcim/devices".into(),
+            message: "connection refused".into(),
+        },
+    )));
     let (ctx, mut handle, _registry) = build_context(p);
     let ctx = Arc::new(ctx);
     let task = tokio::spawn(reconcile(Arc::new(deleting("Delete")), ctx.clone()));
@@ -841,7 +862,10 @@ async fn failed_delete_cleanup_keeps_the_finalizer_and_says_why() {
     assert_eq!(req.method(), http::Method::POST);
     assert_eq!(req.body()["type"], "Warning");
     assert_eq!(req.body()["reason"], reasons::NETBOX_FAILED);
-    assert_eq!(req.body()["note"], "no answer from NetBox on dcim/devices");
+    assert_eq!(
+        req.body()["note"],
+        "no answer from NetBox on dcim/devices: connection refused"
+    );
     respond(send, req.body().clone());
 
     // The status says why and how to let the resource go.
@@ -907,10 +931,12 @@ async fn a_panicking_reconcile_fails_only_its_cluster_and_says_so() {
 #[tokio::test]
 async fn the_skip_cleanup_annotation_lets_a_delete_policy_cluster_go_without_cleanup() {
     let mut p = pipeline(synced_outcome(0));
-    p.delete_result = Err(StageError {
-        reason: reasons::NETBOX_FAILED,
-        message: "no answer from NetBox".into(),
-    });
+    p.delete_result = Err(StageError::NetBoxSync(NetBoxSyncError::Api(
+        NetBoxError::Transport {
+            endpoint: "dcim/devices".into(),
+            message: "connection refused".into(),
+        },
+    )));
     let (ctx, mut handle, _registry) = build_context(p);
     let ctx = Arc::new(ctx);
     let mut obj = deleting("Delete");
@@ -985,7 +1011,19 @@ async fn a_reconcile_past_its_deadline_is_stopped_and_says_so() {
 async fn error_policy_backs_off_up_to_the_cluster_interval() {
     let (ctx, _handle) = context(synced_outcome(0));
     let obj = Arc::new(cluster(json!({"sync": {"interval": "1m"}}), true, None));
+    // Before any pass the interval is not known: the default of 15 min caps the backoff.
     let err = Error::MissingNamespace;
+    let before: Vec<Duration> = (0..7)
+        .map(|_| requeue_after(&error_policy(obj.clone(), &err, ctx.clone())))
+        .collect();
+    assert_eq!(before[0], Duration::from_secs(15));
+    assert_eq!(before[6], Duration::from_secs(900), "{before:?}");
+    ctx.failures.lock().unwrap().clear();
+    // The interval the last pass resolved.
+    ctx.sync_intervals
+        .lock()
+        .unwrap()
+        .insert("infra/lab".into(), Duration::from_secs(60));
     let delays: Vec<String> = (0..4)
         .map(|_| format!("{:?}", error_policy(obj.clone(), &err, ctx.clone())))
         .collect();
@@ -1224,5 +1262,67 @@ async fn metrics_of_a_quiet_success_record_the_last_success_time() {
             now().timestamp()
         )),
         "{metrics}"
+    );
+}
+
+/// Runs one reconcile of a cluster whose pass ends with `outcome`, answering every request,
+/// and returns its error.
+async fn failed_pass(ctx: &Arc<Context<FakePipeline>>, handle: &mut Handle) -> Error {
+    let task = tokio::spawn(reconcile(
+        Arc::new(cluster(json!({}), true, None)),
+        ctx.clone(),
+    ));
+    serve_all(handle, &task).await;
+    task.await.unwrap().unwrap_err()
+}
+
+#[tokio::test]
+async fn a_failed_stage_reaches_the_error_policy_which_retries_by_its_classification() {
+    // Transient: the PVE API timed out. Backoff from 15 s, capped at the resolved interval.
+    let outcome = PipelineOutcome {
+        sync_interval: Some(Duration::from_secs(60)),
+        proxmox_error: Some(ProxmoxReadError::Api(PveError::Timeout {
+            path: "/cluster/status".into(),
+        })),
+        ..Default::default()
+    };
+    let (ctx, mut handle) = context(outcome);
+    let obj = Arc::new(cluster(json!({}), true, None));
+    let err = failed_pass(&ctx, &mut handle).await;
+    assert_eq!(err.metric_label(), reasons::PROXMOX_UNREACHABLE);
+    assert!(!err.is_permanent());
+    let cause = std::iter::successors(std::error::Error::source(&err), |e| e.source())
+        .find_map(|e| e.downcast_ref::<PveError>());
+    assert!(matches!(cause, Some(PveError::Timeout { .. })), "{err:?}");
+    // The same failure four times in a row.
+    let delays: Vec<Duration> = (0..4)
+        .map(|_| requeue_after(&error_policy(obj.clone(), &err, ctx.clone())))
+        .collect();
+    assert_eq!(
+        delays,
+        [15, 30, 60, 60].map(Duration::from_secs),
+        "capped at the 1 min interval the pass resolved"
+    );
+
+    // Permanent: NetBox refused the token. The next pass comes at the resolved interval
+    // (plus jitter), whatever the failures before.
+    let outcome = PipelineOutcome {
+        sync_interval: Some(Duration::from_secs(120)),
+        inventory: Some(complete_inventory()),
+        netbox: NetBoxOutcome::Failed(NetBoxSyncError::Api(NetBoxError::Auth {
+            endpoint: "status".into(),
+            status: 403,
+            message: "Invalid token".into(),
+        })),
+        ..Default::default()
+    };
+    let (ctx, mut handle) = context(outcome);
+    let err = failed_pass(&ctx, &mut handle).await;
+    assert_eq!(err.metric_label(), reasons::NETBOX_UNAUTHORIZED);
+    assert!(err.is_permanent());
+    let after = requeue_after(&error_policy(obj, &err, ctx.clone()));
+    assert!(
+        after >= Duration::from_secs(120) && after <= Duration::from_secs(132),
+        "{after:?}"
     );
 }

@@ -89,16 +89,16 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
         };
         let mut deleted = 0;
         for _ in 0..faulty_syncs {
-            if let Ok(r) = sync_once(&writer, &cluster, &config, &inv).await {
+            if let Ok(r) = sync_once(&writer, &config, &inv).await {
                 deleted += r.summary.deleted;
             }
         }
         let log = proxy.log();
         proxy.set_enabled(false);
-        let clean = sync_once(&writer, &cluster, &patient, &inv).await;
+        let clean = sync_once(&writer, &patient, &inv).await;
         let converged = started.elapsed();
         let findings = check(&rest, &inv, &format!("cluster-{tag}")).await;
-        let resync = sync_once(&writer, &cluster, &patient, &inv)
+        let resync = sync_once(&writer, &patient, &inv)
             .await
             .map(|r| r.summary.write_requests);
         let row = format!(
@@ -342,12 +342,12 @@ async fn a_create_netbox_executes_after_its_client_gave_up_is_waited_for_not_rep
         endpoint_guard: EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]),
         settle: Default::default(),
     };
-    let first = sync_once(&writer, &cluster, &config, &inv).await.unwrap();
+    let first = sync_once(&writer, &config, &inv).await.unwrap();
     assert!(first.report.lost_creates > 0, "{:?}", first.report.errors);
     // The next sync right away waits for the settle window (twice the request timeout: 40 s),
     // then finds the VMs.
     let started = Instant::now();
-    let second = sync_once(&writer, &cluster, &config, &inv).await.unwrap();
+    let second = sync_once(&writer, &config, &inv).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_secs(39),
         "{:?}",
@@ -441,7 +441,7 @@ async fn sync_resource(
     let config = resolve(resource, OwnerScope::new("chaos", "chaos", &name), secrets)
         .await
         .unwrap();
-    sync_once(writer, resource, &config, inv).await.unwrap()
+    sync_once(writer, &config, inv).await.unwrap()
 }
 
 #[tokio::test]

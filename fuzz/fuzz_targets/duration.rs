@@ -14,6 +14,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use proxmox_netbox_operator::config::{DurationError, bounded_duration, parse_go_duration};
 use proxmox_netbox_operator::crd::{DURATION_FIELDS, DURATION_MAX_LENGTH, DURATION_PATTERN};
+use proxmox_netbox_operator::stage_errors::StageFailure;
 
 fn pattern() -> &'static regex::Regex {
     static P: OnceLock<regex::Regex> = OnceLock::new();
@@ -116,18 +117,18 @@ fn check_text(text: &str) {
             }
             (Ok(d), Err(e)) => panic!("{text:?}: bounded {d:?} but the parser says {e:?}"),
             (Err(e), _) => {
-                assert_eq!(e.reason, "InvalidSpec", "{text:?}");
+                assert_eq!(e.reason(), "InvalidSpec", "{text:?}");
+                let message = e.to_string();
                 assert!(
-                    e.message.starts_with(&format!("{}: ", bounds.field)),
-                    "{:?}",
-                    e.message
+                    message.starts_with(&format!("{}: ", bounds.field)),
+                    "{message:?}"
                 );
                 // The value is quoted cut to 40 characters (each escaped to at most
                 // `\u{10ffff}`): a hostile value cannot flood a condition.
                 assert!(
-                    e.message.chars().count() <= 600,
+                    message.chars().count() <= 600,
                     "{} chars",
-                    e.message.len()
+                    message.len()
                 );
                 if let Ok(p) = parsed
                     && text.chars().count() <= DURATION_MAX_LENGTH

@@ -10,11 +10,8 @@ use serde_json::Value;
 
 use super::write_settle::{WriteSettle, settle_window};
 use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
-use crate::conditions::reasons;
+use crate::conditions::{PermissionWarning, reasons};
 use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
-use crate::crd::{
-    ADOPT_PREVIOUS_OWNER_ANNOTATION, MissingVlanPolicy, ProxmoxCluster, SyncKind, TemplatePolicy,
-};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::net::guard::EndpointGuard;
@@ -23,7 +20,8 @@ use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
-use crate::status::{CALL_SUCCESS, StageError, systems};
+use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError};
+use crate::status::{CALL_SUCCESS, systems};
 
 /// A PVE API that records each request's outcome (one per request as the reader sees
 /// it, after retries and failover): `success` or [`PveError::metric_label`].
@@ -161,28 +159,12 @@ pub struct LiveReader {
     pub endpoint_guard: EndpointGuard,
 }
 
-fn pve_stage_error(e: &PveError) -> StageError {
-    let reason = match e {
-        PveError::Unauthorized { .. } => reasons::PROXMOX_UNAUTHORIZED,
-        PveError::Tls { .. } => reasons::TLS_VERIFICATION_FAILED,
-        PveError::Config(_) => reasons::INVALID_SPEC,
-        PveError::EndpointRefused(_) => reasons::ENDPOINT_REFUSED,
-        PveError::Forbidden { .. } => reasons::MISSING_PRIVILEGES,
-        _ => reasons::PROXMOX_UNREACHABLE,
-    };
-    StageError {
-        reason,
-        message: e.to_string(),
-    }
-}
-
 impl ProxmoxReader for LiveReader {
     fn read<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
         calls: &'a CallCounter,
-    ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+    ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
         Box::pin(async move {
             let auth = match &config.pve_credentials {
                 PveCredentials::Token { token_id, secret } => PveAuth::Token {
@@ -203,19 +185,19 @@ impl ProxmoxReader for LiveReader {
                 retries: 2,
                 endpoint_guard: self.endpoint_guard.clone(),
             })
-            .map_err(|e| pve_stage_error(&e))?;
+            .map_err(ProxmoxReadError::Api)?;
             let client = CountedPve {
                 inner: &client,
                 calls,
             };
             let opts = ReadOptions {
-                guest_agent: cluster.spec.proxmox.read_guest_agent,
-                ceph: cluster.spec.proxmox.read_ceph,
+                guest_agent: config.pve_read_guest_agent,
+                ceph: config.pve_read_ceph,
                 concurrency: config.pve_concurrency,
             };
             let mut inventory = read_inventory(&client, &opts)
                 .await
-                .map_err(|e| pve_stage_error(&e))?;
+                .map_err(ProxmoxReadError::Api)?;
             let permission_warning = match client.get("/access/permissions").await {
                 Ok(p) => {
                     let report = permissions::evaluate(&p);
@@ -235,7 +217,7 @@ impl ProxmoxReader for LiveReader {
                         .completeness
                         .record(ReadScope::Permissions, outcome);
                     if !report.restricted.is_empty() {
-                        Some(StageError {
+                        Some(PermissionWarning {
                             reason: reasons::MISSING_PRIVILEGES,
                             message: format!(
                                 "ACLs hide part of the cluster from the PVE token ({}): guests and nodes there are left out, and nothing is pruned (see docs/proxmox-setup.md)",
@@ -243,7 +225,7 @@ impl ProxmoxReader for LiveReader {
                             ),
                         })
                     } else if !report.missing.is_empty() {
-                        Some(StageError {
+                        Some(PermissionWarning {
                             reason: reasons::MISSING_PRIVILEGES,
                             message: format!(
                                 "the PVE token lacks {} on / (see docs/proxmox-setup.md)",
@@ -251,7 +233,7 @@ impl ProxmoxReader for LiveReader {
                             ),
                         })
                     } else if !report.excess_write.is_empty() {
-                        Some(StageError {
+                        Some(PermissionWarning {
                             reason: reasons::EXCESS_PRIVILEGES,
                             message: format!(
                                 "the PVE token holds write privileges an inventory reader does not need: {}",
@@ -274,7 +256,7 @@ impl ProxmoxReader for LiveReader {
                 }
             };
             if calls.proxmox_budget.exhausted() {
-                return Err(pve_stage_error(&PveError::TransportLimit {
+                return Err(ProxmoxReadError::Api(PveError::TransportLimit {
                     limit: calls.proxmox_budget.limit(),
                 }));
             }
@@ -295,133 +277,91 @@ pub struct LiveWriter {
     pub settle: Arc<WriteSettle>,
 }
 
-/// True when the resource's status shows a NetBox stage that never finished.
-fn netbox_stage_interrupted(cluster: &ProxmoxCluster) -> bool {
-    cluster
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == crate::conditions::types::NETBOX_SYNCED)
-        })
-        .is_some_and(|c| c.reason == reasons::RECONCILING)
-}
-
-/// The engine settings of a cluster.
-pub fn sync_settings(
-    cluster: &ProxmoxCluster,
-    config: &ResolvedCluster,
-    inventory: &Inventory,
-) -> SyncSettings {
-    let nb = &cluster.spec.netbox;
-    let kinds = &cluster.spec.sync.kinds;
-    let pve_cluster_name = inventory.cluster.name.as_deref();
+/// The engine settings of a cluster: its resolved settings, completed by the inventory
+/// (the owner mark, the NetBox cluster name).
+pub fn sync_settings(config: &ResolvedCluster, inventory: &Inventory) -> SyncSettings {
+    let options = &config.sync;
     let owner = &config.netbox.owner;
-    let adopt_previous = cluster
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ADOPT_PREVIOUS_OWNER_ANNOTATION))
-        .is_some_and(|v| v == "true");
     SyncSettings {
         owner: owner.mark(
             &inventory
                 .pve_identity()
                 .unwrap_or_else(|| "unknown".to_string()),
         ),
-        adopt_previous: adopt_previous.then(|| owner.clone()),
-        site: nb.site.clone(),
-        tenant: nb.tenant.clone(),
-        vrf: nb.vrf.clone(),
-        cluster_name: nb
+        adopt_previous: options.adopt_previous_owner.then(|| owner.clone()),
+        site: options.site.clone(),
+        tenant: options.tenant.clone(),
+        vrf: options.vrf.clone(),
+        cluster_name: options
             .cluster_name
             .clone()
-            .or_else(|| pve_cluster_name.map(str::to_string))
-            .unwrap_or_else(|| cluster.metadata.name.clone().unwrap_or_default()),
-        cluster_group: nb.cluster_group.clone(),
-        cluster_type: nb.cluster_type.clone(),
-        device_role: nb.device_role.clone(),
-        role_qemu: nb.vm_roles.qemu.clone(),
-        role_lxc: nb.vm_roles.lxc.clone(),
-        role_template: nb.vm_roles.template.clone(),
-        extra_tags: nb.tags.clone(),
-        sync_templates: cluster.spec.sync.templates == TemplatePolicy::Sync,
-        nodes: kinds.contains(&SyncKind::Nodes),
-        node_interfaces: kinds.contains(&SyncKind::Nodes)
-            && kinds.contains(&SyncKind::NodeInterfaces),
-        virtual_machines: kinds.contains(&SyncKind::VirtualMachines),
-        vm_interfaces: kinds.contains(&SyncKind::VirtualMachines)
-            && kinds.contains(&SyncKind::VmInterfaces),
-        virtual_disks: kinds.contains(&SyncKind::VirtualMachines)
-            && kinds.contains(&SyncKind::VirtualDisks),
-        ip_addresses: kinds.contains(&SyncKind::IpAddresses),
-        adopt_existing: nb.adopt_existing,
-        description_from_notes: nb.description_from_notes,
-        create_missing_vlans: nb.missing_vlans == MissingVlanPolicy::Create,
-        prune: cluster.spec.sync.prune.enabled,
-        hardware_discovery: cluster.spec.hardware_discovery.enabled,
+            .or_else(|| inventory.cluster.name.clone())
+            .unwrap_or_else(|| options.resource_name.clone()),
+        cluster_group: options.cluster_group.clone(),
+        cluster_type: options.cluster_type.clone(),
+        device_role: options.device_role.clone(),
+        role_qemu: options.role_qemu.clone(),
+        role_lxc: options.role_lxc.clone(),
+        role_template: options.role_template.clone(),
+        extra_tags: options.extra_tags.clone(),
+        sync_templates: options.sync_templates,
+        nodes: options.nodes,
+        node_interfaces: options.node_interfaces,
+        virtual_machines: options.virtual_machines,
+        vm_interfaces: options.vm_interfaces,
+        virtual_disks: options.virtual_disks,
+        ip_addresses: options.ip_addresses,
+        adopt_existing: options.adopt_existing,
+        description_from_notes: options.description_from_notes,
+        create_missing_vlans: options.create_missing_vlans,
+        prune: options.prune,
+        hardware_discovery: config.hardware_discovery,
         grace_period: config.prune_grace_period,
-        prune_max_percent: u32::try_from(cluster.spec.sync.prune.max_percent)
-            .unwrap_or(10)
-            .clamp(1, 100),
+        prune_max_percent: options.prune_max_percent,
         batch_size: 50,
         max_in_flight: config.netbox.max_in_flight,
     }
 }
 
 fn netbox_client(
-    cluster: &ProxmoxCluster,
     config: &ResolvedNetBox,
     endpoint_guard: &EndpointGuard,
-) -> Result<NetBoxClient, StageError> {
+) -> Result<NetBoxClient, NetBoxSyncError> {
     NetBoxClient::new(NetBoxConnection {
-        url: cluster.spec.netbox.url.clone(),
+        url: config.url.clone(),
         token: config.token.clone(),
         tls: config.tls.clone(),
         timeout: config.timeout,
         max_in_flight: config.max_in_flight,
         retries: 3,
-        allow_insecure_http: cluster.spec.netbox.allow_insecure_http,
+        allow_insecure_http: config.allow_insecure_http,
         endpoint_guard: endpoint_guard.clone(),
     })
-    .map_err(|e| netbox_stage_error(&e))
-}
-
-fn netbox_stage_error(e: &NetBoxError) -> StageError {
-    StageError {
-        reason: match e {
-            NetBoxError::Auth { .. } => reasons::NETBOX_UNAUTHORIZED,
-            NetBoxError::EndpointRefused(_) => reasons::ENDPOINT_REFUSED,
-            _ => reasons::NETBOX_FAILED,
-        },
-        message: e.to_string(),
-    }
+    .map_err(NetBoxSyncError::Api)
 }
 
 impl NetBoxWriter for LiveWriter {
     fn sync<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
-    ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+    ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, &config.netbox, &self.endpoint_guard)?;
+            let client = netbox_client(&config.netbox, &self.endpoint_guard)?;
             let client = CountedNetBox {
                 inner: &client,
                 calls,
             };
-            let settings = sync_settings(cluster, config, inventory);
+            let settings = sync_settings(config, inventory);
             let window = settle_window(config.netbox.timeout);
             let guard = if dry_run {
                 None
             } else {
-                let interrupted = netbox_stage_interrupted(cluster);
+                let interrupted = config.sync.netbox_sync_interrupted;
                 if let Some(until) = self.settle.wait_until(&settings.owner, interrupted, window) {
                     tracing::info!(
                         owner = %settings.owner,
@@ -440,9 +380,9 @@ impl NetBoxWriter for LiveWriter {
             if let Some(guard) = guard {
                 guard.finished(lost);
             }
-            let report = result.map_err(|e| netbox_stage_error(&e))?;
+            let report = result.map_err(NetBoxSyncError::Api)?;
             if calls.netbox_budget.exhausted() {
-                return Err(netbox_stage_error(&NetBoxError::TransportLimit {
+                return Err(NetBoxSyncError::Api(NetBoxError::TransportLimit {
                     limit: calls.netbox_budget.limit(),
                 }));
             }
@@ -456,14 +396,13 @@ impl NetBoxWriter for LiveWriter {
 
     fn delete_owned<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedNetBox,
-    ) -> BoxFuture<'a, Result<String, StageError>> {
+    ) -> BoxFuture<'a, Result<String, NetBoxSyncError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, config, &self.endpoint_guard)?;
+            let client = netbox_client(config, &self.endpoint_guard)?;
             let n = delete_owned(&client, &config.owner)
                 .await
-                .map_err(|e| netbox_stage_error(&e))?;
+                .map_err(NetBoxSyncError::Api)?;
             Ok(format!(
                 "deleted {n} NetBox object(s) owned by {}",
                 config.owner.resource()
@@ -476,6 +415,7 @@ impl NetBoxWriter for LiveWriter {
 mod tests {
     use super::*;
     use crate::owner::OwnerScope;
+    use crate::stage_errors::StageFailure;
 
     struct Answers;
     impl PveApi for Answers {
@@ -701,7 +641,7 @@ mod tests {
     }
 
     /// A cluster aimed at `pve` and `netbox`, with its Secrets in a temporary directory.
-    fn guarded_cluster(pve: &str, netbox: &str) -> (ProxmoxCluster, tempfile::TempDir) {
+    fn guarded_cluster(pve: &str, netbox: &str) -> (crate::crd::ProxmoxCluster, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         for (secret, key, value) in [
             ("pve", "tokenId", "u@pve!t"),
@@ -772,12 +712,13 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = netbox_client(&cluster, &config.netbox, &EndpointGuard::default())
+        let err = netbox_client(&config.netbox, &EndpointGuard::default())
             .err()
             .unwrap();
-        assert_eq!(err.reason, reasons::ENDPOINT_REFUSED);
+        assert_eq!(err.reason(), reasons::ENDPOINT_REFUSED);
+        assert!(err.is_permanent());
         assert_eq!(
-            err.message,
+            err.to_string(),
             "spec.netbox.url: plain http is refused: use https, or set spec.netbox.allowInsecureHttp: true"
         );
     }

@@ -1,7 +1,9 @@
 //! One reconcile pass for a ProxmoxCluster, as a pipeline:
 //! resolve config and Secrets -> read Proxmox -> discover hardware (sequentially, when
 //! enabled) -> [`StageObserver::observed`] (the controller writes the per-node status
-//! here) -> sync NetBox. Each stage sits behind a small trait so the orchestration is
+//! here) -> sync NetBox. The spec is resolved once, first: the stages get the resolved
+//! settings ([`ResolvedCluster`]), never the resource, and fail with their typed error
+//! ([`crate::stage_errors`]). Each stage sits behind a small trait so the orchestration is
 //! tested with fakes; the live implementations are in [`live`].
 
 pub mod live;
@@ -15,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::conditions::reasons;
+use crate::conditions::PermissionWarning;
 use crate::config::{ResolvedCluster, ResolvedNetBox, resolve, resolve_netbox};
 use crate::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncMode, SyncSummary};
 pub use crate::hardware::discovery::HardwareProber;
@@ -26,8 +28,9 @@ use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
 use crate::owner::OwnerScope;
 use crate::secrets::SecretSource;
+use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError, StageError};
 use crate::status::{
-    CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, StageError, systems,
+    CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, systems,
 };
 
 /// Counts the calls the stages of one run make to external systems, by outcome, and holds
@@ -89,8 +92,8 @@ impl StageObserver for NoObserver {
 pub struct ProxmoxRead {
     /// The inventory, with completeness of every part.
     pub inventory: Inventory,
-    /// Missing privileges (error) or excess write privileges (warning).
-    pub permission_warning: Option<StageError>,
+    /// Missing privileges or excess write privileges of the PVE token.
+    pub permission_warning: Option<PermissionWarning>,
 }
 
 /// Reads a Proxmox VE cluster.
@@ -99,15 +102,15 @@ pub trait ProxmoxReader: Send + Sync {
     /// recorded in `calls` (system `proxmox`), also when the read fails.
     fn read<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
         calls: &'a CallCounter,
-    ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>>;
+    ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>>;
 }
 
 /// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
 pub trait ClusterPipeline: Send + Sync + 'static {
-    /// Runs one full pass and reports what happened; never fails as a whole. Calls
+    /// Resolves the spec of `cluster`, runs one full pass with the resolved settings and
+    /// reports what happened; never fails as a whole. Calls
     /// `observer` once Proxmox was read and hardware discovered, before the NetBox sync.
     fn run<'a>(
         &'a self,
@@ -119,8 +122,8 @@ pub trait ClusterPipeline: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineOutcome>;
 
-    /// Removes the NetBox objects owned for this cluster (deletion policy `Delete`) and
-    /// returns a summary.
+    /// Resolves the NetBox part of the spec of `cluster`, removes the NetBox objects owned
+    /// for this cluster (deletion policy `Delete`) and returns a summary.
     fn delete_owned<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
@@ -144,24 +147,21 @@ pub struct NetBoxResult {
 pub trait NetBoxWriter: Send + Sync {
     /// Syncs; `Err` only when NetBox could not be used at all. Every request is recorded
     /// in `calls` (system `netbox`), also when the sync fails.
-    #[allow(clippy::too_many_arguments)]
     fn sync<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedCluster,
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
-    ) -> BoxFuture<'a, Result<NetBoxResult, StageError>>;
+    ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>>;
 
     /// Deletes every object owned for this cluster (deletion policy `Delete`).
     fn delete_owned<'a>(
         &'a self,
-        cluster: &'a ProxmoxCluster,
         config: &'a ResolvedNetBox,
-    ) -> BoxFuture<'a, Result<String, StageError>>;
+    ) -> BoxFuture<'a, Result<String, NetBoxSyncError>>;
 }
 
 /// A pipeline run with its detailed NetBox report.
@@ -211,16 +211,6 @@ impl Default for StageLimits {
             netbox_sync: Duration::from_secs(20 * 60),
             transport_errors: DEFAULT_TRANSPORT_ERROR_LIMIT,
         }
-    }
-}
-
-fn stage_timed_out(stage: &str, limit: Duration) -> StageError {
-    StageError {
-        reason: reasons::STAGE_TIMED_OUT,
-        message: format!(
-            "the {stage} ran past its deadline of {}s and was stopped",
-            limit.as_secs()
-        ),
     }
 }
 
@@ -283,7 +273,7 @@ where
             // Only the NetBox Secrets: the PVE ones may be gone already.
             let config =
                 resolve_netbox(cluster, owner_scope(cluster, installation), secrets).await?;
-            self.writer.delete_owned(cluster, &config).await
+            Ok(self.writer.delete_owned(&config).await?)
         })
     }
 }
@@ -421,7 +411,8 @@ pub async fn run_pipeline(
 }
 
 /// Runs one full pass for `cluster`, telling `observer` what the observe stages found
-/// before the NetBox sync starts.
+/// before the NetBox sync starts. The spec is resolved once, first; the stages get only the
+/// resolved settings.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_pipeline_observed(
     reader: &dyn ProxmoxReader,
@@ -452,9 +443,12 @@ pub async fn run_pipeline_observed(
             };
         }
     };
-    let read = tokio::time::timeout(limits.proxmox_read, reader.read(cluster, &config, &calls))
+    outcome.sync_interval = Some(config.sync_interval);
+    let read = tokio::time::timeout(limits.proxmox_read, reader.read(&config, &calls))
         .await
-        .unwrap_or_else(|_| Err(stage_timed_out("Proxmox read", limits.proxmox_read)));
+        .unwrap_or(Err(ProxmoxReadError::TimedOut {
+            limit: limits.proxmox_read,
+        }));
     outcome.calls = calls.snapshot();
     let read = match read {
         Ok(r) => r,
@@ -470,7 +464,7 @@ pub async fn run_pipeline_observed(
     let inventory = read.inventory;
 
     let mut hardware = BTreeMap::new();
-    if cluster.spec.hardware_discovery.enabled {
+    if config.hardware_discovery {
         let discovered = discover_nodes(
             prober,
             &inventory,
@@ -496,12 +490,12 @@ pub async fn run_pipeline_observed(
     let mut report = None;
     // Moved out for the sync and back in after it (always Some here).
     let inventory = outcome.inventory.take().unwrap_or_default();
-    let sync = writer.sync(
-        cluster, &config, &inventory, &hardware, dry_run, now, &calls,
-    );
+    let sync = writer.sync(&config, &inventory, &hardware, dry_run, now, &calls);
     let result = tokio::time::timeout(limits.netbox_sync, sync)
         .await
-        .unwrap_or_else(|_| Err(stage_timed_out("NetBox sync", limits.netbox_sync)));
+        .unwrap_or(Err(NetBoxSyncError::TimedOut {
+            limit: limits.netbox_sync,
+        }));
     outcome.inventory = Some(inventory);
     outcome.netbox = match result {
         Ok(result) => {
@@ -520,21 +514,22 @@ mod tests {
     use super::*;
     use crate::conditions::reasons;
     use crate::inventory::{Node, ReadOutcome, ReadScope};
+    use crate::pve::client::PveError;
     use crate::secrets::DirSecrets;
+    use crate::stage_errors::StageFailure;
     use std::sync::Mutex;
 
-    struct FakeReader(Result<ProxmoxRead, StageError>);
+    struct FakeReader(Result<ProxmoxRead, ProxmoxReadError>);
     impl ProxmoxReader for FakeReader {
         fn read<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedCluster,
             calls: &'a CallCounter,
-        ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+        ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
             Box::pin(async move {
                 match &self.0 {
                     Ok(_) => calls.record(systems::PROXMOX, CALL_SUCCESS, 7),
-                    Err(e) => calls.record(systems::PROXMOX, e.reason, 1),
+                    Err(e) => calls.record(systems::PROXMOX, e.reason(), 1),
                 }
                 self.0.clone()
             })
@@ -582,14 +577,13 @@ mod tests {
     impl NetBoxWriter for FakeWriter {
         fn sync<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedCluster,
             _inv: &'a Inventory,
             hardware: &'a BTreeMap<String, NodeHardware>,
             dry_run: bool,
             _now: DateTime<Utc>,
             calls: &'a CallCounter,
-        ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+        ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>> {
             self.calls.lock().unwrap().push((hardware.len(), dry_run));
             calls.record(systems::NETBOX, CALL_SUCCESS, 3);
             calls.record(systems::NETBOX, "NetBoxRejected", 1);
@@ -610,9 +604,8 @@ mod tests {
         }
         fn delete_owned<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             cfg: &'a ResolvedNetBox,
-        ) -> BoxFuture<'a, Result<String, StageError>> {
+        ) -> BoxFuture<'a, Result<String, NetBoxSyncError>> {
             self.deleted.lock().unwrap().push(cfg.owner.prefix());
             Box::pin(async { Ok(String::new()) })
         }
@@ -702,6 +695,11 @@ mod tests {
         .await;
         assert!(prober.seen.lock().unwrap().is_empty());
         assert!(run.outcome.discovery.is_none());
+        // The resolved interval (the default of the field) travels with the outcome.
+        assert_eq!(
+            run.outcome.sync_interval,
+            Some(Duration::from_secs(15 * 60))
+        );
         assert_eq!(*writer.calls.lock().unwrap(), vec![(0, false)]);
     }
 
@@ -828,10 +826,9 @@ mod tests {
         let d = secrets_dir();
         let observer = RecordingObserver::default();
         let run = run_pipeline_observed(
-            &FakeReader(Err(StageError {
-                reason: reasons::PROXMOX_UNAUTHORIZED,
-                message: "401 on /cluster/status".into(),
-            })),
+            &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
+                path: "/cluster/status".into(),
+            }))),
             &FakeProber::default(),
             &FakeWriter::default(),
             &cluster(false, "Sync"),
@@ -856,10 +853,9 @@ mod tests {
         let d = secrets_dir();
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &FakeReader(Err(StageError {
-                reason: reasons::PROXMOX_UNAUTHORIZED,
-                message: "401 on /cluster/status".into(),
-            })),
+            &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
+                path: "/cluster/status".into(),
+            }))),
             &FakeProber::default(),
             &writer,
             &cluster(true, "Sync"),
@@ -872,7 +868,7 @@ mod tests {
         assert!(writer.calls.lock().unwrap().is_empty());
         assert_eq!(run.outcome.netbox, NetBoxOutcome::NotRun);
         assert_eq!(
-            run.outcome.proxmox_error.unwrap().reason,
+            run.outcome.proxmox_error.unwrap().reason(),
             reasons::PROXMOX_UNAUTHORIZED
         );
     }
@@ -896,9 +892,10 @@ mod tests {
         )
         .await;
         assert_eq!(
-            run.outcome.config_error.unwrap().reason,
+            run.outcome.config_error.unwrap().reason(),
             reasons::SECRET_NOT_FOUND
         );
+        assert_eq!(run.outcome.sync_interval, None);
         assert!(writer.calls.lock().unwrap().is_empty());
     }
 
@@ -927,7 +924,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            run.outcome.config_error.unwrap().reason,
+            run.outcome.config_error.unwrap().reason(),
             reasons::SECRET_NOT_FOUND
         );
         // ... but the cleanup of the owned NetBox objects still runs.
@@ -950,10 +947,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.message.contains("spec.netbox.tokenSecretRef"),
-            "{}",
-            err.message
+            err.to_string().contains("spec.netbox.tokenSecretRef"),
+            "{err}"
         );
+        assert_eq!(err.reason(), reasons::SECRET_NOT_FOUND);
         assert_eq!(pipeline.writer.deleted.lock().unwrap().len(), 1);
     }
 
@@ -962,10 +959,9 @@ mod tests {
     impl ProxmoxReader for HangingReader {
         fn read<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedCluster,
             _calls: &'a CallCounter,
-        ) -> BoxFuture<'a, Result<ProxmoxRead, StageError>> {
+        ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
             Box::pin(std::future::pending())
         }
     }
@@ -973,21 +969,19 @@ mod tests {
     impl NetBoxWriter for HangingWriter {
         fn sync<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedCluster,
             _inv: &'a Inventory,
             _hw: &'a BTreeMap<String, NodeHardware>,
             _dry_run: bool,
             _now: DateTime<Utc>,
             _calls: &'a CallCounter,
-        ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
+        ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>> {
             Box::pin(std::future::pending())
         }
         fn delete_owned<'a>(
             &'a self,
-            _c: &'a ProxmoxCluster,
             _cfg: &'a ResolvedNetBox,
-        ) -> BoxFuture<'a, Result<String, StageError>> {
+        ) -> BoxFuture<'a, Result<String, NetBoxSyncError>> {
             Box::pin(std::future::pending())
         }
     }
@@ -1024,9 +1018,9 @@ mod tests {
         .await;
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         let err = run.outcome.proxmox_error.unwrap();
-        assert_eq!(err.reason, reasons::STAGE_TIMED_OUT);
+        assert_eq!(err.reason(), reasons::STAGE_TIMED_OUT);
         assert_eq!(
-            err.message,
+            err.to_string(),
             "the Proxmox read ran past its deadline of 30s and was stopped"
         );
         assert!(writer.calls.lock().unwrap().is_empty());
@@ -1051,8 +1045,8 @@ mod tests {
         let NetBoxOutcome::Failed(err) = run.outcome.netbox else {
             panic!("{:?}", run.outcome.netbox)
         };
-        assert_eq!(err.reason, reasons::STAGE_TIMED_OUT);
-        assert!(err.message.contains("NetBox sync"), "{}", err.message);
+        assert_eq!(err.reason(), reasons::STAGE_TIMED_OUT);
+        assert!(err.to_string().contains("NetBox sync"), "{err}");
         // What the Proxmox stage found is kept.
         assert_eq!(run.outcome.inventory.unwrap().nodes.len(), 3);
     }

@@ -82,16 +82,15 @@ impl Rest {
 /// when it takes longer than [`SYNC_DEADLINE`].
 pub async fn sync_once(
     writer: &LiveWriter,
-    cluster: &ProxmoxCluster,
     config: &proxmox_netbox_operator::config::ResolvedCluster,
     inv: &Inventory,
 ) -> Result<
     proxmox_netbox_operator::pipeline::NetBoxResult,
-    proxmox_netbox_operator::status::StageError,
+    proxmox_netbox_operator::stage_errors::NetBoxSyncError,
 > {
     let calls = CallCounter::default();
     let no_facts = BTreeMap::new();
-    let sync = writer.sync(cluster, config, inv, &no_facts, false, Utc::now(), &calls);
+    let sync = writer.sync(config, inv, &no_facts, false, Utc::now(), &calls);
     tokio::time::timeout(SYNC_DEADLINE, sync)
         .await
         .unwrap_or_else(|_| panic!("a sync still running after {SYNC_DEADLINE:?}"))
