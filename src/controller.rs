@@ -3,7 +3,7 @@
 //!
 //! One reconcile: list the cluster's NodeSSHCredentials -> run the pipeline (config,
 //! Proxmox read, hardware discovery) -> write the intermediate status and the credential
-//! statuses ([`StatusObserver`]) -> NetBox sync -> write the final status, publish Events,
+//! statuses ([`StatusWriter`]) -> NetBox sync -> write the final status, publish Events,
 //! record metrics, requeue at the interval; or, when a stage failed, return its typed error
 //! to [`error_policy`], which retries by its classification.
 
@@ -429,7 +429,7 @@ async fn report_failure<P>(
 
 /// Writes the intermediate status (per-node facts and warnings, before the NetBox sync)
 /// and the NodeSSHCredential statuses; remembers what it wrote.
-pub struct StatusObserver<'a> {
+pub struct StatusWriter<'a> {
     api: &'a Api<ProxmoxCluster>,
     name: &'a str,
     generation: Option<i64>,
@@ -440,7 +440,7 @@ pub struct StatusObserver<'a> {
     written: Mutex<Option<ProxmoxClusterStatus>>,
 }
 
-impl StatusObserver<'_> {
+impl StatusWriter<'_> {
     /// The intermediate status, if it was written.
     fn take_written(&self) -> Option<ProxmoxClusterStatus> {
         self.written
@@ -450,7 +450,7 @@ impl StatusObserver<'_> {
     }
 }
 
-impl StageObserver for StatusObserver<'_> {
+impl StageObserver for StatusWriter<'_> {
     fn observed<'a>(&'a self, outcome: &'a PipelineOutcome) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let now = self.clock.now();
@@ -515,7 +515,7 @@ async fn apply<P: ClusterPipeline>(
         .filter(|c| c.spec.cluster_ref.name == name)
         .collect();
     let secrets = KubeSecrets::new(ctx.client.clone(), &ns);
-    let observer = StatusObserver {
+    let observer = StatusWriter {
         api,
         name: &name,
         generation,
