@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh [GUESTS]     default 1000 guests on 3 nodes
 #   scripts/bench.sh discovery    hardware discovery cost per node over loopback
+#   scripts/bench.sh marks [GUESTS]  what each part of the first sync's writes costs: the
+#                                 floor with each ownership mark and each primary MAC method
 #
 # Measures, in one run: (a) the floor: bare bulk creates of the guests' objects by the
 # simplest client (scripts/bench/floor.py), and the same with the operator's ownership marks
@@ -145,8 +147,30 @@ print(f'all runs (ms): {ms}')
 PY
 }
 
+bench_marks() { # $1 = guests. One bootstrap sync of the demo topology creates the tag and the
+  # custom fields; then the floor of the same guests with each set of marks, in one run.
+  GUESTS="$1"
+  mkdir -p "$WORK/demo"
+  "$FAKEPVE_PYTHON" "$FAKEPVE_LAUNCHER" --topology tests/topologies/demo.json --state-dir "$WORK/demo" >"$WORK/demo/log" 2>&1 &
+  echo $! > "$WORK/demo/pid"
+  for _ in $(seq 600); do [ -f "$WORK/demo/env.json" ] && break; sleep 0.1; done
+  write_cluster "$WORK/demo"
+  sync_once >/dev/null
+  start_pve "$WORK/pve"
+  local variant
+  for variant in "" "--marks cf" "--marks tag" "--marks both" "--same-objects" \
+    "--same-objects --mac-at-create" "--same-objects --marks cf --mac-at-create"; do
+    # shellcheck disable=SC2086
+    echo "floor ${variant:-(bare)}: $("$FAKEPVE_PYTHON" scripts/bench/floor.py "$WORK/pve/expected.json" "$NETBOX_URL" "$NETBOX_TOKEN" "$RUN" $variant)"
+  done
+}
+
 if [ "$GUESTS" = discovery ]; then
   bench_discovery
+  exit 0
+fi
+if [ "$GUESTS" = marks ]; then
+  bench_marks "${2:-1000}"
   exit 0
 fi
 

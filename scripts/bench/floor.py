@@ -2,13 +2,20 @@
 interfaces, MAC addresses, virtual disks, IP addresses) from the simplest possible client
 (no reads, no diff), with the operator's batch size and number of requests in flight.
 
-    python floor.py EXPECTED_JSON NETBOX_URL TOKEN RUN_ID [--same-objects]
+    python floor.py EXPECTED_JSON NETBOX_URL TOKEN RUN_ID [--same-objects] [--marks M] [--mac-at-create]
 
 Without --same-objects: bare bulk creates with the fewest fields NetBox accepts.
 With --same-objects: the same objects the operator ends up with: its ownership tag and
 custom fields on every object, and the two bulk PATCH passes NetBox's API requires for
 references that cannot be given at creation (an interface's primary MAC, a VM's primary
 IPs). Needs the operator's tag and custom fields to exist (run after a sync).
+
+What each part costs (docs/benchmarks.md, "What the first sync costs"):
+--marks none|cf|tag|both   which ownership marks go on every object (default: both with
+                           --same-objects, none without)
+--mac-at-create            MAC addresses created first, unassigned, and given to the
+                           interface as its primary MAC in the interface's create (NetBox
+                           assigns it), instead of the primary MAC PATCH pass
 
 Prints JSON: total seconds, object count, and seconds per step.
 """
@@ -53,20 +60,27 @@ def bulk(url, token, method, path, objects, group=None):
 
 def main():
     expected, url, token, run = sys.argv[1:5]
-    same = '--same-objects' in sys.argv[5:]
+    args = sys.argv[5:]
+    same = '--same-objects' in args
+    marks_kind = args[args.index('--marks') + 1] if '--marks' in args else ('both' if same else 'none')
+    mac_at_create = '--mac-at-create' in args
     inv = json.load(open(expected))
     guests = [g for g in inv['guests'] if not g['template']]
-    prefix = ('floor-same-' if same else 'floor-') + run
+    prefix = 'floor-{0}-{1}{2}-{3}'.format('same' if same else 'bare', marks_kind,
+                                           '-macfirst' if mac_at_create else '', run)
     ctype = call(url, token, 'POST', 'virtualization/cluster-types/', {'name': prefix, 'slug': prefix})
     cluster = call(url, token, 'POST', 'virtualization/clusters/', {'name': prefix, 'type': ctype['id']})
 
     def marks(**cf):
-        """The operator's ownership marks (only in --same-objects)."""
-        if not same:
-            return {}
-        return {'tags': [owner_tag], 'custom_fields': dict({'proxmox_owner': 'floor/' + prefix}, **cf)}
+        """The operator's ownership marks chosen by --marks."""
+        out = {}
+        if marks_kind in ('tag', 'both'):
+            out['tags'] = [owner_tag]
+        if marks_kind in ('cf', 'both'):
+            out['custom_fields'] = dict({'proxmox_owner': 'floor/' + prefix}, **cf)
+        return out
 
-    if same:
+    if marks_kind != 'none':
         owner_tag = call(url, token, 'GET', 'extras/tags/?slug=proxmox-netbox-operator')['results'][0]['id']
     steps = {}
     started = time.time()
@@ -82,15 +96,24 @@ def main():
                      **marks(proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
     ids = dict((g['vmid'], vm['id']) for g, vm in zip(guests, vms))
     nic_keys = [(g['vmid'], n) for g in guests for n in g['nics']]
-    ifaces = step('vm interfaces', 'POST', 'virtualization/interfaces/',
-                  [dict({'virtual_machine': ids[vmid], 'name': n['slot']}, **marks()) for vmid, n in nic_keys])
-    with_mac = [(n, i) for (_, n), i in zip(nic_keys, ifaces) if n['mac']]
-    macs = step('mac addresses', 'POST', 'dcim/mac-addresses/',
-                [dict({'mac_address': n['mac'], 'assigned_object_type': 'virtualization.vminterface',
-                       'assigned_object_id': i['id']}, **marks()) for n, i in with_mac])
-    if same:
-        step('primary mac (PATCH)', 'PATCH', 'virtualization/interfaces/',
-             [{'id': i['id'], 'primary_mac_address': m['id']} for (_, i), m in zip(with_mac, macs)])
+    if mac_at_create:
+        macs = step('mac addresses (unassigned)', 'POST', 'dcim/mac-addresses/',
+                    [dict({'mac_address': n['mac']}, **marks()) for _, n in nic_keys if n['mac']])
+        mac_ids = iter(m['id'] for m in macs)
+        ifaces = step('vm interfaces (with primary mac)', 'POST', 'virtualization/interfaces/',
+                      [dict({'virtual_machine': ids[vmid], 'name': n['slot']},
+                            **dict(marks(), **({'primary_mac_address': next(mac_ids)} if n['mac'] else {})))
+                       for vmid, n in nic_keys])
+    else:
+        ifaces = step('vm interfaces', 'POST', 'virtualization/interfaces/',
+                      [dict({'virtual_machine': ids[vmid], 'name': n['slot']}, **marks()) for vmid, n in nic_keys])
+        with_mac = [(n, i) for (_, n), i in zip(nic_keys, ifaces) if n['mac']]
+        macs = step('mac addresses', 'POST', 'dcim/mac-addresses/',
+                    [dict({'mac_address': n['mac'], 'assigned_object_type': 'virtualization.vminterface',
+                           'assigned_object_id': i['id']}, **marks()) for n, i in with_mac])
+        if same:
+            step('primary mac (PATCH)', 'PATCH', 'virtualization/interfaces/',
+                 [{'id': i['id'], 'primary_mac_address': m['id']} for (_, i), m in zip(with_mac, macs)])
     disks = [dict({'virtual_machine': ids[g['vmid']], 'name': d['slot'],
                    'size': max(1, (d['sizeBytes'] or 0) // 1048576)}, **marks())
              for g in guests for d in g['disks']]
