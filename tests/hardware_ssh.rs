@@ -34,6 +34,7 @@ fn target(sshd: &Sshd, auth: SshAuth, user: &str) -> SshTarget {
         command_timeout: Duration::from_secs(10),
         max_output_bytes: 1024 * 1024,
         endpoint_guard: loopback_allowed(),
+        recorder: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::write_settle::{WriteSettle, settle_window};
-use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
+use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader, owner_key};
 use crate::conditions::reasons;
 use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
 use crate::crd::{
@@ -18,9 +18,12 @@ use crate::crd::{
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::net::guard::EndpointGuard;
-use crate::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError};
+use crate::netbox::client::{
+    NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError, NetBoxMetrics,
+};
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
+use crate::pve::metrics::PveMetrics;
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
 use crate::status::{CALL_SUCCESS, StageError, systems};
@@ -159,6 +162,8 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
 pub struct LiveReader {
     /// What the PVE endpoints may reach (`--allow-endpoint-cidr`).
     pub endpoint_guard: EndpointGuard,
+    /// Where the PVE requests are timed; `None` records nothing.
+    pub metrics: Option<PveMetrics>,
 }
 
 fn pve_stage_error(e: &PveError) -> StageError {
@@ -204,6 +209,10 @@ impl ProxmoxReader for LiveReader {
                 endpoint_guard: self.endpoint_guard.clone(),
             })
             .map_err(|e| pve_stage_error(&e))?;
+            let client = match &self.metrics {
+                Some(m) => client.with_recorder(m.recorder(&owner_key(cluster))),
+                None => client,
+            };
             let client = CountedPve {
                 inner: &client,
                 calls,
@@ -293,6 +302,8 @@ pub struct LiveWriter {
     pub endpoint_guard: EndpointGuard,
     /// Writes of earlier syncs NetBox may still be executing, per owner.
     pub settle: Arc<WriteSettle>,
+    /// Where the NetBox requests are timed; `None` records nothing.
+    pub metrics: Option<NetBoxMetrics>,
 }
 
 /// True when the resource's status shows a NetBox stage that never finished.
@@ -374,8 +385,9 @@ fn netbox_client(
     cluster: &ProxmoxCluster,
     config: &ResolvedNetBox,
     endpoint_guard: &EndpointGuard,
+    metrics: Option<&NetBoxMetrics>,
 ) -> Result<NetBoxClient, StageError> {
-    NetBoxClient::new(NetBoxConnection {
+    let client = NetBoxClient::new(NetBoxConnection {
         url: cluster.spec.netbox.url.clone(),
         token: config.token.clone(),
         tls: config.tls.clone(),
@@ -385,7 +397,11 @@ fn netbox_client(
         allow_insecure_http: cluster.spec.netbox.allow_insecure_http,
         endpoint_guard: endpoint_guard.clone(),
     })
-    .map_err(|e| netbox_stage_error(&e))
+    .map_err(|e| netbox_stage_error(&e))?;
+    Ok(match metrics {
+        Some(m) => client.with_recorder(m.recorder(&owner_key(cluster))),
+        None => client,
+    })
 }
 
 fn netbox_stage_error(e: &NetBoxError) -> StageError {
@@ -411,7 +427,12 @@ impl NetBoxWriter for LiveWriter {
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, StageError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, &config.netbox, &self.endpoint_guard)?;
+            let client = netbox_client(
+                cluster,
+                &config.netbox,
+                &self.endpoint_guard,
+                self.metrics.as_ref(),
+            )?;
             let client = CountedNetBox {
                 inner: &client,
                 calls,
@@ -460,7 +481,8 @@ impl NetBoxWriter for LiveWriter {
         config: &'a ResolvedNetBox,
     ) -> BoxFuture<'a, Result<String, StageError>> {
         Box::pin(async move {
-            let client = netbox_client(cluster, config, &self.endpoint_guard)?;
+            let client =
+                netbox_client(cluster, config, &self.endpoint_guard, self.metrics.as_ref())?;
             let n = delete_owned(&client, &config.owner)
                 .await
                 .map_err(|e| netbox_stage_error(&e))?;
@@ -772,7 +794,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = netbox_client(&cluster, &config.netbox, &EndpointGuard::default())
+        let err = netbox_client(&cluster, &config.netbox, &EndpointGuard::default(), None)
             .err()
             .unwrap();
         assert_eq!(err.reason, reasons::ENDPOINT_REFUSED);
