@@ -112,7 +112,7 @@ where
 }
 
 /// The (resource, verb) of a request, as named in [`KUBERNETES_API_CALLS`], or `other`.
-pub fn classify(method: &Method, uri: &Uri) -> (&'static str, &'static str) {
+fn classify(method: &Method, uri: &Uri) -> (&'static str, &'static str) {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let (group, rest) = match segments.as_slice() {
         ["api", _version, rest @ ..] => ("", rest),

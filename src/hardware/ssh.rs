@@ -24,7 +24,7 @@ use crate::secrets::SecretString;
 #[derive(Clone, Debug)]
 pub struct SshMetrics {
     /// `ssh_command_duration_seconds{cluster, operation, outcome}`.
-    pub command_duration: CallDurations,
+    command_duration: CallDurations,
 }
 
 impl SshMetrics {

@@ -124,7 +124,7 @@ impl NetBoxError {
 #[derive(Clone, Debug)]
 pub struct NetBoxMetrics {
     /// `netbox_request_duration_seconds{cluster, operation, outcome}`.
-    pub request_duration: CallDurations,
+    request_duration: CallDurations,
 }
 
 impl NetBoxMetrics {

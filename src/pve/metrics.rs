@@ -9,7 +9,7 @@ use crate::net::call_metrics::{CallDurations, CallRecorder};
 #[derive(Clone, Debug)]
 pub struct PveMetrics {
     /// `pve_request_duration_seconds{cluster, operation, outcome}`.
-    pub request_duration: CallDurations,
+    request_duration: CallDurations,
 }
 
 impl PveMetrics {
