@@ -119,18 +119,25 @@ pub struct CrdgenArgs {
     pub reference: bool,
 }
 
-/// The live stages (PVE over HTTPS, SSH, NetBox), all checked by `guard`.
-pub fn live_pipeline(guard: EndpointGuard) -> StagedPipeline<LiveReader, SshProber, LiveWriter> {
+/// The live stages (PVE over HTTPS, SSH, NetBox), all checked by `guard`, timing their
+/// calls into `metrics` when given.
+pub fn live_pipeline(
+    guard: EndpointGuard,
+    metrics: Option<&Metrics>,
+) -> StagedPipeline<LiveReader, SshProber, LiveWriter> {
     StagedPipeline {
         reader: LiveReader {
             endpoint_guard: guard.clone(),
+            metrics: metrics.map(|m| m.pve.clone()),
         },
         prober: SshProber {
             endpoint_guard: guard.clone(),
+            metrics: metrics.map(|m| m.ssh.clone()),
         },
         writer: LiveWriter {
             endpoint_guard: guard,
             settle: Default::default(),
+            metrics: metrics.map(|m| m.netbox.clone()),
         },
         limits: StageLimits::default(),
     }
@@ -250,7 +257,7 @@ pub fn crdgen(args: &CrdgenArgs) -> Result<(), CliError> {
 /// Runs `sync` with the live stages and prints the result.
 pub async fn sync(args: crate::sync_cmd::SyncArgs) -> Result<(), CliError> {
     use crate::sync_cmd::{OutputFormat, render_text, run_sync};
-    let live = live_pipeline(args.endpoints.guard());
+    let live = live_pipeline(args.endpoints.guard(), None);
     let out = run_sync(
         &args,
         &live.reader,
@@ -355,8 +362,12 @@ pub async fn stop_or_lose_leadership(
     }
 }
 
-/// Runs the controller with the given pipeline until SIGTERM (or loss of leadership).
-pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), CliError> {
+/// Runs the controller until SIGTERM (or loss of leadership), with the pipeline `pipeline`
+/// builds from the metrics.
+pub async fn run<P: ClusterPipeline>(
+    args: RunArgs,
+    pipeline: impl FnOnce(&Metrics) -> P,
+) -> Result<(), CliError> {
     let allowed: Vec<String> = args
         .endpoints
         .allow_endpoint_cidr
@@ -364,14 +375,20 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         .map(Cidr::to_string)
         .collect();
     tracing::info!(allowed = ?allowed, "endpoint guard: loopback, link-local, unspecified and metadata addresses refused unless allowed");
-    let client = kube::Client::try_default().await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&metrics.kubernetes)
+        .build();
     let installation = match &args.installation_id {
         Some(id) => id.clone(),
         None => cluster_installation_id(&client).await?,
     };
     tracing::info!(installation = %installation, "NetBox owner marks start with this installation id");
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let pipeline = pipeline(&metrics);
     let state = Arc::new(ServerState {
         registry,
         ready: AtomicBool::new(false),
@@ -401,7 +418,7 @@ pub async fn run<P: ClusterPipeline>(args: RunArgs, pipeline: P) -> Result<(), C
         instance: Some(identity.clone()),
     };
     let (abort, abort_signal) = AbortSignal::new();
-    let mut ctx = Context::new(client.clone(), pipeline, metrics, reporter);
+    let mut ctx = Context::new(client.clone(), pipeline, metrics.reconcile, reporter);
     ctx.abort = abort_signal;
     ctx.installation = installation;
     let ctx = Arc::new(ctx);

@@ -7,6 +7,9 @@
 //! record metrics, requeue at the interval; or, when a stage failed, return its typed error
 //! to [`error_policy`], which retries by its classification.
 
+pub mod kube_metrics;
+pub mod metrics;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -34,9 +37,6 @@ use crate::crd::{
 };
 use crate::events::{EventSpec, events_for, suspend_event};
 use crate::inventory::Inventory;
-use crate::metrics::{
-    CallLabels, ClusterLabels, ErrorLabels, Metrics, ObjectLabels, RequestLabels, StorageLabels,
-};
 pub use crate::pipeline::ClusterPipeline;
 use crate::pipeline::StageObserver;
 use crate::secrets::KubeSecrets;
@@ -44,6 +44,10 @@ use crate::stage_errors::{StageError, StageFailure};
 use crate::status::{
     NetBoxOutcome, PipelineOutcome, build_status, differs, guest_address_gaps, needs_write,
     observed_status, suspended_status,
+};
+use metrics::{
+    CallLabels, ClusterLabels, ErrorLabels, ObjectLabels, ReconcileMetrics, RequestLabels,
+    StorageLabels,
 };
 
 /// Finalizer that lets the operator apply the deletion policy before a ProxmoxCluster goes.
@@ -203,8 +207,8 @@ pub struct Context<P> {
     pub client: Client,
     /// The pipeline run for each cluster.
     pub pipeline: P,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+    /// Reconcile metrics.
+    pub metrics: Arc<ReconcileMetrics>,
     /// Event recorder.
     pub recorder: Recorder,
     /// Clock.
@@ -235,7 +239,12 @@ pub const DEFAULT_RECONCILE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl<P: ClusterPipeline> Context<P> {
     /// Creates a context with the system clock and no abort signal.
-    pub fn new(client: Client, pipeline: P, metrics: Arc<Metrics>, reporter: Reporter) -> Self {
+    pub fn new(
+        client: Client,
+        pipeline: P,
+        metrics: Arc<ReconcileMetrics>,
+        reporter: Reporter,
+    ) -> Self {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,

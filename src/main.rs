@@ -13,8 +13,8 @@ async fn main() -> std::process::ExitCode {
         Command::Facts { command } => cli::facts(command),
         Command::Sync(args) => cli::sync(args).await,
         Command::Run(args) => {
-            let pipeline = cli::live_pipeline(args.endpoints.guard());
-            cli::run(args, pipeline).await
+            let guard = args.endpoints.guard();
+            cli::run(args, |metrics| cli::live_pipeline(guard, Some(metrics))).await
         }
     };
     match result {

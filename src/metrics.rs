@@ -1,294 +1,44 @@
-//! Prometheus metrics served on `/metrics`.
+//! Prometheus metrics served on `/metrics`. Each component owns and registers its own
+//! metrics; [`Metrics::new`] registers them all under the `proxmox_netbox_` prefix.
 //!
-//! Labels never carry secrets: only cluster keys (`namespace/name`), kinds, actions and
-//! fixed reason names.
+//! Labels never carry secrets: only cluster keys (`namespace/name`), kinds, actions,
+//! operations and outcomes from fixed sets, and fixed reason names.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
 
-/// Label set naming one ProxmoxCluster.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-}
+use crate::controller::kube_metrics::KubeMetrics;
+use crate::controller::metrics::ReconcileMetrics;
+use crate::hardware::ssh::SshMetrics;
+use crate::netbox::client::NetBoxMetrics;
+use crate::pve::metrics::PveMetrics;
 
-/// Label set of an error or warning.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ErrorLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-    /// Stable reason (a condition reason or warning code).
-    pub reason: String,
-}
-
-/// Label set of synced objects.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ObjectLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-    /// NetBox object kind.
-    pub kind: String,
-    /// `created`, `updated`, `unchanged`, `deleted`, `stale`, `failed`.
-    pub action: String,
-}
-
-/// Label set of NetBox requests.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-    /// `read` or `write`.
-    pub kind: String,
-}
-
-/// Label set of calls to external systems.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-    /// `proxmox`, `netbox` or `ssh`.
-    pub system: String,
-    /// `success` or a stable error kind (`Timeout`, `Unauthorized`, `NetBoxUnreachable`,
-    /// a discovery warning code, ...).
-    pub outcome: String,
-}
-
-/// Label set of a storage pool.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StorageLabels {
-    /// `namespace/name`.
-    pub cluster: String,
-    /// Storage id (`local-lvm`, `ceph-pool`).
-    pub storage: String,
-    /// Node that reported it; empty for a shared pool (reported once).
-    pub node: String,
-}
-
-/// Gauge series set for each cluster, so a series that disappears (a pool removed, a
-/// kind no longer synced, a deleted cluster) is removed instead of going stale.
-#[derive(Default)]
-struct Tracked {
-    objects: HashMap<String, Vec<ObjectLabels>>,
-    inventory: HashMap<String, Vec<ObjectLabels>>,
-    storage_capacity: HashMap<String, Vec<StorageLabels>>,
-    storage_used: HashMap<String, Vec<StorageLabels>>,
-    guest_addresses: HashMap<String, Vec<ErrorLabels>>,
-}
-
-fn replace_series<L>(
-    family: &Family<L, Gauge>,
-    tracked: &mut HashMap<String, Vec<L>>,
-    cluster: &str,
-    values: Vec<(L, i64)>,
-) where
-    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
-{
-    let old = tracked.remove(cluster).unwrap_or_default();
-    for l in old {
-        if !values.iter().any(|(n, _)| *n == l) {
-            family.remove(&l);
-        }
-    }
-    let labels = values.iter().map(|(l, _)| l.clone()).collect();
-    for (l, v) in values {
-        family.get_or_create(&l).set(v);
-    }
-    tracked.insert(cluster.to_string(), labels);
-}
-
-/// All metrics of the operator.
+/// The metrics of every component.
 pub struct Metrics {
-    /// Reconciles started, per cluster.
-    pub reconciles: Family<ClusterLabels, Counter>,
-    /// Reconcile failures and warnings, per cluster and reason.
-    pub errors: Family<ErrorLabels, Counter>,
-    /// Reconcile duration in seconds.
-    pub reconcile_duration: Family<ClusterLabels, Histogram>,
-    /// Unix time of the last fully successful sync, per cluster.
-    pub last_success_timestamp: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
-    /// NetBox objects by kind and action in the last sync.
-    pub objects: Family<ObjectLabels, Gauge>,
-    /// NetBox requests made by syncs, per cluster, reads and writes apart.
-    pub netbox_requests: Family<RequestLabels, Counter>,
-    /// Inventory counts from the last read, per cluster and kind.
-    pub inventory: Family<ObjectLabels, Gauge>,
-    /// Calls to Proxmox, NetBox and SSH by outcome.
-    pub external_calls: Family<CallLabels, Counter>,
-    /// Capacity of each storage pool in bytes, from the last read.
-    pub storage_capacity: Family<StorageLabels, Gauge>,
-    /// Used bytes of each storage pool, from the last read.
-    pub storage_used: Family<StorageLabels, Gauge>,
-    /// Ceph health from the last read: 0 `HEALTH_OK`, 1 `HEALTH_WARN`, 2 `HEALTH_ERR`.
-    pub ceph_health: Family<ClusterLabels, Gauge>,
-    /// Guests whose runtime addresses were not read in the last pass, by reason.
-    pub guest_addresses_unread: Family<ErrorLabels, Gauge>,
-    tracked: Mutex<Tracked>,
+    /// Reconciles and what the last pass found (the controller).
+    pub reconcile: Arc<ReconcileMetrics>,
+    /// Requests to the Kubernetes API server (a layer of the kube client).
+    pub kubernetes: KubeMetrics,
+    /// Requests to the PVE API (the PVE client).
+    pub pve: PveMetrics,
+    /// Requests to the NetBox API (the NetBox client).
+    pub netbox: NetBoxMetrics,
+    /// SSH connections and commands (hardware discovery).
+    pub ssh: SshMetrics,
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them.
+    /// Creates every component's metrics and registers them in `registry`.
     pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            reconciles: Family::default(),
-            errors: Family::default(),
-            reconcile_duration: Family::new_with_constructor(|| {
-                Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0])
-            }),
-            last_success_timestamp: Family::default(),
-            objects: Family::default(),
-            netbox_requests: Family::default(),
-            inventory: Family::default(),
-            external_calls: Family::default(),
-            storage_capacity: Family::default(),
-            storage_used: Family::default(),
-            ceph_health: Family::default(),
-            guest_addresses_unread: Family::default(),
-            tracked: Mutex::new(Tracked::default()),
-        };
-        let r = registry.sub_registry_with_prefix("proxmox_netbox");
-        r.register(
-            "reconciles",
-            "Reconciles started",
-            metrics.reconciles.clone(),
-        );
-        r.register(
-            "reconcile_errors",
-            "Reconcile failures and warnings by reason",
-            metrics.errors.clone(),
-        );
-        r.register(
-            "reconcile_duration_seconds",
-            "Duration of one reconcile",
-            metrics.reconcile_duration.clone(),
-        );
-        r.register(
-            "last_success_timestamp_seconds",
-            "Unix time of the last fully successful sync",
-            metrics.last_success_timestamp.clone(),
-        );
-        r.register(
-            "netbox_objects",
-            "NetBox objects by kind and action in the last sync",
-            metrics.objects.clone(),
-        );
-        r.register(
-            "netbox_requests",
-            "NetBox requests made by syncs (kind is 'read' or 'write')",
-            metrics.netbox_requests.clone(),
-        );
-        r.register(
-            "inventory_objects",
-            "Inventory counts from the last Proxmox read (action label is 'read')",
-            metrics.inventory.clone(),
-        );
-        r.register(
-            "external_calls",
-            "Calls to Proxmox (API requests), NetBox (API operations) and SSH (node discoveries) by outcome",
-            metrics.external_calls.clone(),
-        );
-        r.register(
-            "storage_capacity_bytes",
-            "Capacity of each Proxmox storage pool from the last read",
-            metrics.storage_capacity.clone(),
-        );
-        r.register(
-            "storage_used_bytes",
-            "Used bytes of each Proxmox storage pool from the last read",
-            metrics.storage_used.clone(),
-        );
-        r.register(
-            "ceph_health",
-            "Ceph health from the last read: 0 HEALTH_OK, 1 HEALTH_WARN, 2 HEALTH_ERR",
-            metrics.ceph_health.clone(),
-        );
-        r.register(
-            "guest_addresses_unread",
-            "Guests whose runtime addresses were not read in the last pass, by reason",
-            metrics.guest_addresses_unread.clone(),
-        );
-        metrics
-    }
-
-    fn tracked(&self) -> std::sync::MutexGuard<'_, Tracked> {
-        self.tracked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sets the NetBox object gauges of `cluster`, removing series not in `values`.
-    pub fn set_objects(&self, cluster: &str, values: Vec<(ObjectLabels, i64)>) {
-        replace_series(&self.objects, &mut self.tracked().objects, cluster, values);
-    }
-
-    /// Sets the inventory gauges of `cluster`, removing series not in `values`.
-    pub fn set_inventory(&self, cluster: &str, values: Vec<(ObjectLabels, i64)>) {
-        replace_series(
-            &self.inventory,
-            &mut self.tracked().inventory,
-            cluster,
-            values,
-        );
-    }
-
-    /// Sets the storage gauges of `cluster`: (labels, capacity, used) per pool.
-    pub fn set_storage(
-        &self,
-        cluster: &str,
-        pools: Vec<(StorageLabels, Option<i64>, Option<i64>)>,
-    ) {
-        let mut t = self.tracked();
-        let capacity = pools
-            .iter()
-            .filter_map(|(l, c, _)| c.map(|c| (l.clone(), c)))
-            .collect();
-        let used = pools
-            .iter()
-            .filter_map(|(l, _, u)| u.map(|u| (l.clone(), u)))
-            .collect();
-        replace_series(
-            &self.storage_capacity,
-            &mut t.storage_capacity,
-            cluster,
-            capacity,
-        );
-        replace_series(&self.storage_used, &mut t.storage_used, cluster, used);
-    }
-
-    /// Sets the guest-address gauges of `cluster`, removing series not in `values`.
-    pub fn set_guest_addresses_unread(&self, cluster: &str, values: Vec<(ErrorLabels, i64)>) {
-        replace_series(
-            &self.guest_addresses_unread,
-            &mut self.tracked().guest_addresses,
-            cluster,
-            values,
-        );
-    }
-
-    /// Removes every gauge series of a cluster that is gone (counters stay: they are
-    /// cumulative and Prometheus handles their end).
-    pub fn forget_cluster(&self, cluster: &str) {
-        let labels = ClusterLabels {
-            cluster: cluster.to_string(),
-        };
-        self.last_success_timestamp.remove(&labels);
-        self.ceph_health.remove(&labels);
-        self.set_objects(cluster, Vec::new());
-        self.set_inventory(cluster, Vec::new());
-        self.set_storage(cluster, Vec::new());
-        self.set_guest_addresses_unread(cluster, Vec::new());
-        let mut t = self.tracked();
-        t.objects.remove(cluster);
-        t.inventory.remove(cluster);
-        t.storage_capacity.remove(cluster);
-        t.storage_used.remove(cluster);
-        t.guest_addresses.remove(cluster);
+        let registry = registry.sub_registry_with_prefix("proxmox_netbox");
+        Self {
+            reconcile: Arc::new(ReconcileMetrics::register(registry)),
+            kubernetes: KubeMetrics::register(registry),
+            pve: PveMetrics::register(registry),
+            netbox: NetBoxMetrics::register(registry),
+            ssh: SshMetrics::register(registry),
+        }
     }
 }
 
@@ -302,64 +52,34 @@ pub fn render(registry: &Registry) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::net::call_metrics::SUCCESS;
 
     #[test]
-    fn registered_metrics_render_with_their_labels() {
+    fn the_call_histograms_of_the_clients_are_exposed_under_the_prefix() {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
-        m.errors
-            .get_or_create(&ErrorLabels {
-                cluster: "infra/lab".into(),
-                reason: "PartialRead".into(),
-            })
-            .inc();
+        let took = Duration::from_millis(30);
+        let op = crate::pve::metrics::operation("/nodes/pve1/qemu/100/config");
+        m.pve.recorder("infra/lab").observe(op, SUCCESS, took);
+        m.netbox
+            .recorder("infra/lab")
+            .observe("list", SUCCESS, took);
+        m.ssh
+            .recorder("infra/lab")
+            .observe("connect", "Timeout", took);
         let text = render(&registry);
-        assert!(
-            text.contains(r#"proxmox_netbox_reconcile_errors_total{cluster="infra/lab",reason="PartialRead"} 1"#),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn gauge_series_that_disappear_are_removed_and_forget_clears_a_cluster() {
-        let mut registry = Registry::default();
-        let m = Metrics::new(&mut registry);
-        let pool = |name: &str| StorageLabels {
-            cluster: "infra/lab".into(),
-            storage: name.into(),
-            node: "pve1".into(),
-        };
-        m.set_storage(
-            "infra/lab",
-            vec![
-                (pool("local"), Some(100), Some(40)),
-                (pool("old"), Some(10), None),
-            ],
-        );
-        m.set_storage("other/x", vec![(pool("keep"), Some(1), Some(1))]);
-        let text = render(&registry);
-        assert!(text.contains(r#"proxmox_netbox_storage_capacity_bytes{cluster="infra/lab",storage="old",node="pve1"} 10"#), "{text}");
-        assert!(
-            !text.contains(r#"storage_used_bytes{cluster="infra/lab",storage="old""#),
-            "{text}"
-        );
-        m.set_storage("infra/lab", vec![(pool("local"), Some(100), Some(50))]);
-        let text = render(&registry);
-        assert!(!text.contains(r#"storage="old""#), "{text}");
-        assert!(text.contains(r#"proxmox_netbox_storage_used_bytes{cluster="infra/lab",storage="local",node="pve1"} 50"#), "{text}");
-        m.ceph_health
-            .get_or_create(&ClusterLabels {
-                cluster: "infra/lab".into(),
-            })
-            .set(1);
-        m.forget_cluster("infra/lab");
-        let text = render(&registry);
-        assert!(!text.contains(r#"storage="local""#), "{text}");
-        assert!(!text.contains(r#"proxmox_netbox_ceph_health{"#), "{text}");
-        assert!(
-            text.contains(r#"storage="keep""#),
-            "another cluster's series stay: {text}"
-        );
+        for line in [
+            r#"proxmox_netbox_pve_request_duration_seconds_bucket{le="0.05",cluster="infra/lab",operation="guest_config",outcome="success"} 1"#,
+            r#"proxmox_netbox_netbox_request_duration_seconds_count{cluster="infra/lab",operation="list",outcome="success"} 1"#,
+            r#"proxmox_netbox_ssh_command_duration_seconds_count{cluster="infra/lab",operation="connect",outcome="Timeout"} 1"#,
+            "# TYPE proxmox_netbox_pve_request_duration_seconds histogram",
+            "# TYPE proxmox_netbox_netbox_request_duration_seconds histogram",
+            "# TYPE proxmox_netbox_ssh_command_duration_seconds histogram",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
     }
 }

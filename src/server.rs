@@ -72,11 +72,17 @@ mod tests {
     async fn readyz_follows_the_flag_and_metrics_render() {
         let mut registry = Registry::default();
         let m = crate::metrics::Metrics::new(&mut registry);
-        m.reconciles
-            .get_or_create(&crate::metrics::ClusterLabels {
+        m.reconcile
+            .reconciles
+            .get_or_create(&crate::controller::metrics::ClusterLabels {
                 cluster: "infra/lab".into(),
             })
             .inc();
+        m.pve.recorder("infra/lab").observe(
+            "nodes",
+            crate::net::call_metrics::SUCCESS,
+            std::time::Duration::from_millis(12),
+        );
         let state = Arc::new(ServerState {
             registry,
             ready: AtomicBool::new(false),
@@ -95,6 +101,10 @@ mod tests {
         let body = get("/metrics").await.unwrap().text().await.unwrap();
         assert!(
             body.contains(r#"proxmox_netbox_reconciles_total{cluster="infra/lab"} 1"#),
+            "{body}"
+        );
+        assert!(
+            body.contains(r#"proxmox_netbox_pve_request_duration_seconds_count{cluster="infra/lab",operation="nodes",outcome="success"} 1"#),
             "{body}"
         );
     }

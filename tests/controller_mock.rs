@@ -13,6 +13,7 @@ use kube::client::Body;
 use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tower::Layer;
 
 use proxmox_netbox_operator::conditions::reasons;
 use proxmox_netbox_operator::controller::{
@@ -189,13 +190,13 @@ fn pipeline(outcome: PipelineOutcome) -> FakePipeline {
 
 fn build_context(pipeline: FakePipeline) -> (Context<FakePipeline>, Handle, Registry) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
     let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let metrics = Metrics::new(&mut registry);
+    let client = Client::new(metrics.kubernetes.layer(service), "default");
     let mut ctx = Context::new(
         client,
         pipeline,
-        metrics,
+        metrics.reconcile,
         Reporter {
             controller: "proxmox-netbox-operator".into(),
             instance: Some("test".into()),
@@ -803,9 +804,11 @@ async fn deletion_with_orphan_policy_deletes_nothing_and_removes_the_finalizer()
     ctx.failures.lock().unwrap().insert("infra/lab".into(), 3);
     ctx.metrics
         .last_success_timestamp
-        .get_or_create(&proxmox_netbox_operator::metrics::ClusterLabels {
-            cluster: "infra/lab".into(),
-        })
+        .get_or_create(
+            &proxmox_netbox_operator::controller::metrics::ClusterLabels {
+                cluster: "infra/lab".into(),
+            },
+        )
         .set(1.0);
     let task = tokio::spawn(reconcile(Arc::new(deleting("Orphan")), ctx.clone()));
 
@@ -1233,9 +1236,17 @@ async fn metrics_cover_objects_per_kind_calls_storage_ceph_and_guest_addresses()
         r#"proxmox_netbox_inventory_objects{cluster="infra/lab",kind="nodes",action="read"} 1"#,
         r#"proxmox_netbox_inventory_objects{cluster="infra/lab",kind="storagePools",action="read"} 2"#,
         r#"proxmox_netbox_reconcile_errors_total{cluster="infra/lab",reason="PartialSync"} 1"#,
+        // Every request to the API server, timed by resource, verb and outcome only.
+        r#"proxmox_netbox_kubernetes_request_duration_seconds_count{resource="nodesshcredentials",verb="list",outcome="success"} 1"#,
+        r#"proxmox_netbox_kubernetes_request_duration_seconds_count{resource="proxmoxclusters/status",verb="patch",outcome="success"} 2"#,
+        r#"proxmox_netbox_kubernetes_request_duration_seconds_count{resource="events",verb="create",outcome="success"} "#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
+    assert!(
+        !metrics.contains(r#"resource="other""#),
+        "every request is one of KUBERNETES_API_CALLS:\n{metrics}"
+    );
     assert!(
         !metrics.contains(r#"kind="all""#),
         "objects are per kind, not one 'all' series:\n{metrics}"

@@ -86,6 +86,7 @@ async fn random_netbox_write_faults_leave_no_duplicate_and_nothing_missing() {
         let writer = LiveWriter {
             endpoint_guard: EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]),
             settle: Default::default(),
+            metrics: None,
         };
         let mut deleted = 0;
         for _ in 0..faulty_syncs {
@@ -341,6 +342,7 @@ async fn a_create_netbox_executes_after_its_client_gave_up_is_waited_for_not_rep
     let writer = LiveWriter {
         endpoint_guard: EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]),
         settle: Default::default(),
+        metrics: None,
     };
     let first = sync_once(&writer, &config, &inv).await.unwrap();
     assert!(first.report.lost_creates > 0, "{:?}", first.report.errors);
@@ -485,6 +487,7 @@ async fn overlapping_address_ranges_of_two_proxmox_clusters_lose_and_move_nothin
     let writer = LiveWriter {
         endpoint_guard: EndpointGuard::new(["127.0.0.0/8".parse().unwrap()]),
         settle: Default::default(),
+        metrics: None,
     };
     let resource = |name: &str, vrf: Option<&str>| {
         let mut c = cluster(&env.netbox_url, &format!("{name}-{stamp}"), "60s");

@@ -34,6 +34,7 @@ fn target(sshd: &Sshd, auth: SshAuth, user: &str) -> SshTarget {
         command_timeout: Duration::from_secs(10),
         max_output_bytes: 1024 * 1024,
         endpoint_guard: loopback_allowed(),
+        recorder: Default::default(),
     }
 }
 
@@ -135,6 +136,35 @@ fn ethtool_runs(sshd: &Sshd) -> Vec<String> {
         .collect();
     runs.sort();
     runs
+}
+
+#[tokio::test]
+async fn the_connection_and_each_command_are_timed_without_names_or_addresses() {
+    let sshd = Sshd::start("normal");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxmox_netbox_operator::metrics::Metrics::new(&mut registry);
+    let mut target = target(&sshd, key_auth(&sshd, "SSH_KEY_FILE", None), "pnbo-key");
+    target.recorder = metrics.ssh.recorder("infra/lab");
+    collect(&target).await.unwrap();
+    let text = proxmox_netbox_operator::metrics::render(&registry);
+    let count = |operation: &str| {
+        format!(
+            r#"proxmox_netbox_ssh_command_duration_seconds_count{{cluster="infra/lab",operation="{operation}",outcome="success"}} "#
+        )
+    };
+    for (operation, n) in [
+        ("connect", 1),
+        ("dmidecode_system", 1),
+        ("dmidecode_chassis", 1),
+        ("ip_link", 1),
+        ("ethtool", PHYSICAL.len()),
+    ] {
+        let line = format!("{}{n}", count(operation));
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+    for name in PHYSICAL.iter().chain(&["127.0.0.1", "pnbo-key"]) {
+        assert!(!text.contains(name), "{name} in a label:\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -227,6 +227,28 @@ fn hardware() -> BTreeMap<String, NodeHardware> {
 }
 
 #[tokio::test]
+async fn each_request_to_netbox_is_timed_by_operation_and_outcome() {
+    let env = HarnessEnv::load();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxmox_netbox_operator::metrics::Metrics::new(&mut registry);
+    let nb = netbox(&env).with_recorder(metrics.netbox.recorder("infra/lab"));
+    nb.list("dcim/sites", &[]).await.unwrap();
+    // Refused by NetBox's validation: nothing is written.
+    nb.create("dcim/sites", vec![json!({})]).await.unwrap_err();
+    let text = proxmox_netbox_operator::metrics::render(&registry);
+    for line in [
+        r#"proxmox_netbox_netbox_request_duration_seconds_count{cluster="infra/lab",operation="list",outcome="success"} 1"#,
+        r#"proxmox_netbox_netbox_request_duration_seconds_count{cluster="infra/lab",operation="create",outcome="NetBoxRejected"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(
+        !text.contains(&env.netbox_url) && !text.contains(&env.netbox_token),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
     let _turn = NETBOX.lock().await;
     let env = HarnessEnv::load();

@@ -316,6 +316,55 @@ async fn ticket_auth_with_user_and_password() {
 }
 
 #[tokio::test]
+async fn every_request_of_a_read_is_timed_under_a_fixed_operation() {
+    let env = HarnessEnv::load();
+    let pve = FakePve::start(&env, &["--topology", &topology("small.json")]);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = proxmox_netbox_operator::metrics::Metrics::new(&mut registry);
+    let c = ticket_client(&pve).with_recorder(metrics.pve.recorder("infra/lab"));
+    read_inventory(&c, &ReadOptions::default()).await.unwrap();
+    let text = proxmox_netbox_operator::metrics::render(&registry);
+    let series: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("proxmox_netbox_pve_request_duration_seconds_count"))
+        .collect();
+    for line in [
+        r#"{cluster="infra/lab",operation="login",outcome="success"} 1"#,
+        r#"{cluster="infra/lab",operation="cluster_status",outcome="success"} 1"#,
+    ] {
+        assert!(series.contains(&line), "missing {line} in\n{text}");
+    }
+    let label = regex::Regex::new(r#"operation="([a-z_]+)""#).unwrap();
+    let fixed = [
+        "login",
+        "version",
+        "permissions",
+        "cluster_status",
+        "cluster_resources",
+        "ha_resources",
+        "ceph_status",
+        "nodes",
+        "node_status",
+        "node_network",
+        "node_disks",
+        "node_storage",
+        "ceph_pools",
+        "guests",
+        "guest_config",
+        "guest_interfaces",
+    ];
+    for s in &series {
+        let op = &label.captures(s).expect(s)[1];
+        assert!(fixed.contains(&op), "{s}");
+    }
+    for node in pve.expected()["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        assert!(!text.contains(name), "node {name} in a label:\n{text}");
+    }
+    assert!(series.iter().any(|s| s.contains("guest_config")), "{text}");
+}
+
+#[tokio::test]
 async fn an_expired_ticket_is_renewed_by_logging_in_again() {
     let env = HarnessEnv::load();
     // Tickets valid for 2 s: the second read finds the first ticket refused.

@@ -6,10 +6,12 @@ use futures::future::BoxFuture;
 use super::facts::{EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware};
 use super::parse;
 use super::ssh::{
-    InterfaceName, RemoteCommand, SshAuth, SshError, SshSession, SshTarget, check_private_key,
+    InterfaceName, RemoteCommand, SshAuth, SshError, SshMetrics, SshSession, SshTarget,
+    check_private_key,
 };
 use crate::config::ResolvedCluster;
 use crate::crd::{NodeSSHCredential, NodeWarning};
+use crate::net::call_metrics::CallRecorder;
 use crate::net::guard::EndpointGuard;
 use crate::secrets::SecretSource;
 
@@ -181,6 +183,26 @@ pub async fn collect_node(node: &str, target: &SshTarget) -> Result<NodeHardware
 pub struct SshProber {
     /// What node addresses may reach (`--allow-endpoint-cidr`).
     pub endpoint_guard: EndpointGuard,
+    /// Where connections and commands are timed; `None` records nothing.
+    pub metrics: Option<SshMetrics>,
+}
+
+impl SshProber {
+    /// The recorder of the connections made for the cluster `credential` belongs to.
+    fn recorder(&self, credential: &NodeSSHCredential) -> CallRecorder {
+        let Some(metrics) = &self.metrics else {
+            return CallRecorder::default();
+        };
+        metrics.recorder(&format!(
+            "{}/{}",
+            credential
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or("default"),
+            credential.spec.cluster_ref.name
+        ))
+    }
 }
 
 fn invalid(message: String) -> NodeWarning {
@@ -196,6 +218,7 @@ async fn resolve_target(
     config: &ResolvedCluster,
     secrets: &dyn SecretSource,
     endpoint_guard: &EndpointGuard,
+    recorder: CallRecorder,
 ) -> Result<SshTarget, NodeWarning> {
     let spec = &cred.spec;
     let auth =
@@ -238,6 +261,7 @@ async fn resolve_target(
         command_timeout: config.ssh_command_timeout,
         max_output_bytes: MAX_OUTPUT_BYTES,
         endpoint_guard: endpoint_guard.clone(),
+        recorder,
     })
 }
 
@@ -251,8 +275,15 @@ impl HardwareProber for SshProber {
         secrets: &'a dyn SecretSource,
     ) -> BoxFuture<'a, Result<NodeHardware, NodeWarning>> {
         Box::pin(async move {
-            let target =
-                resolve_target(address, credential, config, secrets, &self.endpoint_guard).await?;
+            let target = resolve_target(
+                address,
+                credential,
+                config,
+                secrets,
+                &self.endpoint_guard,
+                self.recorder(credential),
+            )
+            .await?;
             let started = std::time::Instant::now();
             let result = collect_node(node, &target).await.map_err(|e| {
                 let mut warning = warning_for(&e);

@@ -5,17 +5,45 @@
 //! credential is sent. Commands come from an allowlist, are built as argv and quoted for the
 //! remote shell, run with a timeout (enforced on the node too, with coreutils `timeout`, which
 //! runs as root under `sudo -n` so it can kill a root command) and an output cap. Every path
-//! ends with a disconnect.
+//! ends with a disconnect. The connection and every command are timed into the target's
+//! [`CallRecorder`] ([`SshMetrics`]).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::registry::Registry;
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate, decode_secret_key};
 use russh::{ChannelMsg, Disconnect, Sig};
 
+use crate::net::call_metrics::{CallDurations, CallRecorder, SUCCESS};
 use crate::net::guard::{EndpointGuard, Refusal, ResolveError};
 use crate::secrets::SecretString;
+
+/// The metrics of SSH discovery.
+#[derive(Clone, Debug)]
+pub struct SshMetrics {
+    /// `ssh_command_duration_seconds{cluster, operation, outcome}`.
+    command_duration: CallDurations,
+}
+
+impl SshMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            command_duration: CallDurations::register(
+                registry,
+                "ssh_command_duration_seconds",
+                "Duration of each SSH connection (operation connect: resolve, handshake, authentication) and each command run on a node, by outcome",
+            ),
+        }
+    }
+
+    /// The recorder of the connections made for `cluster`.
+    pub fn recorder(&self, cluster: &str) -> CallRecorder {
+        self.command_duration.recorder(cluster)
+    }
+}
 
 /// How to authenticate.
 #[derive(Clone, Debug)]
@@ -55,6 +83,8 @@ pub struct SshTarget {
     /// Which addresses `address` may resolve to (every resolved address is checked; only
     /// allowed ones are connected to).
     pub endpoint_guard: EndpointGuard,
+    /// Where the durations of the connection and its commands go.
+    pub recorder: CallRecorder,
 }
 
 /// Why SSH work failed. Messages never contain key material or passwords.
@@ -122,6 +152,30 @@ pub enum SshError {
     Protocol(String),
 }
 
+impl SshError {
+    /// Stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::CredentialInvalid(_) => "CredentialInvalid",
+            Self::EndpointRefused(_) => "EndpointRefused",
+            Self::Connect { .. } => "Connection",
+            Self::Timeout { .. } => "Timeout",
+            Self::HostKeyMismatch { .. } => "HostKeyMismatch",
+            Self::AuthFailed { .. } => "AuthFailed",
+            Self::CommandFailed { .. } => "CommandFailed",
+            Self::OutputTooLarge { .. } => "OutputTooLarge",
+            Self::Protocol(_) => "Protocol",
+        }
+    }
+}
+
+fn outcome<T>(result: &Result<T, SshError>) -> &'static str {
+    match result {
+        Ok(_) => SUCCESS,
+        Err(e) => e.metric_label(),
+    }
+}
+
 /// A validated network interface name (what `ethtool` may be given).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceName(String);
@@ -167,6 +221,16 @@ impl RemoteCommand {
             Self::DmidecodeChassis => vec!["dmidecode".into(), "-t".into(), "3".into()],
             Self::IpLink => vec!["ip".into(), "-o".into(), "link".into(), "show".into()],
             Self::Ethtool(i) => vec!["ethtool".into(), i.as_str().into()],
+        }
+    }
+
+    /// The operation label: the command without its argument.
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            Self::DmidecodeSystem => "dmidecode_system",
+            Self::DmidecodeChassis => "dmidecode_chassis",
+            Self::IpLink => "ip_link",
+            Self::Ethtool(_) => "ethtool",
         }
     }
 
@@ -293,6 +357,7 @@ pub struct SshSession {
     sudo: bool,
     command_timeout: Duration,
     max_output_bytes: usize,
+    recorder: CallRecorder,
 }
 
 fn secs(d: Duration) -> u64 {
@@ -303,6 +368,15 @@ impl SshSession {
     /// Connects, verifies the host key, authenticates. Nothing is sent before the host key
     /// matched.
     pub async fn connect(target: &SshTarget) -> Result<Self, SshError> {
+        let started = Instant::now();
+        let result = Self::open(target).await;
+        target
+            .recorder
+            .observe("connect", outcome(&result), started.elapsed());
+        result
+    }
+
+    async fn open(target: &SshTarget) -> Result<Self, SshError> {
         let seen = Arc::new(Mutex::new(None));
         let handler = PinnedHostKey {
             expected: target.host_key_fingerprint.clone(),
@@ -400,6 +474,7 @@ impl SshSession {
             sudo: target.sudo,
             command_timeout: target.command_timeout,
             max_output_bytes: target.max_output_bytes,
+            recorder: target.recorder.clone(),
         };
         match result {
             Ok(()) => Ok(session),
@@ -413,6 +488,14 @@ impl SshSession {
     /// Runs one allowlisted command on its own channel; returns its stdout. Several may
     /// run at once on one session.
     pub async fn run(&self, command: &RemoteCommand) -> Result<String, SshError> {
+        let started = Instant::now();
+        let result = self.execute(command).await;
+        self.recorder
+            .observe(command.metric_name(), outcome(&result), started.elapsed());
+        result
+    }
+
+    async fn execute(&self, command: &RemoteCommand) -> Result<String, SshError> {
         let line = command.command_line(self.sudo, self.command_timeout);
         let mut channel = self
             .handle
@@ -563,6 +646,37 @@ mod tests {
         let e = RemoteCommand::Ethtool(InterfaceName::new("eno1").unwrap());
         assert_eq!(e.command_line(true, t), "timeout -k 2 30 ethtool eno1");
         assert_eq!(shell_quote("a b'c"), "'a b'\\''c'");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_timed_with_its_outcome_and_no_address() {
+        let mut registry = Registry::default();
+        let metrics = SshMetrics::register(&mut registry);
+        let target = SshTarget {
+            address: "127.0.0.1".into(),
+            port: 22,
+            username: "root".into(),
+            auth: SshAuth::Password(SecretString::new("pw")),
+            host_key_fingerprint: "SHA256:x".into(),
+            sudo: false,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            max_output_bytes: 1024,
+            endpoint_guard: EndpointGuard::default(),
+            recorder: metrics.recorder("infra/lab"),
+        };
+        let err = SshSession::connect(&target).await.err().unwrap();
+        assert!(matches!(err, SshError::EndpointRefused(_)), "{err:?}");
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"ssh_command_duration_seconds_count{cluster="infra/lab",operation="connect",outcome="EndpointRefused"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("127.0.0.1"), "{text}");
+        assert_eq!(
+            RemoteCommand::Ethtool(InterfaceName::new("eno1").unwrap()).metric_name(),
+            "ethtool"
+        );
     }
 
     #[test]

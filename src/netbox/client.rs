@@ -2,18 +2,21 @@
 //! requests in flight, backoff on 429/5xx for requests that are safe to repeat, and request
 //! counters. The URL and every address it resolves to pass the endpoint guard; answers are
 //! read against a size cap and lists against a page cap. Errors name the endpoint and carry
-//! a short excerpt of NetBox's message, never the token.
+//! a short excerpt of NetBox's message, never the token. Each HTTP request sent is timed
+//! into the client's [`CallRecorder`] ([`NetBoxMetrics`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use prometheus_client::registry::Registry;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
+use crate::net::call_metrics::{CallDurations, CallRecorder, SUCCESS};
 use crate::net::guard::{EndpointError, EndpointGuard, NETBOX_URL_FIELD, UrlProblem, refusal_in};
 use crate::secrets::SecretString;
 use crate::tls::{TlsSettings, http_client};
@@ -117,6 +120,42 @@ impl NetBoxError {
     }
 }
 
+/// The NetBox client's metrics.
+#[derive(Clone, Debug)]
+pub struct NetBoxMetrics {
+    /// `netbox_request_duration_seconds{cluster, operation, outcome}`.
+    request_duration: CallDurations,
+}
+
+impl NetBoxMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            request_duration: CallDurations::register(
+                registry,
+                "netbox_request_duration_seconds",
+                "Duration of each HTTP request sent to the NetBox API (each page and each retry is one), by operation (list, create, update, delete) and outcome",
+            ),
+        }
+    }
+
+    /// The recorder a client of `cluster` is given.
+    pub fn recorder(&self, cluster: &str) -> CallRecorder {
+        self.request_duration.recorder(cluster)
+    }
+}
+
+/// The operation label of a request method.
+fn operation(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PATCH => "update",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 /// The NetBox API as the sync engine uses it. Endpoints are relative to `/api/`
 /// (`virtualization/virtual-machines`).
 pub trait NetBoxApi: Send + Sync {
@@ -179,6 +218,7 @@ pub struct NetBoxClient {
     retries: u32,
     reads: AtomicU64,
     writes: AtomicU64,
+    recorder: CallRecorder,
 }
 
 impl NetBoxClient {
@@ -218,7 +258,13 @@ impl NetBoxClient {
             retries: conn.retries,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            recorder: CallRecorder::default(),
         })
+    }
+
+    /// The client, timing each request it sends into `recorder`.
+    pub fn with_recorder(self, recorder: CallRecorder) -> Self {
+        Self { recorder, ..self }
     }
 
     async fn send(
@@ -276,12 +322,31 @@ impl NetBoxClient {
             .acquire()
             .await
             .map_err(|_| NetBoxError::Config("client closed".into()))?;
-        let method_name = method.clone();
         if method == Method::GET {
             self.reads.fetch_add(1, Ordering::Relaxed);
         } else {
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
+        let operation = operation(&method);
+        let started = std::time::Instant::now();
+        let result = self.exchange(method, endpoint, query, body).await;
+        let outcome = match &result {
+            Ok(_) => SUCCESS,
+            Err(e) => e.metric_label(),
+        };
+        self.recorder.observe(operation, outcome, started.elapsed());
+        result
+    }
+
+    /// Sends one request and reads its answer.
+    async fn exchange(
+        &self,
+        method: Method,
+        endpoint: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, NetBoxError> {
+        let method_name = method.clone();
         let mut req = self
             .http
             .request(
@@ -597,6 +662,44 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid answer from NetBox on dcim/sites: no results in the page"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_request_sent_is_timed_by_operation_and_outcome() {
+        let mut registry = Registry::default();
+        let metrics = NetBoxMetrics::register(&mut registry);
+        let page = br#"{"count": 1, "next": null, "results": [{"id": 1}]}"#;
+        let ok = served(
+            &format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close",
+                page.len()
+            ),
+            Body::Bytes(page.to_vec()),
+        )
+        .await
+        .with_recorder(metrics.recorder("infra/lab"));
+        ok.list("dcim/devices", &[]).await.unwrap();
+        let refused = served(
+            "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close",
+            Body::Bytes(Vec::new()),
+        )
+        .await
+        .with_recorder(metrics.recorder("infra/lab"));
+        refused
+            .update("dcim/devices", vec![serde_json::json!({"id": 1})])
+            .await
+            .unwrap_err();
+        let text = crate::metrics::render(&registry);
+        for line in [
+            r#"netbox_request_duration_seconds_count{cluster="infra/lab",operation="list",outcome="success"} 1"#,
+            r#"netbox_request_duration_seconds_count{cluster="infra/lab",operation="update",outcome="NetBoxUnauthorized"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            !text.contains("dcim") && !text.contains("127.0.0.1"),
+            "{text}"
         );
     }
 

@@ -15,9 +15,12 @@ use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
 use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::net::guard::EndpointGuard;
-use crate::netbox::client::{NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError};
+use crate::netbox::client::{
+    NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError, NetBoxMetrics,
+};
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
+use crate::pve::metrics::PveMetrics;
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
 use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError};
@@ -157,6 +160,8 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
 pub struct LiveReader {
     /// What the PVE endpoints may reach (`--allow-endpoint-cidr`).
     pub endpoint_guard: EndpointGuard,
+    /// Where the PVE requests are timed; `None` records nothing.
+    pub metrics: Option<PveMetrics>,
 }
 
 impl ProxmoxReader for LiveReader {
@@ -186,6 +191,10 @@ impl ProxmoxReader for LiveReader {
                 endpoint_guard: self.endpoint_guard.clone(),
             })
             .map_err(ProxmoxReadError::Api)?;
+            let client = match &self.metrics {
+                Some(m) => client.with_recorder(m.recorder(&config.netbox.owner.resource())),
+                None => client,
+            };
             let client = CountedPve {
                 inner: &client,
                 calls,
@@ -275,6 +284,8 @@ pub struct LiveWriter {
     pub endpoint_guard: EndpointGuard,
     /// Writes of earlier syncs NetBox may still be executing, per owner.
     pub settle: Arc<WriteSettle>,
+    /// Where the NetBox requests are timed; `None` records nothing.
+    pub metrics: Option<NetBoxMetrics>,
 }
 
 /// The engine settings of a cluster: its resolved settings, completed by the inventory
@@ -326,8 +337,9 @@ pub fn sync_settings(config: &ResolvedCluster, inventory: &Inventory) -> SyncSet
 fn netbox_client(
     config: &ResolvedNetBox,
     endpoint_guard: &EndpointGuard,
+    metrics: Option<&NetBoxMetrics>,
 ) -> Result<NetBoxClient, NetBoxSyncError> {
-    NetBoxClient::new(NetBoxConnection {
+    let client = NetBoxClient::new(NetBoxConnection {
         url: config.url.clone(),
         token: config.token.clone(),
         tls: config.tls.clone(),
@@ -337,7 +349,11 @@ fn netbox_client(
         allow_insecure_http: config.allow_insecure_http,
         endpoint_guard: endpoint_guard.clone(),
     })
-    .map_err(NetBoxSyncError::Api)
+    .map_err(NetBoxSyncError::Api)?;
+    Ok(match metrics {
+        Some(m) => client.with_recorder(m.recorder(&config.owner.resource())),
+        None => client,
+    })
 }
 
 impl NetBoxWriter for LiveWriter {
@@ -351,7 +367,8 @@ impl NetBoxWriter for LiveWriter {
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>> {
         Box::pin(async move {
-            let client = netbox_client(&config.netbox, &self.endpoint_guard)?;
+            let client =
+                netbox_client(&config.netbox, &self.endpoint_guard, self.metrics.as_ref())?;
             let client = CountedNetBox {
                 inner: &client,
                 calls,
@@ -399,7 +416,7 @@ impl NetBoxWriter for LiveWriter {
         config: &'a ResolvedNetBox,
     ) -> BoxFuture<'a, Result<String, NetBoxSyncError>> {
         Box::pin(async move {
-            let client = netbox_client(config, &self.endpoint_guard)?;
+            let client = netbox_client(config, &self.endpoint_guard, self.metrics.as_ref())?;
             let n = delete_owned(&client, &config.owner)
                 .await
                 .map_err(NetBoxSyncError::Api)?;
@@ -712,7 +729,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let err = netbox_client(&config.netbox, &EndpointGuard::default())
+        let err = netbox_client(&config.netbox, &EndpointGuard::default(), None)
             .err()
             .unwrap();
         assert_eq!(err.reason(), reasons::ENDPOINT_REFUSED);

@@ -1,6 +1,7 @@
 //! HTTP client of the Proxmox VE API: token or ticket auth, endpoint failover, retries for
 //! transient errors only, bounded concurrency, endpoints checked by the endpoint guard and
 //! answers read against a size cap. Errors carry the path and status, never a credential.
+//! Each HTTP request sent is timed into the client's [`CallRecorder`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +11,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
+use super::metrics::operation;
 use crate::inventory::ReadFailure;
 use crate::net::body::{BodyError, ERROR_BODY_READ_BYTES, excerpt, read_capped, read_prefix};
+use crate::net::call_metrics::{CallRecorder, SUCCESS};
 use crate::net::guard::{EndpointError, EndpointGuard, UrlProblem, pve_endpoint_field, refusal_in};
 use crate::secrets::SecretString;
 use crate::tls::{TlsSettings, http_client};
@@ -212,6 +215,7 @@ pub struct PveClient {
     /// Index of the endpoint that answered last (sticky failover).
     current: Mutex<usize>,
     ticket: Mutex<Option<Ticket>>,
+    recorder: CallRecorder,
 }
 
 /// A credential as a sensitive header value; a value no header can carry counts as refused
@@ -244,7 +248,30 @@ impl PveClient {
             conn,
             current: Mutex::new(0),
             ticket: Mutex::new(None),
+            recorder: CallRecorder::default(),
         })
+    }
+
+    /// The client, timing each request it sends into `recorder`.
+    pub fn with_recorder(self, recorder: CallRecorder) -> Self {
+        Self { recorder, ..self }
+    }
+
+    /// Runs one HTTP exchange on `path` and records its duration and outcome.
+    async fn timed<T>(
+        &self,
+        path: &str,
+        exchange: impl Future<Output = Result<T, PveError>>,
+    ) -> Result<T, PveError> {
+        let started = Instant::now();
+        let result = exchange.await;
+        let outcome = match &result {
+            Ok(_) => SUCCESS,
+            Err(e) => e.metric_label(),
+        };
+        self.recorder
+            .observe(operation(path), outcome, started.elapsed());
+        result
     }
 
     fn url(&self, endpoint: usize, path: &str) -> String {
@@ -269,20 +296,23 @@ impl PveClient {
             }
         }
         let path = "/access/ticket";
-        let resp = self
-            .http
-            .post(self.url(endpoint, path))
-            .form(&[
-                ("username", username.as_str()),
-                ("password", password.expose()),
-            ])
-            .send()
-            .await
-            .map_err(|e| self.transport_error(endpoint, path, &e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            return Err(PveError::Unauthorized { path: path.into() });
-        }
-        let body = self.read_answer(endpoint, path, resp).await?;
+        let exchange = async {
+            let resp = self
+                .http
+                .post(self.url(endpoint, path))
+                .form(&[
+                    ("username", username.as_str()),
+                    ("password", password.expose()),
+                ])
+                .send()
+                .await
+                .map_err(|e| self.transport_error(endpoint, path, &e))?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                return Err(PveError::Unauthorized { path: path.into() });
+            }
+            self.read_answer(endpoint, path, resp).await
+        };
+        let body = self.timed(path, exchange).await?;
         let ticket = body["data"]["ticket"]
             .as_str()
             .ok_or_else(|| PveError::Decode {
@@ -343,23 +373,26 @@ impl PveClient {
                 req = req.header(reqwest::header::COOKIE, header_value(&value, path)?);
             }
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(endpoint, path, &e))?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            // An expired ticket: drop it so the next attempt logs in again.
-            *self.ticket.lock().await = None;
-            return Err(PveError::Unauthorized { path: path.into() });
-        }
-        let body = self.read_answer(endpoint, path, resp).await?;
-        match body.get("data") {
-            Some(data) => Ok(data.clone()),
-            None => Err(PveError::Decode {
-                path: path.into(),
-                message: "no data in the answer".into(),
-            }),
-        }
+        let exchange = async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.transport_error(endpoint, path, &e))?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                // An expired ticket: drop it so the next attempt logs in again.
+                *self.ticket.lock().await = None;
+                return Err(PveError::Unauthorized { path: path.into() });
+            }
+            let body = self.read_answer(endpoint, path, resp).await?;
+            match body.get("data") {
+                Some(data) => Ok(data.clone()),
+                None => Err(PveError::Decode {
+                    path: path.into(),
+                    message: "no data in the answer".into(),
+                }),
+            }
+        };
+        self.timed(path, exchange).await
     }
 
     /// Whether a failure is worth another attempt on the same endpoint.
@@ -601,6 +634,23 @@ mod tests {
         let c = client(&["https://localhost:9"], &["127.0.0.0/8", "::1"]).unwrap();
         let err = c.get("/version").await.unwrap_err();
         assert!(matches!(err, PveError::Connection { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn each_request_sent_is_timed_under_a_fixed_operation_with_its_outcome() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::pve::metrics::PveMetrics::register(&mut registry);
+        let c = client(&["https://localhost:9"], &["127.0.0.0/8", "::1"])
+            .unwrap()
+            .with_recorder(metrics.recorder("infra/lab"));
+        let err = c.get("/nodes/pve7/qemu/4242/config").await.unwrap_err();
+        assert_eq!(err.metric_label(), "Connection");
+        let text = crate::metrics::render(&registry);
+        assert!(
+            text.contains(r#"pve_request_duration_seconds_count{cluster="infra/lab",operation="guest_config",outcome="Connection"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("pve7") && !text.contains("4242"), "{text}");
     }
 
     #[tokio::test]

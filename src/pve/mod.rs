@@ -1,7 +1,8 @@
-//! The Proxmox VE side: API client, property-string parsers, the inventory reader and the
-//! permission preflight.
+//! The Proxmox VE side: API client and its metrics, property-string parsers, the inventory
+//! reader and the permission preflight.
 
 pub mod client;
+pub mod metrics;
 pub mod permissions;
 pub mod propstr;
 pub mod reader;
