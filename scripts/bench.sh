@@ -187,8 +187,8 @@ start_pve "$WORK/pve2" --mutate-percent 1
 write_cluster "$WORK/pve2"
 echo "== resync after 1% of the guests changed" >&2
 CHANGED="$(sync_once)"
-echo "== floor, same objects (ownership marks and the primary MAC/IP PATCH passes)" >&2
-FLOOR_SAME="$("$FAKEPVE_PYTHON" scripts/bench/floor.py "$WORK/pve2/expected.json" "$NETBOX_URL" "$NETBOX_TOKEN" "$RUN" --same-objects)"
+echo "== floor, same objects (ownership marks, MACs given at interface creation, the primary IP PATCH pass)" >&2
+FLOOR_SAME="$("$FAKEPVE_PYTHON" scripts/bench/floor.py "$WORK/pve2/expected.json" "$NETBOX_URL" "$NETBOX_TOKEN" "$RUN" --same-objects --mac-at-create)"
 cat <<OUT
 guests=$GUESTS
 floor (bare creates):  $FLOOR

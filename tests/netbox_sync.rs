@@ -165,6 +165,21 @@ impl Rest {
         );
         r.json().await.unwrap_or(Value::Null)
     }
+    /// The VM of a vmid in a NetBox cluster.
+    async fn vm(&self, cluster: u64, vmid: u32) -> Value {
+        self.one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cluster}&cf_proxmox_vmid={vmid}"
+        ))
+        .await
+    }
+    /// The interface `name` of a VM.
+    async fn vm_interface(&self, vm: &Value, name: &str) -> Value {
+        self.one(&format!(
+            "virtualization/interfaces/?virtual_machine_id={}&name={name}",
+            vm["id"]
+        ))
+        .await
+    }
     /// Id of the NetBox cluster a sync with these settings writes to.
     async fn cluster_id(&self, s: &SyncSettings) -> u64 {
         self.one(&format!("virtualization/clusters/?name={}", s.cluster_name))
@@ -177,6 +192,18 @@ impl Rest {
             .as_u64()
             .unwrap()
     }
+}
+
+/// The ids of an object's tags, plus the tag `tag`.
+fn tags_with(obj: &Value, tag: &Value) -> Vec<Value> {
+    let mut ids: Vec<Value> = obj["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    ids.push(tag["id"].clone());
+    ids
 }
 
 fn tag_slugs(obj: &Value) -> Vec<String> {
@@ -327,11 +354,7 @@ async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
     assert_eq!(by_name("enp65s0f0")["description"], "storage network");
 
     // Guests -> VMs.
-    let web = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
-        ))
-        .await;
+    let web = rest.vm(cid, 100).await;
     assert_eq!(web["name"], "web01");
     assert_eq!(web["status"]["value"], "active");
     assert_eq!(web["device"]["id"].as_u64(), Some(dev));
@@ -375,32 +398,15 @@ async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
         .await;
     assert_eq!(ips.len(), 2);
     // link_down=1 -> disabled interface.
-    let app = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=103"
-        ))
-        .await;
+    let app = rest.vm(cid, 103).await;
     assert_eq!(app["status"]["value"], "offline");
-    let app_net0 = rest
-        .one(&format!(
-            "virtualization/interfaces/?virtual_machine_id={}&name=net0",
-            app["id"]
-        ))
-        .await;
+    let app_net0 = rest.vm_interface(&app, "net0").await;
     assert_eq!(app_net0["enabled"], false);
     // Same name twice: deterministic suffix on the higher vmid.
-    let k8s = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=105"
-        ))
-        .await;
+    let k8s = rest.vm(cid, 105).await;
     assert_eq!(k8s["name"], "k8s-node-1 (105)");
     // LXC with a mount point.
-    let proxy = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=201"
-        ))
-        .await;
+    let proxy = rest.vm(cid, 201).await;
     assert_eq!(proxy["role"]["name"], "Container");
     let mp = rest
         .one(&format!(
@@ -441,17 +447,10 @@ async fn full_sync_maps_every_kind_then_resync_writes_nothing() {
 
     // A managed field changed by hand is put back; a human tag on the object stays.
     let human = rest.write(reqwest::Method::POST, "extras/tags/", json!({"name": format!("human-{}", s.cluster_name), "slug": format!("human-{}", s.cluster_name)})).await;
-    let mut tag_ids: Vec<Value> = web["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].clone())
-        .collect();
-    tag_ids.push(human["id"].clone());
     rest.write(
         reqwest::Method::PATCH,
         &format!("virtualization/virtual-machines/{wid}/"),
-        json!({"memory": 1, "tags": tag_ids}),
+        json!({"memory": 1, "tags": tags_with(&web, &human)}),
     )
     .await;
     let third = run_at(&nb, &s, &inv, &hw, false, Utc::now()).await;
@@ -818,11 +817,7 @@ async fn kinds_taken_out_of_the_sync_and_human_tags_are_never_pruned() {
     let t0 = Utc::now();
     run_at(&nb, &s, &inv, &BTreeMap::new(), false, t0).await;
     let cid = rest.cluster_id(&s).await;
-    let web = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
-        ))
-        .await;
+    let web = rest.vm(cid, 100).await;
     let disks = format!(
         "virtualization/virtual-disks/?virtual_machine_id={}",
         web["id"]
@@ -838,17 +833,10 @@ async fn kinds_taken_out_of_the_sync_and_human_tags_are_never_pruned() {
             json!({"name": slug, "slug": slug}),
         )
         .await;
-    let mut tags: Vec<Value> = web["tags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].clone())
-        .collect();
-    tags.push(human["id"].clone());
     rest.write(
         reqwest::Method::PATCH,
         &format!("virtualization/virtual-machines/{}/", web["id"]),
-        json!({"tags": tags}),
+        json!({"tags": tags_with(&web, &human)}),
     )
     .await;
 
@@ -950,6 +938,108 @@ async fn a_deleted_owner_field_is_recreated_and_owned_objects_are_taken_back() {
     assert_eq!(run(&nb, &s, &inv, false).await.write_requests, 0);
 }
 
+#[tokio::test]
+async fn a_mac_left_by_an_interrupted_interface_create_is_used_and_earlier_tags_stay() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let s = settings("macfirst");
+    let first = run(&nb, &s, &inv, false).await;
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    // Guest interfaces got their primary MAC in their create: none was patched.
+    assert_eq!(first.kinds["virtualization.vminterface"].updated, 0);
+    let cid = rest.cluster_id(&s).await;
+    let web = rest.vm(cid, 100).await;
+    let net0 = rest.vm_interface(&web, "net0").await;
+    let mac = net0["primary_mac_address"]["mac_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Children carry the owner custom field, not the owner tag.
+    assert!(!tag_slugs(&net0).contains(&"proxmox-netbox-operator".to_string()));
+    assert_eq!(net0["custom_fields"]["proxmox_owner"], s.owner.as_str());
+
+    // The sync stopped after a MAC's create, before its interface's: the interface is
+    // gone (its MAC with it) and an owned unassigned MAC of that value is left, with a
+    // second one nothing wants.
+    let r = rest
+        .http
+        .delete(format!(
+            "{}/api/virtualization/interfaces/{}/",
+            rest.url, net0["id"]
+        ))
+        .bearer_auth(&rest.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let owned_mac =
+        |value: &str| json!({"mac_address": value, "custom_fields": {"proxmox_owner": s.owner}});
+    let left = rest
+        .write(
+            reqwest::Method::POST,
+            "dcim/mac-addresses/",
+            owned_mac(&mac),
+        )
+        .await;
+    let stray = rest
+        .write(
+            reqwest::Method::POST,
+            "dcim/mac-addresses/",
+            owned_mac("02:00:5E:00:00:99"),
+        )
+        .await;
+    // An earlier version tagged every child with the owner tag: it stays, unwritten.
+    let disk = rest
+        .one(&format!(
+            "virtualization/virtual-disks/?virtual_machine_id={}&name=scsi0",
+            web["id"]
+        ))
+        .await;
+    let owner_tag = rest.one("extras/tags/?slug=proxmox-netbox-operator").await;
+    rest.write(
+        reqwest::Method::PATCH,
+        &format!("virtualization/virtual-disks/{}/", disk["id"]),
+        json!({"tags": tags_with(&disk, &owner_tag)}),
+    )
+    .await;
+
+    let second = run(&nb, &s, &inv, false).await;
+    assert!(second.errors.is_empty(), "{:?}", second.errors);
+    assert_eq!(second.kinds["virtualization.vminterface"].created, 1);
+    assert_eq!(
+        second.kinds["dcim.macaddress"].created, 0,
+        "the left MAC is used"
+    );
+    assert_eq!(
+        second.kinds["dcim.macaddress"].deleted, 1,
+        "the stray one goes"
+    );
+    let net0 = rest.vm_interface(&web, "net0").await;
+    assert_eq!(net0["primary_mac_address"]["id"], left["id"]);
+    let same_value = rest
+        .list(&format!(
+            "dcim/mac-addresses/?mac_address={mac}&cf_proxmox_owner={}",
+            s.owner
+        ))
+        .await;
+    assert_eq!(same_value.len(), 1, "{same_value:?}");
+    assert_eq!(same_value[0]["assigned_object_id"], net0["id"]);
+    assert!(
+        rest.list(&format!("dcim/mac-addresses/?id={}", stray["id"]))
+            .await
+            .is_empty()
+    );
+    let third = run(&nb, &s, &inv, false).await;
+    assert_eq!(third.write_requests, 0, "{:?}", third.plan);
+    let disk = rest
+        .get(&format!("virtualization/virtual-disks/{}/", disk["id"]))
+        .await;
+    assert!(tag_slugs(&disk).contains(&"proxmox-netbox-operator".to_string()));
+}
+
 /// A proxy in front of NetBox that passes every request on, but answers the first bulk
 /// create of VMs with 502 after NetBox did it (a gateway that lost the answer).
 async fn lossy_proxy(netbox_url: String) -> String {
@@ -1039,11 +1129,7 @@ async fn a_vm_disk_total_left_wrong_by_a_concurrent_writer_is_put_back() {
     let s = settings("disktotal");
     assert!(run(&nb, &s, &inv, false).await.errors.is_empty());
     let cid = rest.cluster_id(&s).await;
-    let db = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=101"
-        ))
-        .await;
+    let db = rest.vm(cid, 101).await;
     let total = db["disk"].as_u64().unwrap();
     // What two clients writing disks of one VM at once leave behind: a total that is not
     // the sum of the disks. NetBox's API refuses to store that, so write the row directly.
@@ -1108,17 +1194,8 @@ async fn missing_vlans_are_created_by_policy_and_notes_can_be_left_to_people() {
     assert_eq!(vids, tags, "one VLAN per guest NIC tag, in the site");
     assert!(tag_slugs(&vlans[0]).contains(&"proxmox-netbox-operator".to_string()));
     let cid = rest.cluster_id(&s).await;
-    let web = rest
-        .one(&format!(
-            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=100"
-        ))
-        .await;
-    let net0 = rest
-        .one(&format!(
-            "virtualization/interfaces/?virtual_machine_id={}&name=net0",
-            web["id"]
-        ))
-        .await;
+    let web = rest.vm(cid, 100).await;
+    let net0 = rest.vm_interface(&web, "net0").await;
     assert_eq!(net0["untagged_vlan"]["vid"], 100, "net0 has tag=100");
     assert_eq!(net0["mode"]["value"], "access");
     assert_eq!(web["description"], "", "notes are not copied");

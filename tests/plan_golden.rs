@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use proxmox_netbox_operator::inventory::Inventory;
 use proxmox_netbox_operator::netbox::apply::Session;
-use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxError};
+use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxError, NetBoxVersion};
 use proxmox_netbox_operator::netbox::engine::converge;
-use proxmox_netbox_operator::netbox::kinds::OwnedObjects;
+use proxmox_netbox_operator::netbox::kinds::{Kind, OwnedObjects};
 use proxmox_netbox_operator::netbox::plan::{Candidates, PlanInput, SharedIds};
 use proxmox_netbox_operator::netbox::report::SyncReport;
 use proxmox_netbox_operator::netbox::settings::SyncSettings;
@@ -61,6 +61,9 @@ impl NetBoxApi for NoNetBox {
     }
     fn request_counts(&self) -> (u64, u64) {
         (0, 0)
+    }
+    fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+        panic!("the plan read NetBox's version")
     }
 }
 
@@ -113,6 +116,10 @@ struct Case {
     owned_edits: Vec<Edit>,
     #[serde(default)]
     candidates: Candidates,
+    /// Someone deleted the `proxmox_owner` custom field, which wipes its values: the
+    /// owned children become the candidates read by the owner tag of their parents.
+    #[serde(default)]
+    owner_field_deleted: bool,
     /// Now, RFC 3339.
     now: String,
 }
@@ -238,8 +245,12 @@ fn run(name: &str) -> Run {
         Some(other) => serde_json::to_value(run(other).after).unwrap(),
         None => json!({}),
     };
-    let owned: OwnedObjects =
-        serde_json::from_value(edit(owned, &case.owned_edits)).expect("owned objects");
+    let mut owned = edit(owned, &case.owned_edits);
+    let mut case = case;
+    if case.owner_field_deleted {
+        unmark(&mut owned, &mut case.candidates);
+    }
+    let owned: OwnedObjects = serde_json::from_value(owned).expect("owned objects");
     let (report, after) = plan(&case, owned, &inventory, &shared);
     Run {
         case,
@@ -247,6 +258,33 @@ fn run(name: &str) -> Run {
         shared,
         report,
         after,
+    }
+}
+
+/// The owned objects as NetBox holds them after `proxmox_owner` was deleted: no owner
+/// value anywhere; devices and VMs still found by their tag, children (marked by the
+/// custom field only) moved to the unmarked candidates.
+fn unmark(owned: &mut Value, candidates: &mut Candidates) {
+    let Value::Object(kinds) = owned else { return };
+    for (kind, objects) in kinds.iter_mut() {
+        for obj in objects
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|o| o.values_mut())
+        {
+            if let Some(cf) = obj["custom_fields"].as_object_mut() {
+                cf.remove("proxmox_owner");
+            }
+        }
+        let kind: Kind = serde_json::from_value(json!(kind)).unwrap();
+        if !kind.carries_owner_tag() {
+            let objects = std::mem::replace(objects, json!({}));
+            for (key, obj) in objects.as_object().into_iter().flatten() {
+                candidates
+                    .unmarked_children
+                    .insert(kind, key.clone(), obj.clone());
+            }
+        }
     }
 }
 
@@ -307,6 +345,80 @@ golden_cases! {
     templates_are_synced_only_when_asked_and_never_pruned_as_gone => "templates",
     pruning_is_refused_when_too_much_is_gone_at_once => "prune-blocked",
     templates_skipped_later_are_left_as_they_are => "templates-off",
+    netbox_before_4_4_2_gets_primary_macs_by_a_second_pass => "netbox-before-4.4.2",
+    children_tagged_by_an_earlier_version_keep_the_tag_and_need_no_write => "children-tagged-earlier",
+    unassigned_macs_left_by_an_interrupted_sync_are_used_or_deleted => "unassigned-macs-left",
+    children_are_taken_back_after_the_owner_field_was_deleted_only_by_identity => "owner-field-deleted",
+}
+
+/// The first sync creates each new guest interface with its MAC as primary MAC: the MACs
+/// first (unassigned), no PATCH of guest interfaces afterwards.
+#[test]
+fn new_guest_interfaces_get_their_primary_mac_at_creation() {
+    let r = run("first-sync");
+    let steps: Vec<(&str, &str)> = r
+        .report
+        .plan
+        .iter()
+        .map(|p| (p.kind.as_str(), p.action.as_str()))
+        .collect();
+    let first_mac = steps.iter().position(|s| s.0 == "dcim.macaddress").unwrap();
+    let first_iface = steps
+        .iter()
+        .position(|s| s.0 == "virtualization.vminterface")
+        .unwrap();
+    assert!(first_mac < first_iface, "{steps:?}");
+    assert!(
+        !steps.contains(&("virtualization.vminterface", "update")),
+        "{steps:?}"
+    );
+    for p in r
+        .report
+        .plan
+        .iter()
+        .filter(|p| p.kind == "virtualization.vminterface")
+    {
+        assert!(
+            p.fields.contains(&"primary_mac_address".to_string()),
+            "{p:?}"
+        );
+    }
+    // Children carry the owner custom field, not the owner tag (1); devices and VMs both.
+    for (kind, objects) in serde_json::to_value(&r.after).unwrap().as_object().unwrap() {
+        let kind: Kind = serde_json::from_value(json!(kind)).unwrap();
+        for obj in objects.as_object().unwrap().values() {
+            let tagged = obj["tags"].as_array().unwrap().contains(&json!(1));
+            assert_eq!(tagged, kind.carries_owner_tag(), "{kind:?} {obj}");
+            assert_eq!(obj["custom_fields"]["proxmox_owner"], "infra/lab");
+        }
+    }
+}
+
+/// Before NetBox 4.4.2 the MACs are made after their interfaces, then set as primary MAC.
+#[test]
+fn without_primary_mac_at_creation_interfaces_are_patched() {
+    let r = run("netbox-before-4.4.2");
+    let updates = r
+        .report
+        .plan
+        .iter()
+        .filter(|p| p.kind == "virtualization.vminterface" && p.action == "update")
+        .count();
+    assert_eq!(updates, 4);
+}
+
+/// After the owner field was deleted, a hand-made interface on an owned VM is not taken.
+#[test]
+fn a_hand_made_child_without_a_desired_identity_is_not_taken_back() {
+    let r = run("owner-field-deleted");
+    assert!(
+        r.after
+            .get(Kind::VmInterface, "281474976710669/eth9")
+            .is_none()
+    );
+    assert!(r.report.plan.iter().all(|p| !p.object.contains("eth9")));
+    let taken = r.report.plan.iter().filter(|p| p.action == "adopt").count();
+    assert!(taken > 20, "{taken}");
 }
 
 /// The golden cases on disk are exactly the ones above (a new directory without a test

@@ -6,6 +6,7 @@
 //! that HTTP status, a string a transport failure, anything else an undecodable page.
 //! `"+<endpoint>"`, `"~<endpoint>"`, `"-<endpoint>"` override what a create, update or
 //! delete answers (same forms; by default writes are applied and echoed with ids).
+//! `"status"` is the answer to `/api/status/` (default: NetBox 4.7.3).
 //! `"!write": true` runs a real sync (default: a dry run), `"!inventory"` replaces the
 //! built-in Proxmox inventory (its JSON form), `"!hardware"` adds node hardware facts.
 //!
@@ -29,7 +30,9 @@ use proxmox_netbox_operator::inventory::{
     AddressSource, Guest, GuestAddress, GuestDisk, GuestKind, GuestNic, GuestState, Inventory,
     Node, NodeInterface, NodeInterfaceKind, ReadOutcome, ReadScope,
 };
-use proxmox_netbox_operator::netbox::client::{NetBoxApi, NetBoxError};
+use proxmox_netbox_operator::netbox::client::{
+    NetBoxApi, NetBoxError, NetBoxVersion, parse_version,
+};
 use proxmox_netbox_operator::netbox::diff::changed_fields;
 use proxmox_netbox_operator::netbox::engine::{SyncSettings, sync};
 use serde_json::{Map, Value, json};
@@ -303,6 +306,20 @@ impl NetBoxApi for FakeNetBox {
     fn request_counts(&self) -> (u64, u64) {
         let s = self.state.lock().unwrap();
         (s.reads, s.writes)
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+        // `"status"` as NetBox's `/api/status/` answer (a failure as for lists); without
+        // it, a NetBox that assigns primary MACs at interface creation.
+        let r = match self.doc.get("status") {
+            None => Ok(Some((4, 7, 3))),
+            Some(Value::Object(o)) => Ok(o
+                .get("netbox-version")
+                .and_then(Value::as_str)
+                .and_then(parse_version)),
+            Some(answer) => Err(failure("status", answer)),
+        };
+        Box::pin(async move { r })
     }
 }
 

@@ -5,13 +5,15 @@ interfaces, MAC addresses, virtual disks, IP addresses) from the simplest possib
     python floor.py EXPECTED_JSON NETBOX_URL TOKEN RUN_ID [--same-objects] [--marks M] [--mac-at-create]
 
 Without --same-objects: bare bulk creates with the fewest fields NetBox accepts.
-With --same-objects: the same objects the operator ends up with: its ownership tag and
-custom fields on every object, and the two bulk PATCH passes NetBox's API requires for
-references that cannot be given at creation (an interface's primary MAC, a VM's primary
-IPs). Needs the operator's tag and custom fields to exist (run after a sync).
+With --same-objects: the same objects the operator ends up with: its ownership marks (the
+owner tag and custom fields on VMs, the owner custom field on their children), and the bulk
+PATCH passes NetBox's API requires for references that cannot be given at creation (a VM's
+primary IPs; an interface's primary MAC unless --mac-at-create). Needs the operator's tag
+and custom fields to exist (run after a sync).
 
 What each part costs (docs/benchmarks.md, "What the first sync costs"):
---marks none|cf|tag|both   which ownership marks go on every object (default: both with
+--marks none|cf|tag|both   which ownership marks go on every object; `operator`: both on
+                           VMs, the custom field on children (default: operator with
                            --same-objects, none without)
 --mac-at-create            MAC addresses created first, unassigned, and given to the
                            interface as its primary MAC in the interface's create (NetBox
@@ -62,7 +64,7 @@ def main():
     expected, url, token, run = sys.argv[1:5]
     args = sys.argv[5:]
     same = '--same-objects' in args
-    marks_kind = args[args.index('--marks') + 1] if '--marks' in args else ('both' if same else 'none')
+    marks_kind = args[args.index('--marks') + 1] if '--marks' in args else ('operator' if same else 'none')
     mac_at_create = '--mac-at-create' in args
     inv = json.load(open(expected))
     guests = [g for g in inv['guests'] if not g['template']]
@@ -71,12 +73,12 @@ def main():
     ctype = call(url, token, 'POST', 'virtualization/cluster-types/', {'name': prefix, 'slug': prefix})
     cluster = call(url, token, 'POST', 'virtualization/clusters/', {'name': prefix, 'type': ctype['id']})
 
-    def marks(**cf):
-        """The operator's ownership marks chosen by --marks."""
+    def marks(parent=False, **cf):
+        """The operator's ownership marks chosen by --marks (`parent`: on a VM)."""
         out = {}
-        if marks_kind in ('tag', 'both'):
+        if marks_kind in ('tag', 'both') or (marks_kind == 'operator' and parent):
             out['tags'] = [owner_tag]
-        if marks_kind in ('cf', 'both'):
+        if marks_kind in ('cf', 'both', 'operator'):
             out['custom_fields'] = dict({'proxmox_owner': 'floor/' + prefix}, **cf)
         return out
 
@@ -93,7 +95,7 @@ def main():
 
     vms = step('vms', 'POST', 'virtualization/virtual-machines/',
                [dict({'name': g['name'], 'cluster': cluster['id'], 'status': 'active'},
-                     **marks(proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
+                     **marks(parent=True, proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
     ids = dict((g['vmid'], vm['id']) for g, vm in zip(guests, vms))
     nic_keys = [(g['vmid'], n) for g in guests for n in g['nics']]
     if mac_at_create:

@@ -5,16 +5,14 @@
 //! them (objects to be created get placeholder ids), so the later stages plan what the
 //! live sync would, references to new objects included.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::stream::{self, StreamExt};
 use serde_json::{Map, Value, json};
 
 use super::client::{NetBoxApi, NetBoxError};
-use super::kinds::{CF_OWNER, CF_STALE_SINCE, Kind, OwnedObjects, id_of};
-use super::plan::{
-    Desired, KindChanges, REASON_ADOPTED, REASON_CHANGED, REASON_NEW, StagePlan, diff,
-};
+use super::kinds::{CF_OWNER, CF_STALE_SINCE, Kind, OwnedObjects, UNASSIGNED_MAC, id_of};
+use super::plan::{Adoption, Desired, KindChanges, REASON_CHANGED, REASON_NEW, StagePlan, diff};
 use super::prune::{Deletion, PrunePlan, REASON_GONE, StaleMark};
 use super::report::{Collision, PlannedChange, SyncReport, actions};
 use super::settings::SyncSettings;
@@ -54,6 +52,9 @@ pub struct Session<'a> {
     /// Owned objects by kind and key.
     pub owned: OwnedObjects,
     placeholder: u64,
+    /// Objects counted in the report under another key this sync (MACs created
+    /// unassigned, then assigned by their interface's create), not counted again.
+    counted: BTreeSet<(Kind, String)>,
 }
 
 impl<'a> Session<'a> {
@@ -69,6 +70,7 @@ impl<'a> Session<'a> {
             },
             owned: OwnedObjects::default(),
             placeholder: PLACEHOLDER_BASE,
+            counted: BTreeSet::new(),
         }
     }
 
@@ -117,27 +119,76 @@ impl<'a> Session<'a> {
     /// Takes over the stage's adoptions, reports its collisions, and applies its
     /// desired objects. Returns ids by key.
     pub async fn apply_stage(&mut self, kind: Kind, stage: StagePlan) -> BTreeMap<String, u64> {
-        for a in stage.adoptions {
-            let marks = vec![CF_OWNER.to_string(), "tags".to_string()];
-            self.record_fields(
-                kind.name(),
-                &a.label,
-                actions::ADOPT,
-                REASON_ADOPTED,
-                marks,
-                None,
-            );
-            self.owned.insert(kind, a.key, a.object);
-        }
+        self.take_over(kind, stage.adoptions);
         self.report.collisions.extend(stage.collisions);
         self.apply(kind, stage.desired).await
+    }
+
+    /// Counts unowned objects as owned from now on (their marks are written by the
+    /// update that follows).
+    pub fn take_over(&mut self, kind: Kind, adoptions: Vec<Adoption>) {
+        for a in adoptions {
+            let mut marks = vec![CF_OWNER.to_string()];
+            if kind.carries_owner_tag() {
+                marks.push("tags".to_string());
+            }
+            self.record_fields(kind.name(), &a.label, actions::ADOPT, a.reason, marks, None);
+            self.owned.insert(kind, a.key, a.object);
+        }
+    }
+
+    /// NetBox assigns an unassigned MAC address given as primary MAC in an interface's
+    /// create to that interface: the owned MACs are keyed as NetBox now holds them.
+    /// Returns the ids of the MACs assigned.
+    pub fn note_primary_macs_assigned(&mut self, iface_kind: Kind) -> Vec<u64> {
+        let unassigned: BTreeMap<u64, String> = self
+            .owned
+            .of(Kind::MacAddress)
+            .iter()
+            .filter(|(key, _)| key.starts_with(UNASSIGNED_MAC))
+            .filter_map(|(key, mac)| Some((id_of(mac)?, key.clone())))
+            .collect();
+        if unassigned.is_empty() {
+            return Vec::new();
+        }
+        let assigned: Vec<(u64, u64)> = self
+            .owned
+            .of(iface_kind)
+            .values()
+            .filter_map(|i| Some((id_of(i)?, id_of(&i["primary_mac_address"])?)))
+            .filter(|(_, mac)| unassigned.contains_key(mac))
+            .collect();
+        let mut done = Vec::new();
+        for (iface, mac) in assigned {
+            let Some(old_key) = unassigned.get(&mac) else {
+                continue;
+            };
+            let Some(Value::Object(mut obj)) = self.owned.take(Kind::MacAddress, old_key) else {
+                continue;
+            };
+            obj.insert("assigned_object_type".into(), json!(iface_kind.name()));
+            obj.insert("assigned_object_id".into(), json!(iface));
+            let obj = Value::Object(obj);
+            if let Some(key) = Kind::MacAddress.key_of(&obj) {
+                self.counted.insert((Kind::MacAddress, key.clone()));
+                self.owned.insert(Kind::MacAddress, key, obj);
+                done.push(mac);
+            }
+        }
+        done
     }
 
     /// Creates or updates `desired` objects of `kind`; returns ids by key. Objects that
     /// failed are reported and missing from the result.
     pub async fn apply(&mut self, kind: Kind, desired: Vec<Desired>) -> BTreeMap<String, u64> {
         let changes = diff(kind, desired, &self.owned);
-        self.report.counts(kind.name()).unchanged += changes.unchanged;
+        let updated: BTreeSet<&String> = changes.updates.iter().map(|u| &u.desired.key).collect();
+        let counted = changes
+            .ids
+            .keys()
+            .filter(|k| !updated.contains(k) && self.counted.contains(&(kind, k.to_string())))
+            .count() as u64;
+        self.report.counts(kind.name()).unchanged += changes.unchanged.saturating_sub(counted);
         self.apply_changes(kind, changes).await
     }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::apply::{Session, is_placeholder};
-use super::client::NetBoxError;
+use super::client::{NetBoxError, NetBoxVersion};
 use super::kinds::{
     CF_CHASSIS_MANUFACTURER, CF_CHASSIS_PRODUCT, CF_CHASSIS_SERIAL, CF_DISK_STORAGE, CF_GROUP,
     CF_GUEST_TYPE, CF_NIC_DUPLEX, CF_NIC_LINK, CF_NIC_SPEED, CF_OWNER, CF_STALE_SINCE, CF_VMID,
@@ -17,6 +17,10 @@ use super::plan::{REASON_NEW, SharedIds, device_model};
 use super::report::{Collision, actions};
 use crate::crd::facts::NodeHardware;
 use crate::inventory::Inventory;
+
+/// The first NetBox release that assigns an unassigned MAC address given as primary MAC
+/// in an interface's create (NetBox pull request 20457).
+const PRIMARY_MAC_AT_CREATE: NetBoxVersion = (4, 4, 2);
 
 /// One custom field the operator creates: name, label, type, object types, description.
 type FieldSpec = (
@@ -141,6 +145,11 @@ pub async fn bootstrap(
         s: session,
         shared: SharedIds::default(),
     };
+    b.shared.primary_mac_at_create =
+        b.s.api
+            .version()
+            .await?
+            .is_some_and(|v| v >= PRIMARY_MAC_AT_CREATE);
     b.tags(inv).await?;
     b.custom_fields().await?;
     b.site_tenant_vrf().await?;

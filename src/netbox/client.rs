@@ -185,6 +185,25 @@ pub trait NetBoxApi: Send + Sync {
     ) -> BoxFuture<'a, Result<(), NetBoxError>>;
     /// (read requests, write requests) made so far.
     fn request_counts(&self) -> (u64, u64);
+    /// NetBox's version (`major.minor.patch` from `/api/status/`); `None` when unknown,
+    /// and then no feature of a newer version is used.
+    fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>>;
+}
+
+/// A NetBox release, `(major, minor, patch)`.
+pub type NetBoxVersion = (u32, u32, u32);
+
+/// The release in a `netbox-version` string (`4.7.3`, `v4.4.2-Docker-3.3.0`).
+pub fn parse_version(text: &str) -> Option<NetBoxVersion> {
+    let text = text.trim().trim_start_matches('v');
+    let numbers = text
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()?;
+    let mut parts = numbers.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
 }
 
 /// Connection settings.
@@ -577,6 +596,13 @@ impl NetBoxApi for NetBoxClient {
             self.writes.load(Ordering::Relaxed),
         )
     }
+
+    fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+        Box::pin(async move {
+            let status = self.send(Method::GET, "status", &[], None).await?;
+            Ok(status["netbox-version"].as_str().and_then(parse_version))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -701,6 +727,19 @@ mod tests {
             !text.contains("dcim") && !text.contains("127.0.0.1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn versions_are_read_from_release_strings() {
+        assert_eq!(parse_version("4.7.3"), Some((4, 7, 3)));
+        assert_eq!(parse_version("v4.4.2-Docker-3.3.0"), Some((4, 4, 2)));
+        assert_eq!(parse_version("4.5"), Some((4, 5, 0)));
+        assert_eq!(parse_version("4.10.0-beta1"), Some((4, 10, 0)));
+        for junk in ["", "x", "4", "99999999999.1.1", "..", "-1.2.3"] {
+            assert_eq!(parse_version(junk), None, "{junk}");
+        }
+        assert!(parse_version("4.4.1") < Some((4, 4, 2)));
+        assert!(parse_version("4.10.0") > Some((4, 4, 2)));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! [`super::plan`] and [`super::prune`]) -> apply (bulk writes of changed fields only,
 //! [`super::apply`]), stage by stage, since each kind refers to the ids of the one before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
@@ -11,7 +11,7 @@ use super::bootstrap::bootstrap;
 use super::client::{NetBoxApi, NetBoxError};
 use super::kinds::{CF_OWNER, Kind, OWNER_TAG, custom_field, id_of};
 use super::observe::observe;
-use super::plan::{PlanInput, addresses, guests, nodes};
+use super::plan::{self, Desired, PlanInput, addresses, guests, nodes};
 use super::prune;
 use super::report::SyncReport;
 use crate::crd::facts::NodeHardware;
@@ -56,16 +56,16 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
         .apply_stage(Kind::Device, nodes::devices(input, &s.owned))
         .await;
     let interfaces = nodes::interfaces(input, &s.owned, &devices);
-    let interfaces = s.apply(Kind::Interface, interfaces).await;
+    let interfaces = children(s, input, Kind::Interface, interfaces).await;
     let vms = s
         .apply_stage(Kind::VirtualMachine, guests::vms(input, &s.owned))
         .await;
     let vm_ifaces = guests::interfaces(input, &s.owned, &vms);
-    let vm_ifaces = s.apply(Kind::VmInterface, vm_ifaces).await;
+    let vm_ifaces = children(s, input, Kind::VmInterface, vm_ifaces).await;
     let disks = guests::disks(input, &s.owned, &vms);
-    s.apply(Kind::VirtualDisk, disks).await;
+    children(s, input, Kind::VirtualDisk, disks).await;
     let macs = addresses::macs(input, &s.owned, &interfaces, &vm_ifaces);
-    let macs = s.apply(Kind::MacAddress, macs).await;
+    let macs = children(s, input, Kind::MacAddress, macs).await;
     let mac_of = |object_type: Kind| {
         let macs = &macs;
         move |id: u64| {
@@ -80,7 +80,7 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
     let refs = guests::interface_refs(input, &vm_ifaces, &mac_of(Kind::VmInterface));
     s.apply_refs(Kind::VmInterface, refs).await;
     let ips = addresses::ips(input, &s.owned, &interfaces, &vm_ifaces);
-    let ips = s.apply(Kind::IpAddress, ips).await;
+    let ips = children(s, input, Kind::IpAddress, ips).await;
     let ip_id = |object_type: Kind| {
         let ips = &ips;
         move |iface: u64, cidr: &str| {
@@ -96,16 +96,43 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
     s.apply_prune(prune_plan).await;
 }
 
+/// Applies the desired children of one kind: unmarked ones with their identity taken
+/// back first (after `proxmox_owner` was deleted); new guest interfaces get their primary
+/// MAC at creation where NetBox allows it (the MACs are created just before).
+async fn children(
+    s: &mut Session<'_>,
+    input: &PlanInput<'_>,
+    kind: Kind,
+    desired: Vec<Desired>,
+) -> BTreeMap<String, u64> {
+    let mut stage = plan::children_stage(input, &s.owned, kind, desired);
+    if kind == Kind::VmInterface {
+        // Interfaces taken back exist: only the new ones get a MAC made first.
+        s.take_over(Kind::VmInterface, std::mem::take(&mut stage.adoptions));
+        let left_over: BTreeSet<u64> = s.owned.ids(Kind::MacAddress).into_values().collect();
+        let macs = addresses::macs_before_interfaces(input, &s.owned, &stage.desired);
+        s.apply(Kind::MacAddress, macs).await;
+        stage.desired = addresses::with_primary_macs(input, &s.owned, stage.desired);
+        let ids = s.apply_stage(kind, stage).await;
+        let assigned = s.note_primary_macs_assigned(kind);
+        // A MAC left unassigned by an earlier sync and used now was changed, not created.
+        let reused = assigned.iter().filter(|id| left_over.contains(id)).count();
+        s.report.counts(Kind::MacAddress.name()).updated += reused as u64;
+        return ids;
+    }
+    s.apply_stage(kind, stage).await
+}
+
 /// Deletes every object owned by `owner` (deletion policy `Delete`), children first.
 /// Returns how many were deleted.
 pub async fn delete_owned(api: &dyn NetBoxApi, owner: &OwnerScope) -> Result<u64, NetBoxError> {
-    // Every mark of this scope, whatever Proxmox cluster it was synced from.
-    let q = vec![
-        ("cf_proxmox_owner__isw".to_string(), owner.prefix()),
-        ("tag".to_string(), OWNER_TAG.to_string()),
-    ];
     let mut deleted = 0;
     for kind in Kind::OWNED {
+        // Every mark of this scope, whatever Proxmox cluster it was synced from.
+        let mut q = vec![("cf_proxmox_owner__isw".to_string(), owner.prefix())];
+        if kind.carries_owner_tag() {
+            q.push(("tag".to_string(), OWNER_TAG.to_string()));
+        }
         let ids: Vec<u64> = api
             .list(kind.endpoint(), &q)
             .await?
@@ -124,6 +151,7 @@ pub async fn delete_owned(api: &dyn NetBoxApi, owner: &OwnerScope) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netbox::client::NetBoxVersion;
     use crate::netbox::kinds::CF_GROUP;
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -171,6 +199,11 @@ mod tests {
         }
         fn request_counts(&self) -> (u64, u64) {
             (0, 0)
+        }
+        fn version(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+            Box::pin(async { Ok(Some((4, 7, 3))) })
         }
     }
 

@@ -76,6 +76,13 @@ impl Kind {
         Kind::Device,
     ];
 
+    /// True for the kinds marked by the owner tag as well as the owner custom field
+    /// (devices and VMs, so that they are found again if the custom field is deleted);
+    /// their children are marked by the custom field only.
+    pub fn carries_owner_tag(self) -> bool {
+        matches!(self, Kind::Device | Kind::VirtualMachine)
+    }
+
     /// NetBox's name of the kind (`app_label.model`), also its object type.
     pub fn name(self) -> &'static str {
         match self {
@@ -137,7 +144,8 @@ impl Kind {
 
     /// Identity of an object of this kind, as the operator keys it: the node name, the
     /// vmid, `parent id/name` for interfaces and disks, `object type/interface id/value`
-    /// for MAC and IP addresses.
+    /// for MAC and IP addresses, `unassigned/value` for a MAC address not assigned yet
+    /// (created just before the interface it is the primary MAC of).
     pub fn key_of(self, obj: &Value) -> Option<String> {
         let nested = |f: &str| id_of(&obj[f]);
         let assigned = |value: &str| {
@@ -157,7 +165,14 @@ impl Kind {
                 nested("virtual_machine")?,
                 obj["name"].as_str()?
             )),
-            Kind::MacAddress => assigned(&obj["mac_address"].as_str()?.to_ascii_uppercase()),
+            Kind::MacAddress => {
+                let mac = obj["mac_address"].as_str()?.to_ascii_uppercase();
+                if obj["assigned_object_type"].is_null() {
+                    Some(unassigned_mac_key(&mac))
+                } else {
+                    assigned(&mac)
+                }
+            }
             Kind::IpAddress => assigned(obj["address"].as_str()?),
         }
     }
@@ -188,6 +203,14 @@ impl Kind {
         )
     }
 }
+
+/// The key of an owned MAC address not assigned to an interface.
+pub fn unassigned_mac_key(mac: &str) -> String {
+    format!("{UNASSIGNED_MAC}{}", mac.to_ascii_uppercase())
+}
+
+/// Key prefix of owned MAC addresses not assigned to an interface.
+pub const UNASSIGNED_MAC: &str = "unassigned/";
 
 /// Nested objects to their id, choices to their value.
 fn shrink(v: Value) -> Value {
@@ -292,6 +315,11 @@ impl OwnedObjects {
         self.insert(kind, key.to_string(), Value::Object(merged));
     }
 
+    /// Removes and returns the object of `kind` with `key`.
+    pub fn take(&mut self, kind: Kind, key: &str) -> Option<Value> {
+        self.by_kind.get_mut(&kind)?.remove(key)
+    }
+
     /// Forgets the objects of `kind` with these ids (deleted).
     pub fn remove_ids(&mut self, kind: Kind, ids: BTreeSet<u64>) {
         if let Some(m) = self.by_kind.get_mut(&kind) {
@@ -378,6 +406,15 @@ mod tests {
         assert_eq!(
             Kind::MacAddress.key_of(&mac).as_deref(),
             Some("dcim.interface/3/BC:24:11:00:00:01")
+        );
+        let unassigned = json!({"mac_address": "bc:24:11:00:00:01", "assigned_object_type": null, "assigned_object_id": null});
+        assert_eq!(
+            Kind::MacAddress.key_of(&unassigned).as_deref(),
+            Some("unassigned/BC:24:11:00:00:01")
+        );
+        assert_eq!(
+            Kind::MacAddress.key_of(&Kind::MacAddress.compact(unassigned)),
+            Kind::MacAddress.key_of(&json!({"mac_address": "BC:24:11:00:00:01"}))
         );
         for k in Kind::OWNED {
             assert_eq!(Kind::from_name(k.name()), Some(k));

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::apply::{Session, is_placeholder};
 use super::client::NetBoxError;
-use super::kinds::{CF_OWNER, Kind, OWNER_TAG, custom_field, id_of};
+use super::kinds::{CF_OWNER, Kind, OWNER_TAG, OwnedObjects, custom_field, id_of};
 use super::mapping::guest_names;
 use super::plan::{Candidates, SharedIds};
 use super::prune::Deletion;
@@ -24,7 +24,7 @@ pub async fn observe(
     shared: &SharedIds,
     inv: &Inventory,
 ) -> Result<Candidates, NetBoxError> {
-    observe_owned(s, shared).await?;
+    let unmarked_children = observe_owned(s, shared).await?;
     let nodes: Vec<String> = inv
         .nodes
         .iter()
@@ -66,15 +66,26 @@ pub async fn observe(
         unowned_devices,
         unowned_vms,
         disk_repairs,
+        unmarked_children,
     })
 }
 
 /// Reads the owned objects; owned duplicates are deleted first (children before their
-/// parents, by the order of the kinds) and the objects read again.
-async fn observe_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<(), NetBoxError> {
-    let mut duplicates = read_owned(s, shared).await?;
+/// parents, by the order of the kinds) and the objects read again. Returns the unmarked
+/// children of objects taken back by the owner tag ([`read_owned_by_tag`]).
+async fn observe_owned(
+    s: &mut Session<'_>,
+    shared: &SharedIds,
+) -> Result<OwnedObjects, NetBoxError> {
+    if !shared.owner_field_existed {
+        for k in Kind::OWNED {
+            s.owned.set(k, BTreeMap::new());
+        }
+        return read_owned_by_tag(s, shared).await;
+    }
+    let mut duplicates = read_owned(s).await?;
     if duplicates.is_empty() {
-        return Ok(());
+        return Ok(OwnedObjects::default());
     }
     tracing::warn!(
         owner = %s.settings.owner,
@@ -84,25 +95,21 @@ async fn observe_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<(), Ne
     duplicates.sort_by_key(|d| Kind::OWNED.iter().position(|k| *k == d.kind));
     s.report.duplicates_removed += duplicates.len() as u64;
     s.delete_many(duplicates).await;
-    if s.dry_run {
-        return Ok(());
+    if !s.dry_run {
+        let again = read_owned(s).await?;
+        if !again.is_empty() {
+            tracing::warn!(owner = %s.settings.owner, duplicates = again.len(), "owned duplicates left; deleted on the next sync");
+        }
     }
-    let again = read_owned(s, shared).await?;
-    if !again.is_empty() {
-        tracing::warn!(owner = %s.settings.owner, duplicates = again.len(), "owned duplicates left; deleted on the next sync");
-    }
-    Ok(())
+    Ok(OwnedObjects::default())
 }
 
-/// Reads every owned kind by the owner's marks; returns the owned duplicates.
-async fn read_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<Vec<Deletion>, NetBoxError> {
+/// Reads every owned kind by the owner's marks (devices and VMs: the owner custom field
+/// and the owner tag; their children: the custom field); returns the owned duplicates.
+async fn read_owned(s: &mut Session<'_>) -> Result<Vec<Deletion>, NetBoxError> {
     let mut duplicates = Vec::new();
     for k in Kind::OWNED {
         s.owned.set(k, BTreeMap::new());
-    }
-    if !shared.owner_field_existed {
-        read_owned_by_tag(s, shared).await?;
-        return Ok(duplicates);
     }
     // The owner's mark; with adoption, also this scope's other marks and its legacy one.
     let settings = s.settings;
@@ -115,11 +122,13 @@ async fn read_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<Vec<Delet
         .iter()
         .flat_map(|k| {
             marks.iter().map(|(filter, mark)| {
-                let q = vec![
+                let mut q = vec![
                     (filter.to_string(), mark.clone()),
-                    ("tag".to_string(), OWNER_TAG.to_string()),
                     ("fields".to_string(), k.fields().to_string()),
                 ];
+                if k.carries_owner_tag() {
+                    q.push(("tag".to_string(), OWNER_TAG.to_string()));
+                }
                 (*k, q)
             })
         })
@@ -132,8 +141,8 @@ async fn read_owned(s: &mut Session<'_>, shared: &SharedIds) -> Result<Vec<Delet
     // never held at once.
     while let Some((k, r)) = results.next().await {
         for o in r? {
-            // Both marks, checked again on the answer: the tag (by the query) and the
-            // owner (NetBox ignores a filter it does not know).
+            // The owner mark is checked again on the answer (NetBox ignores a filter it
+            // does not know).
             let mark = custom_field(&o, CF_OWNER);
             if !mark.as_deref().is_some_and(|m| owned_mark(s, m)) {
                 continue;
@@ -191,72 +200,127 @@ fn keep_first(
 }
 
 /// Without `proxmox_owner` (first sync, or the field was deleted, which wipes its values),
-/// the owned objects are those with the operator's tag in this sync's NetBox cluster and
-/// their children with the tag. They get the owner mark back on this sync.
-async fn read_owned_by_tag(s: &mut Session<'_>, shared: &SharedIds) -> Result<(), NetBoxError> {
+/// the owned devices and VMs are those with the operator's tag in this sync's NetBox
+/// cluster; their children with the tag (every object had it before 2026-12) are taken
+/// back at once. Their unmarked children are returned: each is taken back only where a
+/// desired object has its identity ([`super::plan::children_stage`]), the others are
+/// left alone. Everything taken back gets the owner mark again on this sync.
+async fn read_owned_by_tag(
+    s: &mut Session<'_>,
+    shared: &SharedIds,
+) -> Result<OwnedObjects, NetBoxError> {
+    let mut unmarked = OwnedObjects::default();
     if is_placeholder(shared.cluster) {
-        return Ok(());
+        return Ok(unmarked);
     }
-    let tagged = |extra: Option<(&str, u64)>| {
-        let mut q = vec![("tag".to_string(), OWNER_TAG.to_string())];
-        q.extend(extra.map(|(k, v)| (k.to_string(), v.to_string())));
-        q
-    };
+    for kind in [Kind::Device, Kind::VirtualMachine] {
+        let q = vec![
+            ("tag".to_string(), OWNER_TAG.to_string()),
+            ("cluster_id".to_string(), shared.cluster.to_string()),
+            ("fields".to_string(), kind.fields().to_string()),
+        ];
+        let found: BTreeMap<String, Value> = s
+            .api
+            .list(kind.endpoint(), &q)
+            .await?
+            .into_iter()
+            .filter(|o| custom_field(o, CF_OWNER).is_none())
+            .filter_map(|o| Some((kind.key_of(&o)?, kind.compact(o))))
+            .collect();
+        warn_taken_back(kind, found.len());
+        s.owned.set(kind, found);
+    }
+    let devices: Vec<u64> = s.owned.ids(Kind::Device).into_values().collect();
+    let vms: Vec<u64> = s.owned.ids(Kind::VirtualMachine).into_values().collect();
+    // Ids of the parents taken back (or unmarked, for addresses), by kind.
     let mut parents: BTreeMap<Kind, BTreeSet<u64>> = BTreeMap::new();
-    let has_parent = |parents: &BTreeMap<Kind, BTreeSet<u64>>, kind: Kind, id: Option<u64>| {
-        id.is_some_and(|p| parents.get(&kind).is_some_and(|ids| ids.contains(&p)))
-    };
+    parents.insert(Kind::Device, devices.iter().copied().collect());
+    parents.insert(Kind::VirtualMachine, vms.iter().copied().collect());
     for kind in [
-        Kind::Device,
-        Kind::VirtualMachine,
         Kind::Interface,
         Kind::VmInterface,
         Kind::VirtualDisk,
         Kind::MacAddress,
         Kind::IpAddress,
     ] {
-        let mut q = match kind {
-            Kind::Device | Kind::VirtualMachine => tagged(Some(("cluster_id", shared.cluster))),
-            _ => tagged(None),
-        };
-        q.push(("fields".to_string(), kind.fields().to_string()));
-        let mut found = BTreeMap::new();
-        for o in s.api.list(kind.endpoint(), &q).await? {
-            let parent_ok = match kind {
-                Kind::Interface => has_parent(&parents, Kind::Device, id_of(&o["device"])),
-                Kind::VmInterface | Kind::VirtualDisk => {
-                    has_parent(&parents, Kind::VirtualMachine, id_of(&o["virtual_machine"]))
-                }
-                Kind::MacAddress | Kind::IpAddress => {
-                    let Some(of) = o["assigned_object_type"]
-                        .as_str()
-                        .and_then(Kind::from_name)
-                        .filter(|k| matches!(k, Kind::Interface | Kind::VmInterface))
-                    else {
-                        continue;
-                    };
-                    has_parent(&parents, of, o["assigned_object_id"].as_u64())
-                }
-                Kind::Device | Kind::VirtualMachine => true,
-            };
-            if !parent_ok || custom_field(&o, CF_OWNER).is_some() {
+        let mut read = Vec::new();
+        if matches!(kind, Kind::Interface | Kind::MacAddress | Kind::IpAddress) {
+            read.extend(children_of(s, kind, "device_id", &devices).await?);
+        }
+        if kind != Kind::Interface {
+            read.extend(children_of(s, kind, "virtual_machine_id", &vms).await?);
+        }
+        let mut tagged = BTreeMap::new();
+        for o in read {
+            let has_tag = o["tags"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["slug"] == OWNER_TAG || id_of(t) == Some(shared.owner_tag))
+            });
+            let Some(key) = kind.key_of(&o) else { continue };
+            if custom_field(&o, CF_OWNER).is_some() || !has_owned_parent(&parents, kind, &o) {
                 continue;
             }
-            if let Some(key) = kind.key_of(&o) {
-                parents.entry(kind).or_default().extend(id_of(&o));
-                found.insert(key, kind.compact(o));
+            parents.entry(kind).or_default().extend(id_of(&o));
+            if has_tag {
+                tagged.insert(key, kind.compact(o));
+            } else {
+                unmarked.insert(kind, key, o);
             }
         }
-        if !found.is_empty() {
-            tracing::warn!(
-                kind = kind.name(),
-                objects = found.len(),
-                "custom field proxmox_owner was missing: objects with the operator's tag in this cluster are taken back"
-            );
-        }
-        s.owned.set(kind, found);
+        warn_taken_back(kind, tagged.len());
+        s.owned.set(kind, tagged);
     }
-    Ok(())
+    Ok(unmarked)
+}
+
+/// Logs objects taken back by the owner tag.
+fn warn_taken_back(kind: Kind, objects: usize) {
+    if objects > 0 {
+        tracing::warn!(
+            kind = kind.name(),
+            objects,
+            "custom field proxmox_owner was missing: objects with the operator's tag in this cluster are taken back"
+        );
+    }
+}
+
+/// Objects of `kind` whose parent is one of `parents` (`filter`: `device_id` or
+/// `virtual_machine_id`), read in chunks of 100 parents.
+async fn children_of(
+    s: &Session<'_>,
+    kind: Kind,
+    filter: &str,
+    parents: &[u64],
+) -> Result<Vec<Value>, NetBoxError> {
+    let mut out = Vec::new();
+    for chunk in parents.chunks(100) {
+        let mut q: Vec<(String, String)> = chunk
+            .iter()
+            .map(|id| (filter.to_string(), id.to_string()))
+            .collect();
+        q.push(("fields".to_string(), kind.fields().to_string()));
+        out.extend(s.api.list(kind.endpoint(), &q).await?);
+    }
+    Ok(out)
+}
+
+/// True when the parent of a child object is among `parents` (ids by kind).
+fn has_owned_parent(parents: &BTreeMap<Kind, BTreeSet<u64>>, kind: Kind, o: &Value) -> bool {
+    let known = |parent: Kind, id: Option<u64>| {
+        id.is_some_and(|id| parents.get(&parent).is_some_and(|p| p.contains(&id)))
+    };
+    match kind {
+        Kind::Interface => known(Kind::Device, id_of(&o["device"])),
+        Kind::VmInterface | Kind::VirtualDisk => {
+            known(Kind::VirtualMachine, id_of(&o["virtual_machine"]))
+        }
+        Kind::MacAddress | Kind::IpAddress => o["assigned_object_type"]
+            .as_str()
+            .and_then(Kind::from_name)
+            .filter(|k| matches!(k, Kind::Interface | Kind::VmInterface))
+            .is_some_and(|of| known(of, o["assigned_object_id"].as_u64())),
+        Kind::Device | Kind::VirtualMachine => true,
+    }
 }
 
 /// Unowned objects of `kind` with the given names in a scope (`site_id`, `cluster_id`).

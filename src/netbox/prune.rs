@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use super::kinds::{CF_STALE_SINCE, Kind, OwnedObjects, custom_field, id_of};
+use super::kinds::{CF_STALE_SINCE, Kind, OwnedObjects, UNASSIGNED_MAC, custom_field, id_of};
 use super::plan::{PlanInput, normalize_cidr};
 use crate::inventory::{ReadOutcome, ReadScope};
 
@@ -17,6 +17,9 @@ pub const REASON_CHILD_GONE: &str = "gone from Proxmox (its parent's config was 
 pub const REASON_GRACE_EXPIRED: &str = "gone from Proxmox for longer than the grace period";
 /// Why a node or guest is deleted at once.
 pub const REASON_GONE_NO_GRACE: &str = "gone from Proxmox (grace period 0)";
+/// Why an unassigned MAC address is deleted.
+pub const REASON_UNASSIGNED_MAC: &str =
+    "made for an interface whose create did not finish (the interface gets a new one)";
 /// Why a node or guest is marked stale.
 pub const REASON_GONE: &str = "gone from Proxmox";
 
@@ -102,10 +105,21 @@ fn children(
         Kind::Interface,
     ] {
         for (key, obj) in owned.of(kind) {
+            let Some(id) = id_of(obj) else { continue };
+            if kind == Kind::MacAddress && key.starts_with(UNASSIGNED_MAC) {
+                // Made just before a new interface's create that failed or was cut short:
+                // the operator's own half-done write, cleaned up whatever the settings.
+                out.child_deletes.push(Deletion {
+                    kind,
+                    id,
+                    label: key.clone(),
+                    reason: REASON_UNASSIGNED_MAC,
+                });
+                continue;
+            }
             if wanted.contains(&(kind, key.clone())) || !kind_synced(input, kind, obj) {
                 continue;
             }
-            let Some(id) = id_of(obj) else { continue };
             if scopes.parent_gone(kind, obj) {
                 // Goes with its parent (stale, then deleted by NetBox's cascade).
                 continue;

@@ -16,7 +16,7 @@ use crate::hardware::facts::NodeHardware;
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::net::guard::EndpointGuard;
 use crate::netbox::client::{
-    NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError, NetBoxMetrics,
+    NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError, NetBoxMetrics, NetBoxVersion,
 };
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
@@ -152,6 +152,15 @@ impl<A: NetBoxApi + ?Sized> NetBoxApi for CountedNetBox<'_, A> {
 
     fn request_counts(&self) -> (u64, u64) {
         self.inner.request_counts()
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+        Box::pin(async move {
+            self.check()?;
+            let r = self.inner.version().await;
+            self.record(&r);
+            r
+        })
     }
 }
 
@@ -493,6 +502,9 @@ mod tests {
         fn request_counts(&self) -> (u64, u64) {
             (7, 3)
         }
+        fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+            Box::pin(async { Ok(None) })
+        }
     }
 
     #[tokio::test]
@@ -594,6 +606,9 @@ mod tests {
         }
         fn request_counts(&self) -> (u64, u64) {
             (0, 0)
+        }
+        fn version(&self) -> BoxFuture<'_, Result<Option<NetBoxVersion>, NetBoxError>> {
+            Box::pin(async { Ok(None) })
         }
     }
 

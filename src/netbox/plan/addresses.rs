@@ -1,16 +1,15 @@
 //! Desired MAC and IP addresses of node and guest interfaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use super::{Desired, PlanInput, normalize_cidr};
 use crate::inventory::AddressSource;
-use crate::netbox::kinds::{Kind, OwnedObjects, fields};
+use crate::netbox::kinds::{Kind, OwnedObjects, fields, id_of, unassigned_mac_key};
 
 /// The desired object of an address of `value` on an interface.
 struct Assigned<'a> {
-    kind: Kind,
     object_type: Kind,
     object_id: u64,
     value: &'a str,
@@ -27,6 +26,27 @@ impl Assigned<'_> {
     }
 }
 
+/// The fields of an owned MAC address of `value`, assigned to `on` (type and id) or not
+/// assigned yet.
+fn mac_fields(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    key: &str,
+    value: &str,
+    on: Option<(Kind, u64)>,
+) -> Map<String, Value> {
+    let mut f = fields(json!({
+        "mac_address": value,
+        "custom_fields": input.owner_cf(),
+        "tags": input.child_tags(owned.get(Kind::MacAddress, key)),
+    }));
+    if let Some((object_type, id)) = on {
+        f.insert("assigned_object_type".into(), json!(object_type.name()));
+        f.insert("assigned_object_id".into(), json!(id));
+    }
+    f
+}
+
 /// MAC addresses of node interfaces (from discovery) and guest interfaces.
 pub fn macs(
     input: &PlanInput,
@@ -37,13 +57,13 @@ pub fn macs(
     let mut desired = Vec::new();
     let mut add = |on: Assigned, label: String| {
         let key = on.key();
-        let f = fields(json!({
-            "mac_address": on.value,
-            "assigned_object_type": on.object_type.name(),
-            "assigned_object_id": on.object_id,
-            "custom_fields": input.owner_cf(),
-            "tags": input.merged_tags(owned.get(on.kind, &key), &[]),
-        }));
+        let f = mac_fields(
+            input,
+            owned,
+            &key,
+            on.value,
+            Some((on.object_type, on.object_id)),
+        );
         desired.push(Desired {
             key,
             label,
@@ -65,7 +85,6 @@ pub fn macs(
                     continue;
                 };
                 let on = Assigned {
-                    kind: Kind::MacAddress,
                     object_type: Kind::Interface,
                     object_id: iface,
                     value: mac,
@@ -77,30 +96,107 @@ pub fn macs(
             }
         }
     }
-    if input.settings.vm_interfaces {
-        let vms = owned.ids(Kind::VirtualMachine);
-        for g in input.synced_guests() {
-            let Some(vm) = vms.get(&g.vmid.to_string()) else {
-                continue;
-            };
-            for nic in &g.nics {
-                let (Some(mac), Some(&iface)) = (
-                    nic.mac.as_deref(),
-                    vm_ifaces.get(&format!("{vm}/{}", nic.slot)),
-                ) else {
-                    continue;
-                };
-                let on = Assigned {
-                    kind: Kind::MacAddress,
-                    object_type: Kind::VmInterface,
-                    object_id: iface,
-                    value: mac,
-                };
-                add(on, format!("vm {} {} MAC {mac}", g.vmid, nic.slot));
+    for (iface_key, (mac, label)) in guest_nic_macs(input, owned) {
+        let Some(&iface) = vm_ifaces.get(&iface_key) else {
+            continue;
+        };
+        let on = Assigned {
+            object_type: Kind::VmInterface,
+            object_id: iface,
+            value: mac,
+        };
+        add(on, label);
+    }
+    desired
+}
+
+/// The MAC of each synced guest NIC whose VM exists, by interface key (`vm id/slot`),
+/// with its label.
+fn guest_nic_macs<'a>(
+    input: &'a PlanInput,
+    owned: &OwnedObjects,
+) -> BTreeMap<String, (&'a str, String)> {
+    let mut out = BTreeMap::new();
+    if !input.settings.vm_interfaces {
+        return out;
+    }
+    let vms = owned.ids(Kind::VirtualMachine);
+    for g in input.synced_guests() {
+        let Some(vm) = vms.get(&g.vmid.to_string()) else {
+            continue;
+        };
+        for nic in &g.nics {
+            if let Some(mac) = nic.mac.as_deref() {
+                let label = format!("vm {} {} MAC {mac}", g.vmid, nic.slot);
+                out.insert(format!("{vm}/{}", nic.slot), (mac, label));
             }
         }
     }
-    desired
+    out
+}
+
+/// The MACs of the guest interfaces `planned` that do not exist yet, one interface per
+/// MAC value: (interface key, unassigned MAC key, MAC, label).
+fn new_interface_macs<'a>(
+    input: &'a PlanInput,
+    owned: &OwnedObjects,
+    planned: &[Desired],
+) -> Vec<(String, String, &'a str, String)> {
+    if !input.shared.primary_mac_at_create {
+        return Vec::new();
+    }
+    let macs = guest_nic_macs(input, owned);
+    let mut seen = BTreeSet::new();
+    planned
+        .iter()
+        .filter(|d| !owned.contains(Kind::VmInterface, &d.key))
+        .filter_map(|d| {
+            let (mac, label) = macs.get(&d.key)?;
+            let key = unassigned_mac_key(mac);
+            seen.insert(key.clone())
+                .then(|| (d.key.clone(), key, *mac, label.clone()))
+        })
+        .collect()
+}
+
+/// MAC addresses created, unassigned, before the new guest interfaces they are the
+/// primary MAC of, where NetBox assigns such a MAC at the interface's creation
+/// ([`super::SharedIds::primary_mac_at_create`]): one PATCH per new interface saved. An
+/// owned unassigned MAC of the same value, left by an interrupted sync, is used instead
+/// of a new one.
+pub fn macs_before_interfaces(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    planned: &[Desired],
+) -> Vec<Desired> {
+    new_interface_macs(input, owned, planned)
+        .into_iter()
+        .filter(|(_, key, _, _)| !owned.contains(Kind::MacAddress, key))
+        .map(|(_, key, mac, label)| Desired {
+            fields: mac_fields(input, owned, &key, mac, None),
+            key,
+            label,
+        })
+        .collect()
+}
+
+/// The new guest interfaces `planned`, each given its unassigned MAC (made by
+/// [`macs_before_interfaces`]) as primary MAC.
+pub fn with_primary_macs(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    mut planned: Vec<Desired>,
+) -> Vec<Desired> {
+    let ids: BTreeMap<String, u64> = new_interface_macs(input, owned, &planned)
+        .into_iter()
+        .filter_map(|(iface, key, _, _)| Some((iface, id_of(owned.get(Kind::MacAddress, &key)?)?)))
+        .collect();
+    for d in &mut planned {
+        if let Some(id) = ids.get(&d.key) {
+            d.fields.insert("primary_mac_address".into(), json!(id));
+        }
+    }
+    planned
 }
 
 /// The desired IP address `on` an interface.
@@ -121,7 +217,7 @@ fn ip(
         "tenant": input.shared.tenant,
         "description": description,
         "custom_fields": input.owner_cf(),
-        "tags": input.merged_tags(owned.get(on.kind, &key), &[]),
+        "tags": input.child_tags(owned.get(Kind::IpAddress, &key)),
     }));
     Desired {
         key,
@@ -161,7 +257,6 @@ pub fn ips(
                 AddressSource::CloudInit => "from cloud-init ipconfig",
             };
             let on = Assigned {
-                kind: Kind::IpAddress,
                 object_type: Kind::VmInterface,
                 object_id: iface,
                 value: &c,
@@ -195,7 +290,6 @@ fn node_ips(
                 .filter_map(|c| normalize_cidr(c))
             {
                 let on = Assigned {
-                    kind: Kind::IpAddress,
                     object_type: Kind::Interface,
                     object_id: id,
                     value: &c,

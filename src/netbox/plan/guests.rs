@@ -169,7 +169,7 @@ pub fn interfaces(
                 "mode": vlan.map(|_| "access"),
                 "untagged_vlan": vlan,
                 "custom_fields": input.owner_cf(),
-                "tags": input.merged_tags(owned.get(Kind::VmInterface, &key), &[]),
+                "tags": input.child_tags(owned.get(Kind::VmInterface, &key)),
             }));
             desired.push(Desired {
                 key,
@@ -201,7 +201,7 @@ pub fn disks(input: &PlanInput, owned: &OwnedObjects, vms: &BTreeMap<String, u64
                 "size": bytes_to_mib(d.size_bytes.unwrap_or(0)),
                 "description": truncate(&d.volume, 200),
                 "custom_fields": cf,
-                "tags": input.merged_tags(owned.get(Kind::VirtualDisk, &key), &[]),
+                "tags": input.child_tags(owned.get(Kind::VirtualDisk, &key)),
             }));
             desired.push(Desired {
                 key,

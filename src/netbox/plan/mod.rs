@@ -26,6 +26,9 @@ pub const REASON_NEW: &str = "not in NetBox";
 pub const REASON_CHANGED: &str = "differs from Proxmox";
 /// Why an unowned object is taken over.
 pub const REASON_ADOPTED: &str = "unowned object with this identity (spec.netbox.adoptExisting)";
+/// Why an unmarked child of a device or VM taken back by the owner tag is taken back.
+pub const REASON_TAKEN_BACK: &str =
+    "child of an owned object, with a desired identity, unmarked after proxmox_owner was deleted";
 
 /// Ids of the shared objects (tags, site, cluster, roles...) the owned objects refer to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -68,10 +71,15 @@ pub struct SharedIds {
     /// `proxmox_owner` existed before this sync (else it is new, or was deleted and
     /// re-created: owned objects are found by tag and cluster instead, and marked again).
     pub owner_field_existed: bool,
+    /// NetBox assigns an unassigned MAC address given as an interface's primary MAC when
+    /// the interface is created (NetBox 4.4.2 and newer), which saves a PATCH per new
+    /// interface.
+    #[serde(default)]
+    pub primary_mac_at_create: bool,
 }
 
 impl SharedIds {
-    /// The tags every owned object carries.
+    /// The tags every owned device, VM, cluster and VLAN carries.
     pub fn owned_tags(&self) -> Vec<u64> {
         let mut t = vec![self.owner_tag];
         t.extend(&self.extra_tags);
@@ -89,6 +97,10 @@ pub struct Candidates {
     pub unowned_vms: BTreeMap<String, Value>,
     /// VMs whose `disk` total is not the sum of their disks: the right total, by vmid.
     pub disk_repairs: BTreeMap<String, Value>,
+    /// When `proxmox_owner` was missing: the unmarked children of the devices and VMs
+    /// taken back by the owner tag. Each is taken back only where a desired object has its
+    /// identity; the others are left alone.
+    pub unmarked_children: OwnedObjects,
 }
 
 /// Everything the plan is computed from, besides the owned objects.
@@ -124,9 +136,28 @@ impl PlanInput<'_> {
             .filter(move |g| templates || !g.template)
     }
 
-    /// The tags an object should have: the human ones it has, plus ours, minus stale and
-    /// PVE tags that no longer apply. A human tag is never removed, whatever its name.
+    /// The tags a device or VM should have: the human ones it has, plus ours, minus stale
+    /// and PVE tags that no longer apply. A human tag is never removed, whatever its name.
     pub fn merged_tags(&self, existing: Option<&Value>, pve_tags: &[u64]) -> Vec<u64> {
+        let mut out = self.kept_tags(existing);
+        out.extend(self.shared.owned_tags());
+        out.extend(pve_tags);
+        out.into_iter().collect()
+    }
+
+    /// The tags a child object (interface, disk, MAC or IP address) should have: the ones
+    /// it has plus `spec.netbox.tags`. Children are marked by the owner custom field only
+    /// (a tag is a many-to-many row, and costs NetBox about 60% more per create,
+    /// docs/benchmarks.md): the owner tag is not added, and kept where an earlier version
+    /// put it.
+    pub fn child_tags(&self, existing: Option<&Value>) -> Vec<u64> {
+        let mut out = self.kept_tags(existing);
+        out.extend(&self.shared.extra_tags);
+        out.into_iter().collect()
+    }
+
+    /// The tags of `existing` that stay: all but the stale tag and PVE tags.
+    fn kept_tags(&self, existing: Option<&Value>) -> BTreeSet<u64> {
         let shared = self.shared;
         let mut out: BTreeSet<u64> = BTreeSet::new();
         for t in existing
@@ -141,9 +172,7 @@ impl PlanInput<'_> {
                 out.insert(id);
             }
         }
-        out.extend(shared.owned_tags());
-        out.extend(pve_tags);
-        out.into_iter().collect()
+        out
     }
 }
 
@@ -167,6 +196,8 @@ pub struct Adoption {
     pub label: String,
     /// The object as read.
     pub object: Value,
+    /// Why it is taken over.
+    pub reason: &'static str,
 }
 
 /// The desired objects of one kind, with the unowned objects in their way.
@@ -196,6 +227,7 @@ pub fn adopt_or_collide(
             key: key.into(),
             label: label.into(),
             object: existing.clone(),
+            reason: REASON_ADOPTED,
         });
         return true;
     }
@@ -210,6 +242,34 @@ pub fn adopt_or_collide(
         message,
     });
     false
+}
+
+/// The desired children of one kind, with the unmarked children of recovered parents
+/// that have their identity taken back first (see [`Candidates::unmarked_children`]).
+pub fn children_stage(
+    input: &PlanInput,
+    owned: &OwnedObjects,
+    kind: Kind,
+    desired: Vec<Desired>,
+) -> StagePlan {
+    let unmarked = input.candidates.unmarked_children.of(kind);
+    let adoptions = desired
+        .iter()
+        .filter(|d| !owned.contains(kind, &d.key))
+        .filter_map(|d| {
+            unmarked.get(&d.key).map(|object| Adoption {
+                key: d.key.clone(),
+                label: d.label.clone(),
+                object: object.clone(),
+                reason: REASON_TAKEN_BACK,
+            })
+        })
+        .collect();
+    StagePlan {
+        desired,
+        adoptions,
+        collisions: Vec::new(),
+    }
 }
 
 /// An owned object with changed fields.

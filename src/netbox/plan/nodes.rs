@@ -125,7 +125,7 @@ pub fn interfaces(
             let mut f = interface_fields(input, device, iface, facts);
             f.insert(
                 "tags".into(),
-                json!(input.merged_tags(owned.get(Kind::Interface, &key), &[])),
+                json!(input.child_tags(owned.get(Kind::Interface, &key))),
             );
             let exists = owned.contains(Kind::Interface, &key);
             let physical = matches!(
