@@ -52,9 +52,9 @@ pub struct Session<'a> {
     /// Owned objects by kind and key.
     pub owned: OwnedObjects,
     placeholder: u64,
-    /// Objects counted in the report under another key this sync (MACs created
+    /// Keys of objects counted in the report under another key this sync (MACs created
     /// unassigned, then assigned by their interface's create), not counted again.
-    counted: BTreeSet<(Kind, String)>,
+    counted: BTreeMap<Kind, BTreeSet<String>>,
 }
 
 impl<'a> Session<'a> {
@@ -70,7 +70,7 @@ impl<'a> Session<'a> {
             },
             owned: OwnedObjects::default(),
             placeholder: PLACEHOLDER_BASE,
-            counted: BTreeSet::new(),
+            counted: BTreeMap::new(),
         }
     }
 
@@ -138,9 +138,10 @@ impl<'a> Session<'a> {
     }
 
     /// NetBox assigns an unassigned MAC address given as primary MAC in an interface's
-    /// create to that interface: the owned MACs are keyed as NetBox now holds them.
-    /// Returns the ids of the MACs assigned.
-    pub fn note_primary_macs_assigned(&mut self, iface_kind: Kind) -> Vec<u64> {
+    /// create to that interface: the owned MACs are keyed as NetBox now holds them. Those
+    /// among `made_earlier` (left unassigned by an earlier sync) count as updated; the
+    /// others were counted as created.
+    pub fn note_primary_macs_assigned(&mut self, iface_kind: Kind, made_earlier: &BTreeSet<u64>) {
         let unassigned: BTreeMap<u64, String> = self
             .owned
             .of(Kind::MacAddress)
@@ -149,7 +150,7 @@ impl<'a> Session<'a> {
             .filter_map(|(key, mac)| Some((id_of(mac)?, key.clone())))
             .collect();
         if unassigned.is_empty() {
-            return Vec::new();
+            return;
         }
         let assigned: Vec<(u64, u64)> = self
             .owned
@@ -158,7 +159,6 @@ impl<'a> Session<'a> {
             .filter_map(|i| Some((id_of(i)?, id_of(&i["primary_mac_address"])?)))
             .filter(|(_, mac)| unassigned.contains_key(mac))
             .collect();
-        let mut done = Vec::new();
         for (iface, mac) in assigned {
             let Some(old_key) = unassigned.get(&mac) else {
                 continue;
@@ -170,24 +170,31 @@ impl<'a> Session<'a> {
             obj.insert("assigned_object_id".into(), json!(iface));
             let obj = Value::Object(obj);
             if let Some(key) = Kind::MacAddress.key_of(&obj) {
-                self.counted.insert((Kind::MacAddress, key.clone()));
+                if made_earlier.contains(&mac) {
+                    self.report.counts(Kind::MacAddress.name()).updated += 1;
+                }
+                self.counted
+                    .entry(Kind::MacAddress)
+                    .or_default()
+                    .insert(key.clone());
                 self.owned.insert(Kind::MacAddress, key, obj);
-                done.push(mac);
             }
         }
-        done
     }
 
     /// Creates or updates `desired` objects of `kind`; returns ids by key. Objects that
     /// failed are reported and missing from the result.
     pub async fn apply(&mut self, kind: Kind, desired: Vec<Desired>) -> BTreeMap<String, u64> {
         let changes = diff(kind, desired, &self.owned);
-        let updated: BTreeSet<&String> = changes.updates.iter().map(|u| &u.desired.key).collect();
-        let counted = changes
-            .ids
-            .keys()
-            .filter(|k| !updated.contains(k) && self.counted.contains(&(kind, k.to_string())))
-            .count() as u64;
+        let counted = self.counted.get(&kind).map_or(0, |counted| {
+            let updated: BTreeSet<&String> =
+                changes.updates.iter().map(|u| &u.desired.key).collect();
+            changes
+                .ids
+                .keys()
+                .filter(|k| !updated.contains(k) && counted.contains(*k))
+                .count() as u64
+        });
         self.report.counts(kind.name()).unchanged += changes.unchanged.saturating_sub(counted);
         self.apply_changes(kind, changes).await
     }

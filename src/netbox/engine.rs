@@ -61,7 +61,7 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
         .apply_stage(Kind::VirtualMachine, guests::vms(input, &s.owned))
         .await;
     let vm_ifaces = guests::interfaces(input, &s.owned, &vms);
-    let vm_ifaces = children(s, input, Kind::VmInterface, vm_ifaces).await;
+    let vm_ifaces = guest_interfaces(s, input, vm_ifaces).await;
     let disks = guests::disks(input, &s.owned, &vms);
     children(s, input, Kind::VirtualDisk, disks).await;
     let macs = addresses::macs(input, &s.owned, &interfaces, &vm_ifaces);
@@ -96,31 +96,36 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
     s.apply_prune(prune_plan).await;
 }
 
-/// Applies the desired children of one kind: unmarked ones with their identity taken
-/// back first (after `proxmox_owner` was deleted); new guest interfaces get their primary
-/// MAC at creation where NetBox allows it (the MACs are created just before).
+/// Applies the desired children of one kind, unmarked ones with their identity taken
+/// back first (after `proxmox_owner` was deleted).
 async fn children(
     s: &mut Session<'_>,
     input: &PlanInput<'_>,
     kind: Kind,
     desired: Vec<Desired>,
 ) -> BTreeMap<String, u64> {
-    let mut stage = plan::children_stage(input, &s.owned, kind, desired);
-    if kind == Kind::VmInterface {
-        // Interfaces taken back exist: only the new ones get a MAC made first.
-        s.take_over(Kind::VmInterface, std::mem::take(&mut stage.adoptions));
-        let left_over: BTreeSet<u64> = s.owned.ids(Kind::MacAddress).into_values().collect();
-        let macs = addresses::macs_before_interfaces(input, &s.owned, &stage.desired);
-        s.apply(Kind::MacAddress, macs).await;
-        stage.desired = addresses::with_primary_macs(input, &s.owned, stage.desired);
-        let ids = s.apply_stage(kind, stage).await;
-        let assigned = s.note_primary_macs_assigned(kind);
-        // A MAC left unassigned by an earlier sync and used now was changed, not created.
-        let reused = assigned.iter().filter(|id| left_over.contains(id)).count();
-        s.report.counts(Kind::MacAddress.name()).updated += reused as u64;
-        return ids;
-    }
+    let stage = plan::children_stage(input, &s.owned, kind, desired);
     s.apply_stage(kind, stage).await
+}
+
+/// Applies the desired guest interfaces like [`children`]; new ones get their primary
+/// MAC at creation where NetBox allows it (the MACs are created just before).
+async fn guest_interfaces(
+    s: &mut Session<'_>,
+    input: &PlanInput<'_>,
+    desired: Vec<Desired>,
+) -> BTreeMap<String, u64> {
+    let kind = Kind::VmInterface;
+    let mut stage = plan::children_stage(input, &s.owned, kind, desired);
+    // Interfaces taken back exist: only the new ones get a MAC made first.
+    s.take_over(kind, std::mem::take(&mut stage.adoptions));
+    let made_earlier: BTreeSet<u64> = s.owned.ids(Kind::MacAddress).into_values().collect();
+    let macs = addresses::macs_before_interfaces(input, &s.owned, &stage.desired);
+    s.apply(Kind::MacAddress, macs).await;
+    stage.desired = addresses::with_primary_macs(input, &s.owned, stage.desired);
+    let ids = s.apply_stage(kind, stage).await;
+    s.note_primary_macs_assigned(kind, &made_earlier);
+    ids
 }
 
 /// Deletes every object owned by `owner` (deletion policy `Delete`), children first.
