@@ -884,12 +884,18 @@ async fn a_deleted_owner_field_is_recreated_and_owned_objects_are_taken_back() {
     let s = settings("recover");
     let first = run(&nb, &s, &inv, false).await;
     assert!(first.errors.is_empty(), "{:?}", first.errors);
-    let vms = format!(
-        "virtualization/virtual-machines/?cf_proxmox_vmid=100&tag=proxmox-netbox-operator&cluster={}",
-        s.cluster_name
-    );
-    let before = rest.list(&vms).await;
-    assert_eq!(before.len(), 1);
+    let cid = rest.cluster_id(&s).await;
+    let before = rest.vm(cid, 100).await;
+    // VMs carry the owner custom field, not the owner tag.
+    assert!(!tag_slugs(&before).contains(&"proxmox-netbox-operator".to_string()));
+    // A hand-made VM in the cluster for a vmid Proxmox does not run.
+    let hand_made = rest
+        .write(
+            reqwest::Method::POST,
+            "virtualization/virtual-machines/",
+            json!({"name": "hand-made", "cluster": cid, "custom_fields": {"proxmox_vmid": 999999}}),
+        )
+        .await;
 
     // Someone deletes the custom field (NetBox drops its values from every object).
     let cf = rest.one("extras/custom-fields/?name=proxmox_owner").await;
@@ -928,14 +934,26 @@ async fn a_deleted_owner_field_is_recreated_and_owned_objects_are_taken_back() {
         "{:?}",
         r.kinds
     );
-    let after = rest.list(&vms).await;
-    assert_eq!(after.len(), 1);
-    assert_eq!(after[0]["id"], before[0]["id"]);
-    assert_eq!(after[0]["custom_fields"]["proxmox_owner"], s.owner.as_str());
+    let after = rest.vm(cid, 100).await;
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["custom_fields"]["proxmox_owner"], s.owner.as_str());
+    // The hand-made VM was not taken: unmarked, still there.
+    let hand_made = rest
+        .get(&format!(
+            "virtualization/virtual-machines/{}/",
+            hand_made["id"]
+        ))
+        .await;
+    assert!(hand_made["custom_fields"]["proxmox_owner"].is_null());
     let cf = rest.one("extras/custom-fields/?name=proxmox_owner").await;
     assert_eq!(cf["group_name"], "Proxmox");
-    // And the sync after that is a no-op again.
+    // And the sync after that is a no-op again, the hand-made VM still left alone.
     assert_eq!(run(&nb, &s, &inv, false).await.write_requests, 0);
+    rest.get(&format!(
+        "virtualization/virtual-machines/{}/",
+        hand_made["id"]
+    ))
+    .await;
 }
 
 #[tokio::test]

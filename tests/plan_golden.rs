@@ -248,7 +248,14 @@ fn run(name: &str) -> Run {
     let mut owned = edit(owned, &case.owned_edits);
     let mut case = case;
     if case.owner_field_deleted {
-        unmark(&mut owned, &mut case.candidates);
+        let templates = case.settings.sync_templates.unwrap_or(false);
+        let wanted: Vec<String> = inventory
+            .guests
+            .iter()
+            .filter(|g| templates || !g.template)
+            .map(|g| g.vmid.to_string())
+            .collect();
+        unmark(&mut owned, &mut case.candidates, &wanted);
     }
     let owned: OwnedObjects = serde_json::from_value(owned).expect("owned objects");
     let (report, after) = plan(&case, owned, &inventory, &shared);
@@ -262,9 +269,9 @@ fn run(name: &str) -> Run {
 }
 
 /// The owned objects as NetBox holds them after `proxmox_owner` was deleted: no owner
-/// value anywhere; devices and VMs still found by their tag, children (marked by the
-/// custom field only) moved to the unmarked candidates.
-fn unmark(owned: &mut Value, candidates: &mut Candidates) {
+/// value anywhere; devices still found by their tag, VMs by a wanted vmid (the observe
+/// step), children (marked by the custom field only) moved to the unmarked candidates.
+fn unmark(owned: &mut Value, candidates: &mut Candidates, wanted_vms: &[String]) {
     let Value::Object(kinds) = owned else { return };
     for (kind, objects) in kinds.iter_mut() {
         for obj in objects
@@ -277,7 +284,11 @@ fn unmark(owned: &mut Value, candidates: &mut Candidates) {
             }
         }
         let kind: Kind = serde_json::from_value(json!(kind)).unwrap();
-        if !kind.carries_owner_tag() {
+        if kind == Kind::VirtualMachine {
+            if let Some(vms) = objects.as_object_mut() {
+                vms.retain(|vmid, _| wanted_vms.contains(vmid));
+            }
+        } else if !kind.carries_owner_tag() {
             let objects = std::mem::replace(objects, json!({}));
             for (key, obj) in objects.as_object().into_iter().flatten() {
                 candidates
@@ -383,7 +394,8 @@ fn new_guest_interfaces_get_their_primary_mac_at_creation() {
             "{p:?}"
         );
     }
-    // Children carry the owner custom field, not the owner tag (1); devices and VMs both.
+    // Devices carry the owner tag (1) and the owner custom field; every other kind only the
+    // custom field.
     for (kind, objects) in serde_json::to_value(&r.after).unwrap().as_object().unwrap() {
         let kind: Kind = serde_json::from_value(json!(kind)).unwrap();
         for obj in objects.as_object().unwrap().values() {

@@ -5,16 +5,17 @@ interfaces, MAC addresses, virtual disks, IP addresses) from the simplest possib
     python floor.py EXPECTED_JSON NETBOX_URL TOKEN RUN_ID [--same-objects] [--marks M] [--mac-at-create]
 
 Without --same-objects: bare bulk creates with the fewest fields NetBox accepts.
-With --same-objects: the same objects the operator ends up with: its ownership marks (the
-owner tag and custom fields on VMs, the owner custom field on their children), and the bulk
+With --same-objects: the same objects the operator ends up with: its ownership mark (the
+owner custom field on VMs and their children; VMs' other custom fields), and the bulk
 PATCH passes NetBox's API requires for references that cannot be given at creation (a VM's
 primary IPs; an interface's primary MAC unless --mac-at-create). Needs the operator's tag
 and custom fields to exist (run after a sync).
 
 What each part costs (docs/benchmarks.md, "What the first sync costs"):
---marks none|cf|tag|both   which ownership marks go on every object; `operator`: both on
-                           VMs, the custom field on children (default: operator with
-                           --same-objects, none without)
+--marks none|cf|tag|both   which ownership marks go on every object; `operator`: the
+                           operator's marks on guests' objects, the custom field (builds
+                           of 2026-12-03 also put the tag on VMs) (default: operator
+                           with --same-objects, none without)
 --mac-at-create            MAC addresses created first, unassigned, and given to the
                            interface as its primary MAC in the interface's create (NetBox
                            assigns it), instead of the primary MAC PATCH pass
@@ -73,16 +74,16 @@ def main():
     ctype = call(url, token, 'POST', 'virtualization/cluster-types/', {'name': prefix, 'slug': prefix})
     cluster = call(url, token, 'POST', 'virtualization/clusters/', {'name': prefix, 'type': ctype['id']})
 
-    def marks(parent=False, **cf):
-        """The operator's ownership marks chosen by --marks (`parent`: on a VM)."""
+    def marks(**cf):
+        """The ownership marks chosen by --marks (`cf`: a VM's other custom fields)."""
         out = {}
-        if marks_kind in ('tag', 'both') or (marks_kind == 'operator' and parent):
+        if marks_kind in ('tag', 'both'):
             out['tags'] = [owner_tag]
         if marks_kind in ('cf', 'both', 'operator'):
             out['custom_fields'] = dict({'proxmox_owner': 'floor/' + prefix}, **cf)
         return out
 
-    if marks_kind != 'none':
+    if marks_kind in ('tag', 'both'):
         owner_tag = call(url, token, 'GET', 'extras/tags/?slug=proxmox-netbox-operator')['results'][0]['id']
     steps = {}
     started = time.time()
@@ -95,7 +96,7 @@ def main():
 
     vms = step('vms', 'POST', 'virtualization/virtual-machines/',
                [dict({'name': g['name'], 'cluster': cluster['id'], 'status': 'active'},
-                     **marks(parent=True, proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
+                     **marks(proxmox_vmid=g['vmid'], proxmox_guest_type=g['type'])) for g in guests])
     ids = dict((g['vmid'], vm['id']) for g, vm in zip(guests, vms))
     nic_keys = [(g['vmid'], n) for g in guests for n in g['nics']]
     if mac_at_create:

@@ -77,10 +77,11 @@ impl Kind {
     ];
 
     /// True for the kinds marked by the owner tag as well as the owner custom field
-    /// (devices and VMs, so that they are found again if the custom field is deleted);
-    /// their children are marked by the custom field only.
+    /// (devices, so that they are found again if the custom field is deleted); every other
+    /// kind is marked by the custom field only (a tag is a many-to-many row per object,
+    /// docs/benchmarks.md), and found again by its identity.
     pub fn carries_owner_tag(self) -> bool {
-        matches!(self, Kind::Device | Kind::VirtualMachine)
+        matches!(self, Kind::Device)
     }
 
     /// NetBox's name of the kind (`app_label.model`), also its object type.

@@ -12,6 +12,7 @@ use super::kinds::{CF_OWNER, Kind, OWNER_TAG, OwnedObjects, custom_field, id_of}
 use super::mapping::guest_names;
 use super::plan::{Candidates, SharedIds};
 use super::prune::Deletion;
+use super::settings::SyncSettings;
 use crate::inventory::Inventory;
 
 /// Why an owned duplicate is deleted.
@@ -24,7 +25,8 @@ pub async fn observe(
     shared: &SharedIds,
     inv: &Inventory,
 ) -> Result<Candidates, NetBoxError> {
-    let unmarked_children = observe_owned(s, shared).await?;
+    let desired_vms = desired_vm_keys(s.settings, inv);
+    let unmarked_children = observe_owned(s, shared, &desired_vms).await?;
     let nodes: Vec<String> = inv
         .nodes
         .iter()
@@ -76,12 +78,13 @@ pub async fn observe(
 async fn observe_owned(
     s: &mut Session<'_>,
     shared: &SharedIds,
+    desired_vms: &BTreeSet<String>,
 ) -> Result<OwnedObjects, NetBoxError> {
     if !shared.owner_field_existed {
         for k in Kind::OWNED {
             s.owned.set(k, BTreeMap::new());
         }
-        return read_owned_by_tag(s, shared).await;
+        return read_owned_by_tag(s, shared, desired_vms).await;
     }
     let mut duplicates = read_owned(s).await?;
     if duplicates.is_empty() {
@@ -199,32 +202,49 @@ fn keep_first(
     }
 }
 
+/// The vmids (VM keys) of the guests this sync wants in NetBox.
+fn desired_vm_keys(settings: &SyncSettings, inv: &Inventory) -> BTreeSet<String> {
+    if !settings.virtual_machines {
+        return BTreeSet::new();
+    }
+    inv.guests
+        .iter()
+        .filter(|g| settings.sync_templates || !g.template)
+        .map(|g| g.vmid.to_string())
+        .collect()
+}
+
 /// Without `proxmox_owner` (first sync, or the field was deleted, which wipes its values),
-/// the owned devices and VMs are those with the operator's tag in this sync's NetBox
-/// cluster; their children with the tag (every object had it before 2026-12) are taken
-/// back at once. Their unmarked children are returned: each is taken back only where a
-/// desired object has its identity ([`super::plan::children_stage`]), the others are
+/// the owned objects are found again in this sync's NetBox cluster: devices by the
+/// operator's tag; VMs by the tag (every VM had it before 2026-12) or, unmarked, by a
+/// `proxmox_vmid` this sync wants ([`vm_taken_back`]). Their children with the tag are
+/// taken back at once; their unmarked children are returned: each is taken back only where
+/// a desired object has its identity ([`super::plan::children_stage`]), the others are
 /// left alone. Everything taken back gets the owner mark again on this sync.
 async fn read_owned_by_tag(
     s: &mut Session<'_>,
     shared: &SharedIds,
+    desired_vms: &BTreeSet<String>,
 ) -> Result<OwnedObjects, NetBoxError> {
     let mut unmarked = OwnedObjects::default();
     if is_placeholder(shared.cluster) {
         return Ok(unmarked);
     }
     for kind in [Kind::Device, Kind::VirtualMachine] {
-        let q = vec![
-            ("tag".to_string(), OWNER_TAG.to_string()),
+        let mut q = vec![
             ("cluster_id".to_string(), shared.cluster.to_string()),
             ("fields".to_string(), kind.fields().to_string()),
         ];
+        if kind == Kind::Device {
+            q.push(("tag".to_string(), OWNER_TAG.to_string()));
+        }
         let found: BTreeMap<String, Value> = s
             .api
             .list(kind.endpoint(), &q)
             .await?
             .into_iter()
             .filter(|o| custom_field(o, CF_OWNER).is_none())
+            .filter(|o| kind == Kind::Device || vm_taken_back(o, shared, desired_vms))
             .filter_map(|o| Some((kind.key_of(&o)?, kind.compact(o))))
             .collect();
         warn_taken_back(kind, found.len());
@@ -252,10 +272,7 @@ async fn read_owned_by_tag(
         }
         let mut tagged = BTreeMap::new();
         for o in read {
-            let has_tag = o["tags"].as_array().is_some_and(|t| {
-                t.iter()
-                    .any(|t| t["slug"] == OWNER_TAG || id_of(t) == Some(shared.owner_tag))
-            });
+            let has_tag = has_owner_tag(&o, shared);
             let Some(key) = kind.key_of(&o) else { continue };
             if custom_field(&o, CF_OWNER).is_some() || !has_owned_parent(&parents, kind, &o) {
                 continue;
@@ -273,13 +290,31 @@ async fn read_owned_by_tag(
     Ok(unmarked)
 }
 
-/// Logs objects taken back by the owner tag.
+/// True for an object with the operator's tag.
+fn has_owner_tag(o: &Value, shared: &SharedIds) -> bool {
+    o["tags"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["slug"] == OWNER_TAG || id_of(t) == Some(shared.owner_tag))
+    })
+}
+
+/// True for an unmarked VM of this sync's cluster taken back after `proxmox_owner` was
+/// deleted: it has the operator's tag (an earlier version's mark), or its `proxmox_vmid`
+/// is a guest this sync wants. A VM for no wanted guest is left alone, never deleted.
+fn vm_taken_back(vm: &Value, shared: &SharedIds, desired: &BTreeSet<String>) -> bool {
+    has_owner_tag(vm, shared)
+        || Kind::VirtualMachine
+            .key_of(vm)
+            .is_some_and(|vmid| desired.contains(&vmid))
+}
+
+/// Logs objects taken back after `proxmox_owner` was missing.
 fn warn_taken_back(kind: Kind, objects: usize) {
     if objects > 0 {
         tracing::warn!(
             kind = kind.name(),
             objects,
-            "custom field proxmox_owner was missing: objects with the operator's tag in this cluster are taken back"
+            "custom field proxmox_owner was missing: objects of this cluster with the operator's tag or a wanted identity are taken back"
         );
     }
 }
@@ -395,4 +430,48 @@ async fn disk_totals_to_repair(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> SharedIds {
+        SharedIds {
+            owner_tag: 7,
+            ..SharedIds::default()
+        }
+    }
+
+    fn vm(vmid: u64, tags: Value) -> Value {
+        json!({"id": 1, "name": "web", "tags": tags, "custom_fields": {"proxmox_vmid": vmid}})
+    }
+
+    #[test]
+    fn an_unmarked_vm_is_taken_back_only_for_a_wanted_vmid_or_the_owner_tag() {
+        let desired: BTreeSet<String> = ["100".to_string()].into();
+        assert!(vm_taken_back(&vm(100, json!([])), &shared(), &desired));
+        assert!(!vm_taken_back(&vm(101, json!([])), &shared(), &desired));
+        assert!(!vm_taken_back(
+            &json!({"id": 2, "tags": [], "custom_fields": {}}),
+            &shared(),
+            &desired
+        ));
+        // Tagged by an earlier version: taken back even when no longer wanted (then stale).
+        assert!(vm_taken_back(
+            &vm(101, json!([{"id": 7}])),
+            &shared(),
+            &desired
+        ));
+        assert!(vm_taken_back(
+            &vm(101, json!([{"id": 9, "slug": OWNER_TAG}])),
+            &shared(),
+            &desired
+        ));
+        assert!(!vm_taken_back(
+            &vm(101, json!([{"id": 9, "slug": "other"}])),
+            &shared(),
+            &desired
+        ));
+    }
 }

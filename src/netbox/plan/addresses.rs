@@ -38,7 +38,7 @@ fn mac_fields(
     let mut f = fields(json!({
         "mac_address": value,
         "custom_fields": input.owner_cf(),
-        "tags": input.child_tags(owned.get(Kind::MacAddress, key)),
+        "tags": input.tags(Kind::MacAddress, owned.get(Kind::MacAddress, key), &[]),
     }));
     if let Some((object_type, id)) = on {
         f.insert("assigned_object_type".into(), json!(object_type.name()));
@@ -217,7 +217,7 @@ fn ip(
         "tenant": input.shared.tenant,
         "description": description,
         "custom_fields": input.owner_cf(),
-        "tags": input.child_tags(owned.get(Kind::IpAddress, &key)),
+        "tags": input.tags(Kind::IpAddress, owned.get(Kind::IpAddress, &key), &[]),
     }));
     Desired {
         key,

@@ -57,7 +57,10 @@ pub fn vms(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
             .iter()
             .filter_map(|t| input.shared.pve_tags.get(t).copied())
             .collect();
-        f.insert("tags".into(), json!(input.merged_tags(existing, &pve_tags)));
+        f.insert(
+            "tags".into(),
+            json!(input.tags(Kind::VirtualMachine, existing, &pve_tags)),
+        );
         if let Some(total) = input.candidates.disk_repairs.get(&key) {
             f.insert("disk".into(), total.clone());
         }
@@ -169,7 +172,7 @@ pub fn interfaces(
                 "mode": vlan.map(|_| "access"),
                 "untagged_vlan": vlan,
                 "custom_fields": input.owner_cf(),
-                "tags": input.child_tags(owned.get(Kind::VmInterface, &key)),
+                "tags": input.tags(Kind::VmInterface, owned.get(Kind::VmInterface, &key), &[]),
             }));
             desired.push(Desired {
                 key,
@@ -201,7 +204,7 @@ pub fn disks(input: &PlanInput, owned: &OwnedObjects, vms: &BTreeMap<String, u64
                 "size": bytes_to_mib(d.size_bytes.unwrap_or(0)),
                 "description": truncate(&d.volume, 200),
                 "custom_fields": cf,
-                "tags": input.child_tags(owned.get(Kind::VirtualDisk, &key)),
+                "tags": input.tags(Kind::VirtualDisk, owned.get(Kind::VirtualDisk, &key), &[]),
             }));
             desired.push(Desired {
                 key,

@@ -79,7 +79,7 @@ pub struct SharedIds {
 }
 
 impl SharedIds {
-    /// The tags every owned device, VM, cluster and VLAN carries.
+    /// The tags the cluster and the VLANs the operator made carry.
     pub fn owned_tags(&self) -> Vec<u64> {
         let mut t = vec![self.owner_tag];
         t.extend(&self.extra_tags);
@@ -136,23 +136,18 @@ impl PlanInput<'_> {
             .filter(move |g| templates || !g.template)
     }
 
-    /// The tags a device or VM should have: the human ones it has, plus ours, minus stale
-    /// and PVE tags that no longer apply. A human tag is never removed, whatever its name.
-    pub fn merged_tags(&self, existing: Option<&Value>, pve_tags: &[u64]) -> Vec<u64> {
+    /// The tags an object of `kind` should have: the human ones it has, plus
+    /// `spec.netbox.tags` and its PVE tags, minus stale and PVE tags that no longer apply;
+    /// a human tag is never removed, whatever its name. Only devices get the owner tag
+    /// ([`Kind::carries_owner_tag`]); on other kinds it is kept where an earlier version
+    /// put it, and not added.
+    pub fn tags(&self, kind: Kind, existing: Option<&Value>, pve_tags: &[u64]) -> Vec<u64> {
         let mut out = self.kept_tags(existing);
-        out.extend(self.shared.owned_tags());
-        out.extend(pve_tags);
-        out.into_iter().collect()
-    }
-
-    /// The tags a child object (interface, disk, MAC or IP address) should have: the ones
-    /// it has plus `spec.netbox.tags`. Children are marked by the owner custom field only
-    /// (a tag is a many-to-many row, and costs NetBox about 60% more per create,
-    /// docs/benchmarks.md): the owner tag is not added, and kept where an earlier version
-    /// put it.
-    pub fn child_tags(&self, existing: Option<&Value>) -> Vec<u64> {
-        let mut out = self.kept_tags(existing);
+        if kind.carries_owner_tag() {
+            out.insert(self.shared.owner_tag);
+        }
         out.extend(&self.shared.extra_tags);
+        out.extend(pve_tags);
         out.into_iter().collect()
     }
 

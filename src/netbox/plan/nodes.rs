@@ -52,7 +52,10 @@ pub fn devices(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
             // Without facts this run the model is unknown, not generic: keep the one set.
             f.remove("device_type");
         }
-        f.insert("tags".into(), json!(input.merged_tags(existing, &[])));
+        f.insert(
+            "tags".into(),
+            json!(input.tags(Kind::Device, existing, &[])),
+        );
         stage.desired.push(Desired {
             key: node.name.clone(),
             label,
@@ -125,7 +128,7 @@ pub fn interfaces(
             let mut f = interface_fields(input, device, iface, facts);
             f.insert(
                 "tags".into(),
-                json!(input.child_tags(owned.get(Kind::Interface, &key))),
+                json!(input.tags(Kind::Interface, owned.get(Kind::Interface, &key), &[])),
             );
             let exists = owned.contains(Kind::Interface, &key);
             let physical = matches!(
