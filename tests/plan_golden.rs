@@ -248,11 +248,8 @@ fn run(name: &str) -> Run {
     let mut owned = edit(owned, &case.owned_edits);
     let mut case = case;
     if case.owner_field_deleted {
-        let templates = case.settings.sync_templates.unwrap_or(false);
-        let wanted: Vec<String> = inventory
-            .guests
-            .iter()
-            .filter(|g| templates || !g.template)
+        let wanted: Vec<String> = settings(&case.settings)
+            .synced_guests(&inventory)
             .map(|g| g.vmid.to_string())
             .collect();
         unmark(&mut owned, &mut case.candidates, &wanted);

@@ -40,10 +40,7 @@ pub async fn observe(
         BTreeMap::new()
     };
     let unowned_vms = if settings.virtual_machines {
-        let synced = inv
-            .guests
-            .iter()
-            .filter(|g| settings.sync_templates || !g.template);
+        let synced = settings.synced_guests(inv);
         let names = guest_names(synced.clone());
         let wanted: Vec<String> = synced
             .filter(|g| !s.owned.contains(Kind::VirtualMachine, &g.vmid.to_string()))
@@ -207,9 +204,8 @@ fn desired_vm_keys(settings: &SyncSettings, inv: &Inventory) -> BTreeSet<String>
     if !settings.virtual_machines {
         return BTreeSet::new();
     }
-    inv.guests
-        .iter()
-        .filter(|g| settings.sync_templates || !g.template)
+    settings
+        .synced_guests(inv)
         .map(|g| g.vmid.to_string())
         .collect()
 }
@@ -235,7 +231,7 @@ async fn read_owned_by_tag(
             ("cluster_id".to_string(), shared.cluster.to_string()),
             ("fields".to_string(), kind.fields().to_string()),
         ];
-        if kind == Kind::Device {
+        if kind.carries_owner_tag() {
             q.push(("tag".to_string(), OWNER_TAG.to_string()));
         }
         let found: BTreeMap<String, Value> = s
@@ -244,7 +240,7 @@ async fn read_owned_by_tag(
             .await?
             .into_iter()
             .filter(|o| custom_field(o, CF_OWNER).is_none())
-            .filter(|o| kind == Kind::Device || vm_taken_back(o, shared, desired_vms))
+            .filter(|o| kind.carries_owner_tag() || vm_taken_back(o, shared, desired_vms))
             .filter_map(|o| Some((kind.key_of(&o)?, kind.compact(o))))
             .collect();
         warn_taken_back(kind, found.len());

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::inventory::{Guest, Inventory};
 use crate::owner::OwnerScope;
 
 /// What to sync and how; built from the ProxmoxCluster spec.
@@ -68,4 +69,18 @@ pub struct SyncSettings {
     pub batch_size: usize,
     /// Bulk requests in flight.
     pub max_in_flight: usize,
+}
+
+impl SyncSettings {
+    /// The guests of `inventory` synced (templates only when `syncTemplates`).
+    pub fn synced_guests<'a>(
+        &self,
+        inventory: &'a Inventory,
+    ) -> impl Iterator<Item = &'a Guest> + Clone {
+        let templates = self.sync_templates;
+        inventory
+            .guests
+            .iter()
+            .filter(move |g| templates || !g.template)
+    }
 }

@@ -129,11 +129,7 @@ impl PlanInput<'_> {
 
     /// The guests synced (templates only when `syncTemplates`).
     pub fn synced_guests(&self) -> impl Iterator<Item = &Guest> {
-        let templates = self.settings.sync_templates;
-        self.inventory
-            .guests
-            .iter()
-            .filter(move |g| templates || !g.template)
+        self.settings.synced_guests(self.inventory)
     }
 
     /// The tags an object of `kind` should have: the human ones it has, plus
