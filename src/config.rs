@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use crate::conditions::{reasons, types};
 use crate::crd::{
-    ADOPT_PREVIOUS_OWNER_ANNOTATION, DURATION_MAX_LENGTH, DurationBounds, MissingVlanPolicy,
-    NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS, PVE_REQUEST_TIMEOUT_BOUNDS,
-    ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS, SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS,
-    SecretKeyRef, SyncKind, TemplatePolicy, TlsSpec,
+    ADOPT_PREVIOUS_OWNER_ANNOTATION, DURATION_MAX_LENGTH, DurationBounds, MIN_WATCH_INTERVAL_SECS,
+    MissingVlanPolicy, NETBOX_REQUEST_TIMEOUT_BOUNDS, PRUNE_GRACE_PERIOD_BOUNDS,
+    PVE_REQUEST_TIMEOUT_BOUNDS, ProxmoxCluster, SSH_COMMAND_TIMEOUT_BOUNDS,
+    SSH_CONNECT_TIMEOUT_BOUNDS, SYNC_INTERVAL_BOUNDS, SecretKeyRef, SyncKind, TemplatePolicy,
+    TlsSpec, WATCH_INTERVAL_BOUNDS,
 };
 use crate::owner::OwnerScope;
 use crate::secrets::{SecretSource, SecretString};
@@ -66,6 +67,8 @@ pub struct ResolvedCluster {
     pub ssh_command_timeout: Duration,
     /// Time between two syncs (`spec.sync.interval`, at least [`MIN_SYNC_INTERVAL`]).
     pub sync_interval: Duration,
+    /// Time between two polls for changes (`spec.sync.watchInterval`); `None`: no polls.
+    pub watch_interval: Option<Duration>,
     /// What the NetBox sync writes.
     pub sync: SyncOptions,
 }
@@ -261,6 +264,25 @@ fn quoted(value: &str) -> String {
     }
 }
 
+/// `spec.sync.watchInterval`: `None` for 0 (off), else at least
+/// [`MIN_WATCH_INTERVAL_SECS`].
+fn watch_interval(value: &str) -> Result<Option<Duration>, ConfigError> {
+    let d = bounded_duration(&WATCH_INTERVAL_BOUNDS, value)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d < Duration::from_secs(MIN_WATCH_INTERVAL_SECS) {
+        return Err(ConfigError::invalid_spec(
+            WATCH_INTERVAL_BOUNDS.field,
+            format!(
+                "{} is shorter than the minimum of {MIN_WATCH_INTERVAL_SECS}s (0 turns polling off)",
+                quoted(value)
+            ),
+        ));
+    }
+    Ok(Some(d))
+}
+
 /// Parses the duration field `bounds.field` with [`parse_go_duration`] and checks it against
 /// its bounds. Errors name the field and the bound, e.g.
 /// `spec.sync.interval: "99999999999999999999h" is longer than the maximum of 720h`.
@@ -412,6 +434,7 @@ pub async fn resolve(
     }
     // Checked before any Secret is read: a spec error is reported as such.
     let sync_interval = bounded_duration(&SYNC_INTERVAL_BOUNDS, &spec.sync.interval)?;
+    let watch_interval = watch_interval(&spec.sync.watch_interval)?;
     let pve_timeout = bounded_duration(&PVE_REQUEST_TIMEOUT_BOUNDS, &spec.proxmox.request_timeout)?;
     let prune_grace_period =
         bounded_duration(&PRUNE_GRACE_PERIOD_BOUNDS, &spec.sync.prune.grace_period)?;
@@ -431,6 +454,7 @@ pub async fn resolve(
     let pve_tls = tls(secrets, "spec.proxmox.tls", &spec.proxmox.tls).await?;
     Ok(ResolvedCluster {
         sync_interval,
+        watch_interval,
         pve_timeout,
         prune_grace_period,
         ssh_connect_timeout,
@@ -673,6 +697,24 @@ mod tests {
         assert_eq!(ok.sync_interval, Duration::from_secs(30));
         c.spec.sync.interval = "1h30m".into();
         assert_eq!(interval(&c).unwrap(), Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn the_watch_interval_is_off_at_0_and_else_at_least_5s_and_at_most_1h() {
+        assert_eq!(
+            watch_interval("15s").unwrap(),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(watch_interval("0s").unwrap(), None);
+        assert_eq!(
+            watch_interval("2s").unwrap_err().to_string(),
+            "spec.sync.watchInterval: \"2s\" is shorter than the minimum of 5s (0 turns polling off)"
+        );
+        assert_eq!(
+            watch_interval("2h").unwrap_err().to_string(),
+            "spec.sync.watchInterval: \"2h\" is longer than the maximum of 1h"
+        );
+        assert_eq!(crate::crd::SyncSpec::default().watch_interval, "15s");
     }
 
     #[tokio::test]

@@ -24,3 +24,4 @@ pub mod status;
 pub mod sync_cmd;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

@@ -101,6 +101,15 @@ pub const SYNC_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
     min_secs: 30,
     max_secs: 720 * 3600,
 };
+/// `spec.sync.watchInterval`: 0 (off) to 1 h; a value other than 0 is at least
+/// [`MIN_WATCH_INTERVAL_SECS`].
+pub const WATCH_INTERVAL_BOUNDS: DurationBounds = DurationBounds {
+    field: "spec.sync.watchInterval",
+    min_secs: 0,
+    max_secs: 3600,
+};
+/// Shortest `spec.sync.watchInterval` other than 0 (a poll is a request to PVE).
+pub const MIN_WATCH_INTERVAL_SECS: u64 = 5;
 /// `spec.sync.prune.gracePeriod`: 0 (delete in the sync that finds it gone) to 30 days.
 pub const PRUNE_GRACE_PERIOD_BOUNDS: DurationBounds = DurationBounds {
     field: "spec.sync.prune.gracePeriod",
@@ -133,10 +142,11 @@ pub const SSH_COMMAND_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
 };
 
 /// Every duration field of the spec with its bounds.
-pub const DURATION_FIELDS: [DurationBounds; 6] = [
+pub const DURATION_FIELDS: [DurationBounds; 7] = [
     PVE_REQUEST_TIMEOUT_BOUNDS,
     NETBOX_REQUEST_TIMEOUT_BOUNDS,
     SYNC_INTERVAL_BOUNDS,
+    WATCH_INTERVAL_BOUNDS,
     PRUNE_GRACE_PERIOD_BOUNDS,
     SSH_CONNECT_TIMEOUT_BOUNDS,
     SSH_COMMAND_TIMEOUT_BOUNDS,
@@ -368,6 +378,15 @@ pub struct SyncSpec {
     #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = SYNC_INTERVAL_BOUNDS.rule())]
     pub interval: String,
+    /// Time between two polls of Proxmox for changes (Go duration, default `15s`, `0s`
+    /// turns polling off; from `5s` to `1h`). A poll is one request to
+    /// `/cluster/resources`; the guests created, destroyed, migrated or changed since the
+    /// last one are read again and written to NetBox at once. The full sync at `interval`
+    /// stays the safety net (it also sees what a poll cannot, such as a new NIC).
+    #[serde(default = "default_watch_interval")]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = WATCH_INTERVAL_BOUNDS.rule())]
+    pub watch_interval: String,
     /// `Sync` writes to NetBox; `DryRun` computes and reports the plan and writes nothing.
     #[serde(default)]
     pub mode: SyncMode,
@@ -390,6 +409,7 @@ impl Default for SyncSpec {
     fn default() -> Self {
         Self {
             interval: default_interval(),
+            watch_interval: default_watch_interval(),
             mode: SyncMode::default(),
             suspend: false,
             kinds: SyncKind::all(),
@@ -745,6 +765,9 @@ fn default_template_role() -> String {
 }
 fn default_interval() -> String {
     "15m".into()
+}
+fn default_watch_interval() -> String {
+    "15s".into()
 }
 fn default_grace_period() -> String {
     "24h".into()

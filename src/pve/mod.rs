@@ -6,3 +6,5 @@ pub mod metrics;
 pub mod permissions;
 pub mod propstr;
 pub mod reader;
+pub mod refresh;
+pub mod resources;

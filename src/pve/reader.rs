@@ -15,7 +15,7 @@ use crate::inventory::{
 };
 
 /// A guest and the outcomes of reading its parts.
-type GuestRead = (Option<Guest>, Vec<(ReadScope, ReadOutcome)>);
+pub(super) type GuestRead = (Option<Guest>, Vec<(ReadScope, ReadOutcome)>);
 
 /// What to read besides the essentials.
 #[derive(Clone, Copy, Debug)]
@@ -220,7 +220,7 @@ pub async fn read_inventory(api: &dyn PveApi, opts: &ReadOptions) -> Result<Inve
 
 /// Sort key of a read part: config before addresses of each guest, guests by vmid (in u64,
 /// so `2 * vmid + 1` cannot overflow for any u32 vmid).
-fn scope_order(scope: &ReadScope) -> (u8, String, u64) {
+pub(super) fn scope_order(scope: &ReadScope) -> (u8, String, u64) {
     match scope {
         ReadScope::Version => (0, String::new(), 0),
         ReadScope::ClusterStatus => (1, String::new(), 0),
@@ -443,7 +443,7 @@ fn guest_state(v: &Value) -> GuestState {
 }
 
 /// Reads one guest's config and runtime addresses.
-async fn read_guest(
+pub(super) async fn read_guest(
     api: &dyn PveApi,
     node: String,
     kind: GuestKind,
