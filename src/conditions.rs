@@ -92,6 +92,9 @@ pub mod reasons {
     pub const GUEST_AGENTS_RUNNING: &str = "GuestAgentsRunning";
     /// `spec.sync.suspend` became false again (Event reason).
     pub const RESUMED: &str = "Resumed";
+    /// A poll found guests changed in Proxmox and their NetBox objects were written
+    /// (Event reason).
+    pub const CHANGES_SYNCED: &str = "ChangesSynced";
 }
 
 /// What the permission preflight found wrong with the PVE token without failing the read:

@@ -38,16 +38,17 @@ use crate::crd::{
 use crate::events::{EventSpec, events_for, suspend_event};
 use crate::inventory::Inventory;
 pub use crate::pipeline::ClusterPipeline;
-use crate::pipeline::StageObserver;
+use crate::pipeline::{LastPass, StageObserver};
 use crate::secrets::KubeSecrets;
 use crate::stage_errors::{StageError, StageFailure};
 use crate::status::{
     NetBoxOutcome, PipelineOutcome, build_status, differs, guest_address_gaps, needs_write,
     observed_status, suspended_status,
 };
+use crate::watch::PollRecord;
 use metrics::{
-    CallLabels, ClusterLabels, ErrorLabels, ObjectLabels, ReconcileMetrics, RequestLabels,
-    StorageLabels,
+    CallLabels, ClusterLabels, ErrorLabels, ObjectLabels, PollLabels, ReconcileMetrics,
+    RequestLabels, StorageLabels,
 };
 
 /// Finalizer that lets the operator apply the deletion policy before a ProxmoxCluster goes.
@@ -221,6 +222,8 @@ pub struct Context<P> {
     pub sync_intervals: Mutex<HashMap<String, Duration>>,
     /// Fires when running reconciles must stop at once (leadership lost).
     pub abort: AbortSignal,
+    /// Per cluster, the last pass the polls compare with, until the next full sync.
+    pub kept_passes: Mutex<HashMap<String, KeptPass>>,
     /// Time between two polls of the referenced Secrets' metadata.
     pub secret_poll_interval: Duration,
     /// Longest time one reconcile's pipeline may run before it is stopped.
@@ -254,6 +257,7 @@ impl<P: ClusterPipeline> Context<P> {
             failures: Mutex::new(HashMap::new()),
             sync_intervals: Mutex::new(HashMap::new()),
             abort: AbortSignal::never(),
+            kept_passes: Mutex::new(HashMap::new()),
             secret_poll_interval: crate::secret_poll::DEFAULT_SECRET_POLL_INTERVAL,
             reconcile_deadline: DEFAULT_RECONCILE_DEADLINE,
             installation: DEFAULT_INSTALLATION.into(),
@@ -261,7 +265,55 @@ impl<P: ClusterPipeline> Context<P> {
     }
 }
 
+/// A cluster's last pass kept for its polls, valid for one generation and resync
+/// annotation, until the next full sync is due.
+#[derive(Clone, Debug)]
+pub struct KeptPass {
+    /// The spec generation it was run for.
+    pub generation: Option<i64>,
+    /// The resync annotation it was run with.
+    pub resync: Option<String>,
+    /// When the next full sync is due.
+    pub next_full: DateTime<Utc>,
+    /// The pass.
+    pub pass: Arc<LastPass>,
+}
+
 impl<P> Context<P> {
+    fn kept_passes(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeptPass>> {
+        self.kept_passes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pass a poll of cluster `key` compares with: `None` (a full pass is due) when
+    /// none is kept, the spec or the resync annotation changed, or the interval is over.
+    fn kept_pass(
+        &self,
+        key: &str,
+        generation: Option<i64>,
+        resync: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<LastPass>> {
+        let mut kept = self.kept_passes();
+        let k = kept.get(key)?;
+        if k.generation == generation && k.resync.as_deref() == resync && now < k.next_full {
+            return Some(k.pass.clone());
+        }
+        kept.remove(key);
+        None
+    }
+
+    fn keep_pass(&self, key: &str, pass: KeptPass) {
+        self.kept_passes().insert(key.to_string(), pass);
+    }
+
+    fn forget_pass(&self, key: &str) {
+        self.kept_passes().remove(key);
+    }
+
+    fn next_full_sync(&self, key: &str) -> Option<DateTime<Utc>> {
+        self.kept_passes().get(key).map(|k| k.next_full)
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -534,13 +586,17 @@ async fn apply<P: ClusterPipeline>(
         credentials: &credentials,
         written: Mutex::new(None),
     };
-    tracing::info!(cluster = %key, credentials = credentials.len(), "sync started");
+    let resync = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
+    let kept = ctx.kept_pass(&key, generation, resync.as_deref(), now);
+    if kept.is_none() {
+        tracing::info!(cluster = %key, credentials = credentials.len(), "sync started");
+    }
     // Loss of leadership drops the pipeline at its next await point: no further request
     // to Proxmox, NetBox or the API server is made for this pass.
-    let outcome = tokio::select! {
+    let run = tokio::select! {
         biased;
         () = ctx.abort.aborted() => return Err(Error::Aborted),
-        outcome = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, &ctx.installation, now) => outcome,
+        run = ctx.pipeline.run(&cluster, &credentials, &secrets, &observer, &ctx.installation, kept.as_deref(), now) => run,
         () = tokio::time::sleep(ctx.reconcile_deadline) => {
             let limit = ctx.reconcile_deadline;
             let note = format!(
@@ -550,6 +606,20 @@ async fn apply<P: ClusterPipeline>(
             return Err(report_failure(&cluster, api, ctx, reasons::RECONCILE_TIMED_OUT, note).await);
         }
     };
+
+    let outcome = run.outcome;
+    if let Some(poll) = &outcome.poll {
+        ctx.metrics
+            .polls
+            .get_or_create(&PollLabels {
+                cluster: key.clone(),
+                outcome: poll.label().to_string(),
+            })
+            .inc();
+        if let Some(delay) = after_quiet_poll(ctx, &key, poll, outcome.watch_interval) {
+            return Ok(Action::requeue(delay));
+        }
+    }
 
     // The final status builds on what is on the server now: the intermediate status when
     // it was written, the status the reconcile started from otherwise.
@@ -575,14 +645,78 @@ async fn apply<P: ClusterPipeline>(
         return Err(Error::Stage(failure));
     }
     ctx.failures().remove(&key);
-    let delay = next_sync_delay(interval);
-    tracing::info!(
-        cluster = %key,
-        ready = outcome.fully_successful(),
-        next_in_seconds = delay.as_secs(),
-        "sync finished"
-    );
+    if let Some(PollRecord::Changed(changes)) = &outcome.poll {
+        ctx.metrics
+            .change_sync_duration
+            .get_or_create(&ClusterLabels {
+                cluster: key.clone(),
+            })
+            .observe((finished - now).num_milliseconds().max(0) as f64 / 1000.0);
+        tracing::info!(cluster = %key, guests = changes.len(), "changes synced");
+    }
+    let next_full = match &kept {
+        Some(_) => ctx.next_full_sync(&key).unwrap_or(finished),
+        None => finished + chrono_delay(next_sync_delay(interval)),
+    };
+    let delay = match (run.last_pass, outcome.watch_interval) {
+        (Some(pass), Some(watch)) => {
+            ctx.keep_pass(
+                &key,
+                KeptPass {
+                    generation,
+                    resync,
+                    next_full,
+                    pass: Arc::new(pass),
+                },
+            );
+            let until_full = (next_full - finished).to_std().unwrap_or_default();
+            watch.min(until_full).max(Duration::from_secs(1))
+        }
+        _ => {
+            ctx.forget_pass(&key);
+            next_sync_delay(interval)
+        }
+    };
+    if kept.is_none() {
+        tracing::info!(
+            cluster = %key,
+            ready = outcome.fully_successful(),
+            next_in_seconds = delay.as_secs(),
+            "sync finished"
+        );
+    }
     Ok(Action::requeue(delay))
+}
+
+/// After a poll that ran nothing else (idle, partial or failed): when to reconcile again.
+/// A partial or failed poll drops the kept pass, so the next pass is a full one.
+fn after_quiet_poll<P>(
+    ctx: &Context<P>,
+    key: &str,
+    poll: &PollRecord,
+    watch_interval: Option<Duration>,
+) -> Option<Duration> {
+    let watch = watch_interval.unwrap_or(DEFAULT_INTERVAL);
+    match poll {
+        PollRecord::Changed(_) => None,
+        PollRecord::Idle => {
+            let until_full = ctx
+                .next_full_sync(key)
+                .and_then(|t| (t - ctx.clock.now()).to_std().ok())
+                .unwrap_or_default();
+            Some(watch.min(until_full).max(Duration::from_secs(1)))
+        }
+        PollRecord::Partial(why) | PollRecord::Failed(why) => {
+            tracing::warn!(cluster = %key, outcome = poll.label(), reason = %why, "poll for changes not used: the next pass is a full sync");
+            ctx.forget_pass(key);
+            Some(watch)
+        }
+    }
+}
+
+/// A std duration as a chrono one (saturating).
+fn chrono_delay(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The stage failure that stopped a pass, if one did.
@@ -698,6 +832,7 @@ async fn cleanup<P: ClusterPipeline>(
 
 /// Drops what the controller keeps about a cluster that is going away.
 fn forget<P>(ctx: &Context<P>, key: &str) {
+    ctx.forget_pass(key);
     ctx.failures().remove(key);
     ctx.sync_intervals().remove(key);
     ctx.metrics.forget_cluster(key);

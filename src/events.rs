@@ -4,6 +4,7 @@ use crate::conditions::{reasons, types};
 use crate::crd::ProxmoxClusterStatus;
 use crate::stage_errors::StageFailure;
 use crate::status::{NetBoxOutcome, PipelineOutcome, agent_note_in};
+use crate::watch::{ChangeSet, PollRecord};
 
 /// Longest Event note; the API server rejects notes over 1 KiB.
 const MAX_NOTE: usize = 1000;
@@ -60,7 +61,10 @@ pub fn events_for(
     if let Some(err) = &outcome.proxmox_error {
         warn(err.reason(), err.to_string());
     }
-    if let Some(w) = &outcome.permission_warning {
+    // A targeted pass carries the last full pass's permission warning and discovery: they
+    // were published then.
+    let targeted = outcome.poll.is_some();
+    if let Some(w) = outcome.permission_warning.as_ref().filter(|_| !targeted) {
         warn(w.reason, w.message.clone());
     }
     if !new.read_failures.is_empty() {
@@ -77,7 +81,7 @@ pub fn events_for(
             ),
         );
     }
-    for node in outcome.discovery.iter().flatten() {
+    for node in outcome.discovery.iter().flatten().filter(|_| !targeted) {
         if let Some(w) = &node.warning {
             warn(&w.code, format!("node {}: {}", node.node, w.message));
         }
@@ -134,6 +138,14 @@ pub fn events_for(
     let before = ready_reason(previous);
     let after = ready_reason(Some(new));
     let wrote = matches!(&outcome.netbox, NetBoxOutcome::Done(s) if !outcome.dry_run && s.created + s.updated + s.deleted + s.stale > 0);
+    if let (Some(PollRecord::Changed(changes)), true) = (&outcome.poll, wrote) {
+        out.push(EventSpec {
+            warning: false,
+            reason: reasons::CHANGES_SYNCED.into(),
+            note: truncate(changes_note(changes, new)),
+        });
+        return out;
+    }
     if let Some(("True", reason)) = after
         && (before.map(|b| b.0) != Some("True") || wrote)
     {
@@ -150,6 +162,33 @@ pub fn events_for(
         });
     }
     out
+}
+
+/// The note of a [`reasons::CHANGES_SYNCED`] Event: the guests and what happened to them,
+/// then the NetBox counts.
+fn changes_note(changes: &ChangeSet, new: &ProxmoxClusterStatus) -> String {
+    let guests: Vec<String> = changes
+        .iter()
+        .take(20)
+        .map(|(vmid, c)| format!("{vmid} {}", c.as_str()))
+        .collect();
+    let more = changes.len().saturating_sub(guests.len());
+    let netbox = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == types::NETBOX_SYNCED)
+        .map(|c| c.message.as_str())
+        .unwrap_or_default();
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} guest(s) changed in Proxmox ({}{more}): {netbox}",
+        changes.len(),
+        guests.join(", ")
+    )
 }
 
 /// The Event for a change of `spec.sync.suspend`, judged from the previous `Ready`

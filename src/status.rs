@@ -17,6 +17,7 @@ use crate::crd::{
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
 use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
+use crate::watch::PollRecord;
 
 /// At most this many read failures are listed in the status.
 pub const MAX_READ_FAILURES: usize = 50;
@@ -99,6 +100,11 @@ pub struct PipelineOutcome {
     pub config_error: Option<ConfigError>,
     /// The resolved `spec.sync.interval`; `None` when the spec could not be resolved.
     pub sync_interval: Option<Duration>,
+    /// The resolved `spec.sync.watchInterval`; `None` when polls are off or the spec could
+    /// not be resolved.
+    pub watch_interval: Option<Duration>,
+    /// A targeted pass: what its poll found (`None` on a full pass).
+    pub poll: Option<PollRecord>,
     /// The PVE read failed as a whole.
     pub proxmox_error: Option<ProxmoxReadError>,
     /// Missing privileges (an error) or excess write privileges (a warning).

@@ -27,7 +27,7 @@ use proxmox_netbox_operator::inventory::{
 use proxmox_netbox_operator::metrics::Metrics;
 use proxmox_netbox_operator::netbox::client::NetBoxError;
 use proxmox_netbox_operator::netbox::report::KindCounts;
-use proxmox_netbox_operator::pipeline::StageObserver;
+use proxmox_netbox_operator::pipeline::{LastPass, PipelineRun, StageObserver};
 use proxmox_netbox_operator::pve::client::PveError;
 use proxmox_netbox_operator::secrets::{SecretError, SecretSource};
 use proxmox_netbox_operator::stage_errors::{
@@ -67,8 +67,9 @@ impl ClusterPipeline for FakePipeline {
         _secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
         _installation: &'a str,
+        _last: Option<&'a LastPass>,
         _now: DateTime<Utc>,
-    ) -> BoxFuture<'a, PipelineOutcome> {
+    ) -> BoxFuture<'a, PipelineRun> {
         self.runs.lock().unwrap().push(
             credentials
                 .iter()
@@ -90,7 +91,10 @@ impl ClusterPipeline for FakePipeline {
             if self.hang {
                 std::future::pending::<()>().await;
             }
-            self.outcome.clone()
+            PipelineRun {
+                outcome: self.outcome.clone(),
+                ..Default::default()
+            }
         })
     }
 

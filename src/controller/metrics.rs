@@ -31,6 +31,15 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// Label set of a poll for changes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    /// `namespace/name`.
+    pub cluster: String,
+    /// `idle`, `changed`, `partial` or `failed`.
+    pub outcome: String,
+}
+
 /// Label set of synced objects.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
@@ -132,6 +141,10 @@ pub struct ReconcileMetrics {
     pub ceph_health: Family<ClusterLabels, Gauge>,
     /// Guests whose runtime addresses were not read in the last pass, by reason.
     pub guest_addresses_unread: Family<ErrorLabels, Gauge>,
+    /// Polls for changes by outcome.
+    pub polls: Family<PollLabels, Counter>,
+    /// Time from a poll that found changes to the end of their NetBox write.
+    pub change_sync_duration: Family<ClusterLabels, Histogram>,
     tracked: Mutex<Tracked>,
 }
 
@@ -153,6 +166,10 @@ impl ReconcileMetrics {
             storage_used: Family::default(),
             ceph_health: Family::default(),
             guest_addresses_unread: Family::default(),
+            polls: Family::default(),
+            change_sync_duration: Family::new_with_constructor(|| {
+                Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0])
+            }),
             tracked: Mutex::new(Tracked::default()),
         };
         registry.register(
@@ -214,6 +231,16 @@ impl ReconcileMetrics {
             "guest_addresses_unread",
             "Guests whose runtime addresses were not read in the last pass, by reason",
             metrics.guest_addresses_unread.clone(),
+        );
+        registry.register(
+            "watch_polls",
+            "Polls of Proxmox for changes between full syncs, by outcome",
+            metrics.polls.clone(),
+        );
+        registry.register(
+            "watch_change_sync_duration_seconds",
+            "Time from a poll that found changed guests to the end of their NetBox write",
+            metrics.change_sync_duration.clone(),
         );
         metrics
     }
@@ -279,6 +306,13 @@ impl ReconcileMetrics {
         };
         self.last_success_timestamp.remove(&labels);
         self.ceph_health.remove(&labels);
+        self.change_sync_duration.remove(&labels);
+        for outcome in ["idle", "changed", "partial", "failed"] {
+            self.polls.remove(&PollLabels {
+                cluster: cluster.to_string(),
+                outcome: outcome.to_string(),
+            });
+        }
         self.set_objects(cluster, Vec::new());
         self.set_inventory(cluster, Vec::new());
         self.set_storage(cluster, Vec::new());

@@ -23,8 +23,10 @@ use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
 use crate::pve::metrics::PveMetrics;
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
+use crate::pve::resources::read_resources;
 use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError};
 use crate::status::{CALL_SUCCESS, systems};
+use crate::watch::{self, PollOutcome, WatchMemory};
 
 /// A PVE API that records each request's outcome (one per request as the reader sees
 /// it, after retries and failover): `success` or [`PveError::metric_label`].
@@ -173,45 +175,83 @@ pub struct LiveReader {
     pub metrics: Option<PveMetrics>,
 }
 
+impl LiveReader {
+    /// The PVE client of a cluster's resolved settings.
+    fn client(&self, config: &ResolvedCluster) -> Result<PveClient, PveError> {
+        let auth = match &config.pve_credentials {
+            PveCredentials::Token { token_id, secret } => PveAuth::Token {
+                token_id: token_id.clone(),
+                secret: secret.clone(),
+            },
+            PveCredentials::Ticket { username, password } => PveAuth::Ticket {
+                username: username.clone(),
+                password: password.clone(),
+            },
+        };
+        let client = PveClient::new(PveConnection {
+            endpoints: config.pve_endpoints.clone(),
+            auth,
+            tls: config.pve_tls.clone(),
+            timeout: config.pve_timeout,
+            max_concurrency: config.pve_concurrency,
+            retries: 2,
+            endpoint_guard: self.endpoint_guard.clone(),
+        })?;
+        Ok(match &self.metrics {
+            Some(m) => client.with_recorder(m.recorder(&config.netbox.owner.resource())),
+            None => client,
+        })
+    }
+}
+
+/// What the inventory read of a cluster reads besides the essentials.
+fn read_options(config: &ResolvedCluster) -> ReadOptions {
+    ReadOptions {
+        guest_agent: config.pve_read_guest_agent,
+        ceph: config.pve_read_ceph,
+        concurrency: config.pve_concurrency,
+    }
+}
+
 impl ProxmoxReader for LiveReader {
+    fn poll<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        memory: &'a WatchMemory,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, PollOutcome> {
+        Box::pin(async move {
+            let client = match self.client(config) {
+                Ok(c) => c,
+                Err(e) => return PollOutcome::Failed(e.into()),
+            };
+            let client = CountedPve {
+                inner: &client,
+                calls,
+            };
+            watch::poll(&client, memory, &read_options(config)).await
+        })
+    }
+
     fn read<'a>(
         &'a self,
         config: &'a ResolvedCluster,
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
         Box::pin(async move {
-            let auth = match &config.pve_credentials {
-                PveCredentials::Token { token_id, secret } => PveAuth::Token {
-                    token_id: token_id.clone(),
-                    secret: secret.clone(),
-                },
-                PveCredentials::Ticket { username, password } => PveAuth::Ticket {
-                    username: username.clone(),
-                    password: password.clone(),
-                },
-            };
-            let client = PveClient::new(PveConnection {
-                endpoints: config.pve_endpoints.clone(),
-                auth,
-                tls: config.pve_tls.clone(),
-                timeout: config.pve_timeout,
-                max_concurrency: config.pve_concurrency,
-                retries: 2,
-                endpoint_guard: self.endpoint_guard.clone(),
-            })
-            .map_err(ProxmoxReadError::Api)?;
-            let client = match &self.metrics {
-                Some(m) => client.with_recorder(m.recorder(&config.netbox.owner.resource())),
-                None => client,
-            };
+            let client = self.client(config).map_err(ProxmoxReadError::Api)?;
             let client = CountedPve {
                 inner: &client,
                 calls,
             };
-            let opts = ReadOptions {
-                guest_agent: config.pve_read_guest_agent,
-                ceph: config.pve_read_ceph,
-                concurrency: config.pve_concurrency,
+            let opts = read_options(config);
+            // First: a change made while the rest is read is found by the next poll.
+            let resources = match read_resources(&client).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster resources not read: the next pass is a full one again");
+                    None
+                }
             };
             let mut inventory = read_inventory(&client, &opts)
                 .await
@@ -281,6 +321,7 @@ impl ProxmoxReader for LiveReader {
             Ok(ProxmoxRead {
                 inventory,
                 permission_warning,
+                resources,
             })
         })
     }

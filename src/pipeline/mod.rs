@@ -27,11 +27,13 @@ use crate::inventory::Inventory;
 use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
 use crate::owner::OwnerScope;
+use crate::pve::resources::ClusterResources;
 use crate::secrets::SecretSource;
 use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError, StageError};
 use crate::status::{
     CALL_SUCCESS, ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome, systems,
 };
+use crate::watch::{PollOutcome, PollRecord, WatchMemory};
 
 /// Counts the calls the stages of one run make to external systems, by outcome, and holds
 /// each stage's transport-error budget. Shared by the stages of a run (they may record
@@ -94,6 +96,9 @@ pub struct ProxmoxRead {
     pub inventory: Inventory,
     /// Missing privileges or excess write privileges of the PVE token.
     pub permission_warning: Option<PermissionWarning>,
+    /// `/cluster/resources`, read before the rest: the first poll's reference (`None` when
+    /// it could not be read; the next pass is then a full one again).
+    pub resources: Option<ClusterResources>,
 }
 
 /// Reads a Proxmox VE cluster.
@@ -105,13 +110,37 @@ pub trait ProxmoxReader: Send + Sync {
         config: &'a ResolvedCluster,
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>>;
+
+    /// Polls for the guests changed since `memory` and reads only those again
+    /// ([`crate::watch::poll`]). Every API request is recorded in `calls`.
+    fn poll<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        memory: &'a WatchMemory,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, PollOutcome>;
+}
+
+/// What a full pass leaves for the polls after it: their reference, and what a targeted
+/// sync reuses of the pass (hardware facts, discovery, the permission warning).
+#[derive(Clone, Debug)]
+pub struct LastPass {
+    /// The last poll, inventory and hardware facts.
+    pub memory: WatchMemory,
+    /// The discovery of the last full pass.
+    pub discovery: Option<Vec<NodeDiscovery>>,
+    /// The permission warning of the last full pass.
+    pub permission_warning: Option<PermissionWarning>,
 }
 
 /// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
 pub trait ClusterPipeline: Send + Sync + 'static {
-    /// Resolves the spec of `cluster`, runs one full pass with the resolved settings and
-    /// reports what happened; never fails as a whole. Calls
-    /// `observer` once Proxmox was read and hardware discovered, before the NetBox sync.
+    /// Resolves the spec of `cluster`, runs one pass with the resolved settings and
+    /// reports what happened; never fails as a whole. Without `last`, a full pass
+    /// ([`run_pipeline_observed`]), which calls `observer` once Proxmox was read and
+    /// hardware discovered, before the NetBox sync; with it, a targeted pass
+    /// ([`run_targeted`]).
+    #[allow(clippy::too_many_arguments)]
     fn run<'a>(
         &'a self,
         cluster: &'a ProxmoxCluster,
@@ -119,8 +148,9 @@ pub trait ClusterPipeline: Send + Sync + 'static {
         secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
         installation: &'a str,
+        last: Option<&'a LastPass>,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, PipelineOutcome>;
+    ) -> BoxFuture<'a, PipelineRun>;
 
     /// Resolves the NetBox part of the spec of `cluster`, removes the NetBox objects owned
     /// for this cluster (deletion policy `Delete`) and returns a summary.
@@ -171,6 +201,9 @@ pub struct PipelineRun {
     pub outcome: PipelineOutcome,
     /// The NetBox report, when the sync ran.
     pub report: Option<SyncReport>,
+    /// What the polls after this run compare with: set when this run wrote NetBox
+    /// successfully (not in dry-run) and the cluster's resources could be read.
+    pub last_pass: Option<LastPass>,
 }
 
 /// Options of one run: the operator installation, overrides of the spec (the `sync`
@@ -240,26 +273,43 @@ where
         secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
         installation: &'a str,
+        last: Option<&'a LastPass>,
         now: DateTime<Utc>,
-    ) -> BoxFuture<'a, PipelineOutcome> {
+    ) -> BoxFuture<'a, PipelineRun> {
         Box::pin(async move {
-            run_pipeline_observed(
-                &self.reader,
-                &self.prober,
-                &self.writer,
-                cluster,
-                credentials,
-                secrets,
-                RunOptions {
-                    force_dry_run: false,
-                    limits: self.limits,
-                    installation: installation.to_string(),
-                },
-                observer,
-                now,
-            )
-            .await
-            .outcome
+            let options = RunOptions {
+                force_dry_run: false,
+                limits: self.limits,
+                installation: installation.to_string(),
+            };
+            match last {
+                Some(last) => {
+                    run_targeted(
+                        &self.reader,
+                        &self.writer,
+                        cluster,
+                        secrets,
+                        options,
+                        last,
+                        now,
+                    )
+                    .await
+                }
+                None => {
+                    run_pipeline_observed(
+                        &self.reader,
+                        &self.prober,
+                        &self.writer,
+                        cluster,
+                        credentials,
+                        secrets,
+                        options,
+                        observer,
+                        now,
+                    )
+                    .await
+                }
+            }
         })
     }
 
@@ -425,25 +475,12 @@ pub async fn run_pipeline_observed(
     observer: &dyn StageObserver,
     now: DateTime<Utc>,
 ) -> PipelineRun {
-    let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
     let limits = options.limits;
-    let owner = owner_scope(cluster, &options.installation);
     let calls = CallCounter::with_transport_limit(limits.transport_errors);
-    let mut outcome = PipelineOutcome {
-        dry_run,
-        ..Default::default()
+    let (config, mut outcome) = match resolved(cluster, secrets, &options).await {
+        Ok(r) => r,
+        Err(outcome) => return failed_run(outcome),
     };
-    let config = match resolve(cluster, owner, secrets).await {
-        Ok(c) => c,
-        Err(e) => {
-            outcome.config_error = Some(e);
-            return PipelineRun {
-                outcome,
-                report: None,
-            };
-        }
-    };
-    outcome.sync_interval = Some(config.sync_interval);
     let read = tokio::time::timeout(limits.proxmox_read, reader.read(&config, &calls))
         .await
         .unwrap_or(Err(ProxmoxReadError::TimedOut {
@@ -454,10 +491,7 @@ pub async fn run_pipeline_observed(
         Ok(r) => r,
         Err(e) => {
             outcome.proxmox_error = Some(e);
-            return PipelineRun {
-                outcome,
-                report: None,
-            };
+            return failed_run(outcome);
         }
     };
     outcome.permission_warning = read.permission_warning;
@@ -486,27 +520,181 @@ pub async fn run_pipeline_observed(
     outcome.netbox = NetBoxOutcome::InProgress;
     outcome.calls = calls.snapshot();
     observer.observed(&outcome).await;
+    let report = sync_netbox(
+        writer,
+        &config,
+        &hardware,
+        &limits,
+        &calls,
+        &mut outcome,
+        now,
+    )
+    .await;
+    let last_pass = read
+        .resources
+        .and_then(|resources| last_pass(&outcome, resources, hardware, outcome.discovery.clone()));
+    PipelineRun {
+        outcome,
+        report,
+        last_pass,
+    }
+}
 
-    let mut report = None;
-    // Moved out for the sync and back in after it (always Some here).
+/// Runs one targeted pass for `cluster`: a poll of Proxmox against `last`, and when guests
+/// changed, the NetBox sync of the last inventory with them read again (hardware facts,
+/// discovery and the permission warning are the last full pass's). An idle, partial or
+/// failed poll runs nothing else: its outcome has only [`PipelineOutcome::poll`] set.
+pub async fn run_targeted(
+    reader: &dyn ProxmoxReader,
+    writer: &dyn NetBoxWriter,
+    cluster: &ProxmoxCluster,
+    secrets: &dyn SecretSource,
+    options: RunOptions,
+    last: &LastPass,
+    now: DateTime<Utc>,
+) -> PipelineRun {
+    let limits = options.limits;
+    let calls = CallCounter::with_transport_limit(limits.transport_errors);
+    let (config, mut outcome) = match resolved(cluster, secrets, &options).await {
+        Ok(r) => r,
+        Err(outcome) => return failed_run(outcome),
+    };
+    let polled = tokio::time::timeout(
+        limits.proxmox_read,
+        reader.poll(&config, &last.memory, &calls),
+    )
+    .await
+    .unwrap_or(PollOutcome::TimedOut(limits.proxmox_read));
+    outcome.calls = calls.snapshot();
+    let (changes, inventory, resources) = match polled {
+        PollOutcome::Changed {
+            changes,
+            inventory,
+            resources,
+        } => (changes, *inventory, resources),
+        other => {
+            outcome.poll = Some(PollRecord::from_outcome(&other));
+            return failed_run(outcome);
+        }
+    };
+    outcome.poll = Some(PollRecord::Changed(changes));
+    outcome.permission_warning = last.permission_warning.clone();
+    outcome.discovery = last.discovery.clone();
+    outcome.inventory = Some(inventory);
+    let hardware = last.memory.hardware.clone();
+    let report = sync_netbox(
+        writer,
+        &config,
+        &hardware,
+        &limits,
+        &calls,
+        &mut outcome,
+        now,
+    )
+    .await;
+    let last_pass = last_pass(&outcome, resources, hardware, outcome.discovery.clone());
+    PipelineRun {
+        outcome,
+        report,
+        last_pass,
+    }
+}
+
+/// Resolves the spec once, first; the outcome to fill, or the one to report when the spec
+/// could not be resolved.
+async fn resolved(
+    cluster: &ProxmoxCluster,
+    secrets: &dyn SecretSource,
+    options: &RunOptions,
+) -> Result<(ResolvedCluster, PipelineOutcome), PipelineOutcome> {
+    let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
+    let mut outcome = PipelineOutcome {
+        dry_run,
+        ..Default::default()
+    };
+    match resolve(
+        cluster,
+        owner_scope(cluster, &options.installation),
+        secrets,
+    )
+    .await
+    {
+        Ok(config) => {
+            outcome.sync_interval = Some(config.sync_interval);
+            outcome.watch_interval = config.watch_interval;
+            Ok((config, outcome))
+        }
+        Err(e) => {
+            outcome.config_error = Some(e);
+            Err(outcome)
+        }
+    }
+}
+
+/// A run that stopped before NetBox.
+fn failed_run(outcome: PipelineOutcome) -> PipelineRun {
+    PipelineRun {
+        outcome,
+        report: None,
+        last_pass: None,
+    }
+}
+
+/// The NetBox stage: syncs `outcome.inventory` (always set here) and records the result
+/// in `outcome`; returns the detailed report.
+async fn sync_netbox(
+    writer: &dyn NetBoxWriter,
+    config: &ResolvedCluster,
+    hardware: &BTreeMap<String, NodeHardware>,
+    limits: &StageLimits,
+    calls: &CallCounter,
+    outcome: &mut PipelineOutcome,
+    now: DateTime<Utc>,
+) -> Option<SyncReport> {
+    // Moved out for the sync and back in after it.
     let inventory = outcome.inventory.take().unwrap_or_default();
-    let sync = writer.sync(&config, &inventory, &hardware, dry_run, now, &calls);
+    let sync = writer.sync(config, &inventory, hardware, outcome.dry_run, now, calls);
     let result = tokio::time::timeout(limits.netbox_sync, sync)
         .await
         .unwrap_or(Err(NetBoxSyncError::TimedOut {
             limit: limits.netbox_sync,
         }));
     outcome.inventory = Some(inventory);
-    outcome.netbox = match result {
-        Ok(result) => {
-            report = Some(result.report);
-            outcome.netbox_kinds = result.kinds;
-            NetBoxOutcome::Done(result.summary)
-        }
-        Err(e) => NetBoxOutcome::Failed(e),
-    };
     outcome.calls = calls.snapshot();
-    PipelineRun { outcome, report }
+    match result {
+        Ok(result) => {
+            outcome.netbox_kinds = result.kinds;
+            outcome.netbox = NetBoxOutcome::Done(result.summary);
+            Some(result.report)
+        }
+        Err(e) => {
+            outcome.netbox = NetBoxOutcome::Failed(e);
+            None
+        }
+    }
+}
+
+/// What the polls after a run compare with: only after NetBox was written successfully
+/// (not in dry-run), so that a change a failed sync did not write is found again.
+fn last_pass(
+    outcome: &PipelineOutcome,
+    resources: ClusterResources,
+    hardware: BTreeMap<String, NodeHardware>,
+    discovery: Option<Vec<NodeDiscovery>>,
+) -> Option<LastPass> {
+    let written = matches!(&outcome.netbox, NetBoxOutcome::Done(s) if s.failed == 0);
+    if outcome.dry_run || !written {
+        return None;
+    }
+    Some(LastPass {
+        memory: WatchMemory {
+            resources,
+            inventory: outcome.inventory.clone()?,
+            hardware,
+        },
+        discovery,
+        permission_warning: outcome.permission_warning.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -532,6 +720,49 @@ mod tests {
                     Err(e) => calls.record(systems::PROXMOX, e.reason(), 1),
                 }
                 self.0.clone()
+            })
+        }
+        /// Nothing changes in this cluster.
+        fn poll<'a>(
+            &'a self,
+            _cfg: &'a ResolvedCluster,
+            _memory: &'a WatchMemory,
+            calls: &'a CallCounter,
+        ) -> BoxFuture<'a, PollOutcome> {
+            calls.record(systems::PROXMOX, CALL_SUCCESS, 1);
+            Box::pin(async { PollOutcome::Idle })
+        }
+    }
+
+    /// Finds guest 100 changed in each poll: its inventory has 2 GiB more memory.
+    struct ChangingReader;
+    impl ProxmoxReader for ChangingReader {
+        fn read<'a>(
+            &'a self,
+            _cfg: &'a ResolvedCluster,
+            _calls: &'a CallCounter,
+        ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
+            Box::pin(async { Ok(three_nodes()) })
+        }
+        fn poll<'a>(
+            &'a self,
+            _cfg: &'a ResolvedCluster,
+            memory: &'a WatchMemory,
+            calls: &'a CallCounter,
+        ) -> BoxFuture<'a, PollOutcome> {
+            calls.record(systems::PROXMOX, CALL_SUCCESS, 2);
+            let mut inventory = memory.inventory.clone();
+            for g in inventory.guests.iter_mut().filter(|g| g.vmid == 100) {
+                g.memory_mib = g.memory_mib.map(|m| m + 2048);
+            }
+            let mut resources = memory.resources.clone();
+            resources.nodes.insert("polled".into(), true);
+            Box::pin(async move {
+                PollOutcome::Changed {
+                    changes: [(100, crate::watch::GuestChange::Changed)].into(),
+                    inventory: Box::new(inventory),
+                    resources,
+                }
             })
         }
     }
@@ -670,6 +901,7 @@ mod tests {
         ProxmoxRead {
             inventory,
             permission_warning: None,
+            resources: Some(ClusterResources::default()),
         }
     }
 
@@ -964,6 +1196,14 @@ mod tests {
         ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
             Box::pin(std::future::pending())
         }
+        fn poll<'a>(
+            &'a self,
+            _cfg: &'a ResolvedCluster,
+            _memory: &'a WatchMemory,
+            _calls: &'a CallCounter,
+        ) -> BoxFuture<'a, PollOutcome> {
+            Box::pin(std::future::pending())
+        }
     }
     struct HangingWriter;
     impl NetBoxWriter for HangingWriter {
@@ -1109,5 +1349,141 @@ mod tests {
         // The NetBox sync still runs, without facts.
         assert_eq!(*writer.calls.lock().unwrap(), [(0, false)]);
         assert_eq!(run.outcome.calls.get(systems::SSH, codes::NODE_DEADLINE), 2);
+    }
+
+    fn last_pass_of_three_nodes() -> LastPass {
+        let mut inventory = three_nodes().inventory;
+        inventory.guests.push(crate::inventory::Guest {
+            vmid: 100,
+            memory_mib: Some(1024),
+            ..Default::default()
+        });
+        let mut hardware = BTreeMap::new();
+        hardware.insert("pve1".to_string(), NodeHardware::default());
+        LastPass {
+            memory: WatchMemory {
+                resources: ClusterResources::default(),
+                inventory,
+                hardware,
+            },
+            discovery: Some(Vec::new()),
+            permission_warning: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_pass_that_wrote_netbox_leaves_the_polls_their_reference() {
+        let d = secrets_dir();
+        let run = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &FakeProber::default(),
+            &FakeWriter::default(),
+            &cluster(false, "Sync"),
+            &[],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        let last = run.last_pass.expect("a reference for the polls");
+        assert_eq!(last.memory.inventory.nodes.len(), 3);
+        assert_eq!(run.outcome.watch_interval, Some(Duration::from_secs(15)));
+        assert_eq!(run.outcome.poll, None);
+        // Nothing written in dry-run: the polls would compare with what NetBox lacks.
+        let dry = run_pipeline(
+            &FakeReader(Ok(three_nodes())),
+            &FakeProber::default(),
+            &FakeWriter::default(),
+            &cluster(false, "DryRun"),
+            &[],
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            now(),
+        )
+        .await;
+        assert!(dry.last_pass.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_idle_poll_runs_nothing_else() {
+        let d = secrets_dir();
+        let writer = FakeWriter::default();
+        let run = run_targeted(
+            &FakeReader(Ok(three_nodes())),
+            &writer,
+            &cluster(false, "Sync"),
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            &last_pass_of_three_nodes(),
+            now(),
+        )
+        .await;
+        assert_eq!(run.outcome.poll, Some(PollRecord::Idle));
+        assert!(writer.calls.lock().unwrap().is_empty());
+        assert!(run.outcome.inventory.is_none());
+        assert!(run.last_pass.is_none());
+        assert!(
+            run.outcome
+                .calls
+                .0
+                .keys()
+                .all(|(system, _)| system != systems::NETBOX)
+        );
+        assert_eq!(run.outcome.calls.get(systems::PROXMOX, CALL_SUCCESS), 1);
+    }
+
+    #[tokio::test]
+    async fn a_poll_with_changes_syncs_the_last_inventory_with_them_read_again() {
+        let d = secrets_dir();
+        let writer = FakeWriter::default();
+        let last = last_pass_of_three_nodes();
+        let run = run_targeted(
+            &ChangingReader,
+            &writer,
+            &cluster(false, "Sync"),
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            &last,
+            now(),
+        )
+        .await;
+        assert_eq!(
+            run.outcome.poll,
+            Some(PollRecord::Changed(
+                [(100, crate::watch::GuestChange::Changed)].into()
+            ))
+        );
+        // One NetBox sync, with the last full pass's hardware facts.
+        assert_eq!(*writer.calls.lock().unwrap(), [(1, false)]);
+        let inventory = run.outcome.inventory.as_ref().unwrap();
+        assert_eq!(inventory.guests[0].memory_mib, Some(3072));
+        assert_eq!(run.outcome.discovery, last.discovery);
+        assert!(matches!(run.outcome.netbox, NetBoxOutcome::Done(_)));
+        // The next poll compares with this one.
+        let next = run.last_pass.unwrap();
+        assert!(next.memory.resources.nodes.contains_key("polled"));
+        assert_eq!(next.memory.inventory.guests[0].memory_mib, Some(3072));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_past_its_deadline_fails_and_runs_nothing_else() {
+        let d = secrets_dir();
+        let writer = FakeWriter::default();
+        let run = run_targeted(
+            &HangingReader,
+            &writer,
+            &cluster(false, "Sync"),
+            &DirSecrets::new(d.path()),
+            RunOptions::default(),
+            &last_pass_of_three_nodes(),
+            now(),
+        )
+        .await;
+        assert!(
+            matches!(&run.outcome.poll, Some(PollRecord::Failed(m)) if m.contains("deadline")),
+            "{:?}",
+            run.outcome.poll
+        );
+        assert!(writer.calls.lock().unwrap().is_empty());
     }
 }

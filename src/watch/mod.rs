@@ -7,6 +7,7 @@
 pub mod changes;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::crd::facts::NodeHardware;
 use crate::inventory::Inventory;
@@ -47,6 +48,47 @@ pub enum PollOutcome {
     Partial(PartialPoll),
     /// The poll failed: nothing is changed, the next poll or full sync tries again.
     Failed(ReadResourcesError),
+    /// The poll (or the re-read of the changed guests) ran past its deadline.
+    TimedOut(Duration),
+}
+
+/// What the poll of a targeted pass found, as the status and metrics see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PollRecord {
+    /// Nothing changed; nothing else ran.
+    Idle,
+    /// Guests changed, and the NetBox sync ran for the inventory with them read again.
+    Changed(ChangeSet),
+    /// The poll looked partial; nothing else ran, the next pass is a full one.
+    Partial(String),
+    /// The poll failed; nothing else ran.
+    Failed(String),
+}
+
+impl PollRecord {
+    /// The record of a poll that ran nothing else (`Changed` only from the pass).
+    pub fn from_outcome(outcome: &PollOutcome) -> Self {
+        match outcome {
+            PollOutcome::Idle => Self::Idle,
+            PollOutcome::Changed { changes, .. } => Self::Changed(changes.clone()),
+            PollOutcome::Partial(p) => Self::Partial(p.to_string()),
+            PollOutcome::Failed(e) => Self::Failed(e.to_string()),
+            PollOutcome::TimedOut(limit) => Self::Failed(format!(
+                "the poll ran past its deadline of {}s",
+                limit.as_secs()
+            )),
+        }
+    }
+
+    /// Stable name: metric label and log field.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Changed(_) => "changed",
+            Self::Partial(_) => "partial",
+            Self::Failed(_) => "failed",
+        }
+    }
 }
 
 /// Polls `/cluster/resources` and, when guests changed, reads them again.
