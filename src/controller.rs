@@ -566,15 +566,22 @@ async fn apply<P: ClusterPipeline>(
         publish(ctx, &cluster, &ev).await;
     }
 
+    // A pass is kept until the next full sync is due: then this reconcile only polls, and
+    // needs no NodeSSHCredential (hardware facts are the full pass's).
+    let resync = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
+    let kept = ctx.kept_pass(&key, generation, resync.as_deref(), now);
     let creds_api: Api<NodeSSHCredential> = Api::namespaced(ctx.client.clone(), &ns);
-    let credentials: Vec<NodeSSHCredential> = creds_api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items
-        .into_iter()
-        .filter(|c| c.spec.cluster_ref.name == name)
-        .collect();
+    let credentials: Vec<NodeSSHCredential> = match kept {
+        Some(_) => Vec::new(),
+        None => creds_api
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::Kube)?
+            .items
+            .into_iter()
+            .filter(|c| c.spec.cluster_ref.name == name)
+            .collect(),
+    };
     let secrets = KubeSecrets::new(ctx.client.clone(), &ns);
     let observer = StatusWriter {
         api,
@@ -586,8 +593,6 @@ async fn apply<P: ClusterPipeline>(
         credentials: &credentials,
         written: Mutex::new(None),
     };
-    let resync = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
-    let kept = ctx.kept_pass(&key, generation, resync.as_deref(), now);
     if kept.is_none() {
         tracing::info!(cluster = %key, credentials = credentials.len(), "sync started");
     }

@@ -17,7 +17,7 @@ use tower::Layer;
 
 use proxmox_netbox_operator::conditions::reasons;
 use proxmox_netbox_operator::controller::{
-    AbortSignal, Clock, ClusterPipeline, Context, Error, FINALIZER, RESYNC_ANNOTATION,
+    AbortSignal, Clock, ClusterPipeline, Context, Error, FINALIZER, KeptPass, RESYNC_ANNOTATION,
     error_policy, reconcile,
 };
 use proxmox_netbox_operator::crd::{NodeSSHCredential, NodeWarning, ProxmoxCluster, SyncSummary};
@@ -36,6 +36,7 @@ use proxmox_netbox_operator::stage_errors::{
 use proxmox_netbox_operator::status::{
     ExternalCalls, NetBoxOutcome, NodeDiscovery, PipelineOutcome,
 };
+use proxmox_netbox_operator::watch::{PollRecord, WatchMemory};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -57,6 +58,8 @@ struct FakePipeline {
     panic: bool,
     delete_result: Result<String, StageError>,
     deletes: Mutex<usize>,
+    /// Passes run with a kept pass (polls).
+    targeted: Mutex<usize>,
 }
 
 impl ClusterPipeline for FakePipeline {
@@ -67,9 +70,12 @@ impl ClusterPipeline for FakePipeline {
         _secrets: &'a dyn SecretSource,
         observer: &'a dyn StageObserver,
         _installation: &'a str,
-        _last: Option<&'a LastPass>,
+        last: Option<&'a LastPass>,
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, PipelineRun> {
+        if last.is_some() {
+            *self.targeted.lock().unwrap() += 1;
+        }
         self.runs.lock().unwrap().push(
             credentials
                 .iter()
@@ -81,7 +87,11 @@ impl ClusterPipeline for FakePipeline {
                 !self.panic,
                 "index out of bounds: the len is 0 but the index is 7"
             );
-            if self.outcome.config_error.is_none() && self.outcome.proxmox_error.is_none() {
+            // A targeted pass, like the real one, reports nothing before its end.
+            if last.is_none()
+                && self.outcome.config_error.is_none()
+                && self.outcome.proxmox_error.is_none()
+            {
                 let observed = PipelineOutcome {
                     netbox: NetBoxOutcome::InProgress,
                     ..self.outcome.clone()
@@ -189,6 +199,7 @@ fn pipeline(outcome: PipelineOutcome) -> FakePipeline {
         panic: false,
         delete_result: Ok("deleted 3 objects".to_string()),
         deletes: Mutex::new(0),
+        targeted: Mutex::new(0),
     }
 }
 
@@ -1340,4 +1351,93 @@ async fn a_failed_stage_reaches_the_error_policy_which_retries_by_its_classifica
         after >= Duration::from_secs(120) && after <= Duration::from_secs(132),
         "{after:?}"
     );
+}
+
+/// A pass kept for cluster `infra/lab` at generation 3, the next full sync in 10 minutes.
+fn keep_a_pass(ctx: &Context<FakePipeline>) {
+    ctx.kept_passes.lock().unwrap().insert(
+        "infra/lab".into(),
+        KeptPass {
+            generation: Some(3),
+            resync: None,
+            next_full: now() + chrono::Duration::minutes(10),
+            pass: Arc::new(LastPass {
+                memory: WatchMemory {
+                    resources: Default::default(),
+                    inventory: complete_inventory(),
+                    hardware: BTreeMap::new(),
+                },
+                discovery: None,
+                permission_warning: None,
+            }),
+        },
+    );
+}
+
+fn poll_outcome(poll: PollRecord) -> PipelineOutcome {
+    PipelineOutcome {
+        poll: Some(poll),
+        sync_interval: Some(Duration::from_secs(900)),
+        watch_interval: Some(Duration::from_secs(15)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_poll_that_finds_nothing_makes_no_kubernetes_request_and_comes_back_at_the_watch_interval()
+ {
+    let (ctx, mut handle) = context(poll_outcome(PollRecord::Idle));
+    keep_a_pass(&ctx);
+    let obj = Arc::new(cluster(json!({}), true, None));
+    let action = tokio::time::timeout(Duration::from_secs(5), reconcile(obj, ctx.clone()))
+        .await
+        .expect("a poll waits for no Kubernetes request")
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(15))
+    );
+    assert_eq!(*ctx.pipeline.targeted.lock().unwrap(), 1);
+    // No credential list, no status, no Event.
+    let next = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+    assert!(next.is_err(), "a request was made");
+    // The pass is still kept: the next reconcile polls again.
+    assert!(ctx.kept_passes.lock().unwrap().contains_key("infra/lab"));
+}
+
+#[tokio::test]
+async fn a_partial_poll_drops_the_kept_pass_so_the_next_pass_is_a_full_sync() {
+    let (ctx, _handle) = context(poll_outcome(PollRecord::Partial(
+        "node pve2 is offline".into(),
+    )));
+    keep_a_pass(&ctx);
+    let reconciled = reconcile(Arc::new(cluster(json!({}), true, None)), ctx.clone());
+    let action = tokio::time::timeout(Duration::from_secs(5), reconciled)
+        .await
+        .expect("a poll waits for no Kubernetes request")
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(15))
+    );
+    assert!(ctx.kept_passes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_spec_change_runs_a_full_pass_whatever_pass_is_kept() {
+    let (ctx, mut handle) = context(synced_outcome(0));
+    keep_a_pass(&ctx);
+    let mut obj = cluster(json!({}), true, None);
+    obj.metadata.generation = Some(4);
+    let task = tokio::spawn(reconcile(Arc::new(obj), ctx.clone()));
+    // A full pass lists the NodeSSHCredentials first.
+    let (req, send) = next_request(&mut handle).await;
+    assert_eq!(
+        req.uri().path(),
+        "/apis/proxmox-netbox.io/v1alpha1/namespaces/infra/nodesshcredentials"
+    );
+    respond(send, credential_list());
+    drop(handle);
+    let _ = task.await;
+    assert_eq!(*ctx.pipeline.targeted.lock().unwrap(), 0);
 }
