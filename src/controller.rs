@@ -42,8 +42,8 @@ use crate::pipeline::{LastPass, StageObserver};
 use crate::secrets::KubeSecrets;
 use crate::stage_errors::{StageError, StageFailure};
 use crate::status::{
-    NetBoxOutcome, PipelineOutcome, build_status, differs, guest_address_gaps, needs_write,
-    observed_status, suspended_status,
+    NetBoxOutcome, PipelineOutcome, build_status, differs, guest_address_gaps, last_change,
+    needs_write, observed_status, suspended_status,
 };
 use crate::watch::PollRecord;
 use metrics::{
@@ -633,6 +633,9 @@ async fn apply<P: ClusterPipeline>(
     let finished = ctx.clock.now();
     let mut status = build_status(generation, base, &outcome, finished);
     status.last_resync_request = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
+    if let Some(PollRecord::Changed(changes)) = &outcome.poll {
+        status.last_change = Some(last_change(changes, now, finished));
+    }
     if needs_write(base, &status, finished) {
         patch_status(api, &name, &status).await?;
     } else {

@@ -11,13 +11,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::conditions::{PermissionWarning, reasons, types};
 use crate::crd::facts::NodeHardware;
 use crate::crd::{
-    CephStatusEntry, InventorySummary, NodeStatusEntry, NodeWarning, ProxmoxClusterStatus,
-    ReadFailureEntry, StorageStatusEntry, SyncSummary,
+    CephStatusEntry, InventorySummary, LastChangeEntry, NodeStatusEntry, NodeWarning,
+    ProxmoxClusterStatus, ReadFailureEntry, StorageStatusEntry, SyncSummary,
 };
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
 use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
-use crate::watch::PollRecord;
+use crate::watch::{ChangeSet, GuestChange, PollRecord};
 
 /// At most this many read failures are listed in the status.
 pub const MAX_READ_FAILURES: usize = 50;
@@ -90,6 +90,23 @@ impl ExternalCalls {
             .get(&(system.to_string(), outcome.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// The status entry of a targeted pass's changes, found at `detected`, synced by `applied`.
+pub fn last_change(
+    changes: &ChangeSet,
+    detected: DateTime<Utc>,
+    applied: DateTime<Utc>,
+) -> LastChangeEntry {
+    let count = |kind: GuestChange| changes.values().filter(|c| **c == kind).count() as i64;
+    LastChangeEntry {
+        detected_time: rfc3339(detected),
+        applied_time: rfc3339(applied),
+        created: count(GuestChange::Created),
+        destroyed: count(GuestChange::Destroyed),
+        migrated: count(GuestChange::Migrated),
+        changed: count(GuestChange::Changed),
     }
 }
 
@@ -241,12 +258,15 @@ pub fn build_status(
         nodes: prev.nodes.clone(),
         storage: prev.storage.clone(),
         ceph: prev.ceph.clone(),
+        last_change: prev.last_change.clone(),
         conditions: Vec::new(),
     };
     if let Some(inv) = &outcome.inventory {
         apply_inventory(&mut status, inv);
     }
-    if let Some(discovery) = &outcome.discovery {
+    if outcome.poll.is_some() {
+        // A targeted pass ran no discovery: the nodes' facts, their time and warnings stay.
+    } else if let Some(discovery) = &outcome.discovery {
         apply_discovery(&mut status.nodes, discovery, &now_s);
     } else {
         for node in &mut status.nodes {
@@ -902,6 +922,35 @@ mod tests {
                 types::DEGRADED
             ]
         );
+    }
+
+    #[test]
+    fn a_targeted_pass_keeps_the_nodes_discovery_and_records_its_changes() {
+        let mut full = synced(0);
+        full.discovery = Some(vec![NodeDiscovery {
+            node: "pve1".into(),
+            address: Some("10.0.0.1".into()),
+            hardware: Some(NodeHardware::default()),
+            warning: None,
+        }]);
+        let first = build_status(Some(1), None, &full, at(0));
+        let discovered = first.nodes[0].last_discovery_time.clone();
+        assert!(discovered.is_some());
+        // The targeted pass carries the full pass's discovery; it ran none itself.
+        let mut targeted = full.clone();
+        let changes: ChangeSet = [
+            (100, GuestChange::Changed),
+            (101, GuestChange::Created),
+            (102, GuestChange::Changed),
+        ]
+        .into();
+        targeted.poll = Some(PollRecord::Changed(changes.clone()));
+        let after = build_status(Some(1), Some(&first), &targeted, at(90));
+        assert_eq!(after.nodes, first.nodes);
+        assert_eq!(after.nodes[0].last_discovery_time, discovered);
+        let entry = last_change(&changes, at(80), at(90));
+        assert_eq!((entry.created, entry.changed, entry.destroyed), (1, 2, 0));
+        assert!(entry.detected_time < entry.applied_time);
     }
 
     #[test]

@@ -189,6 +189,14 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
     })
     .await;
     assert!(seconds < 30.0, "{seconds} s");
+    let changed = clusters.get("lab").await.unwrap();
+    let last = changed
+        .status
+        .unwrap()
+        .last_change
+        .expect("status.lastChange");
+    assert!(last.changed >= 1, "{last:?}");
+    assert!(last.detected_time <= last.applied_time, "{last:?}");
 
     // A new VM.
     api.send(

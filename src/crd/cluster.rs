@@ -593,6 +593,29 @@ pub struct ProxmoxClusterStatus {
     /// Ceph health, when Ceph is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceph: Option<CephStatusEntry>,
+    /// The last guests a poll found changed in Proxmox between full syncs
+    /// (`spec.sync.watchInterval`), and when their NetBox sync ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<LastChangeEntry>,
+}
+
+/// Guests a poll found changed, synced to NetBox at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastChangeEntry {
+    /// When the poll found them (RFC 3339).
+    pub detected_time: String,
+    /// When their NetBox sync ended (RFC 3339).
+    pub applied_time: String,
+    /// Guests created.
+    pub created: i64,
+    /// Guests destroyed.
+    pub destroyed: i64,
+    /// Guests on another node.
+    pub migrated: i64,
+    /// Guests with another name, power state, template flag, tags, pool, memory, vCPUs or
+    /// disk size.
+    pub changed: i64,
 }
 
 /// Inventory counts.
