@@ -188,6 +188,7 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
         vm.is_some_and(|v| v["memory"] == 6144)
     })
     .await;
+    eprintln!("the memory change reached NetBox after {seconds:.1} s (polls every 5 s)");
     assert!(seconds < 30.0, "{seconds} s");
     let changed = clusters.get("lab").await.unwrap();
     let last = changed
