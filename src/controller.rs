@@ -310,6 +310,18 @@ impl<P> Context<P> {
         self.kept_passes().remove(key);
     }
 
+    /// Drops the kept passes of the clusters `refs`: their next pass is a full one.
+    fn forget_passes<'r>(&self, refs: impl IntoIterator<Item = &'r ObjectRef<ProxmoxCluster>>) {
+        let mut kept = self.kept_passes();
+        for r in refs {
+            kept.remove(&format!(
+                "{}/{}",
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name
+            ));
+        }
+    }
+
     fn next_full_sync(&self, key: &str) -> Option<DateTime<Utc>> {
         self.kept_passes().get(key).map(|k| k.next_full)
     }
@@ -1362,6 +1374,10 @@ pub async fn run_controller<P: ClusterPipeline>(
     // the previous clusterRef of each credential.
     let (cred_store, cred_writer) = reflector::store();
     let mut tracker = CredentialTracker::default();
+    // A changed NodeSSHCredential or Secret makes the next pass of its clusters a full one
+    // (discovery again, everything read with the new settings), not a poll.
+    let ctx_for_creds = ctx.clone();
+    let ctx_for_secrets = ctx.clone();
     let cred_triggers = watcher(creds, watcher::Config::default())
         .default_backoff()
         .reflect(cred_writer)
@@ -1374,7 +1390,11 @@ pub async fn run_controller<P: ClusterPipeline>(
                 }
             })
         })
-        .flat_map(move |event| futures::stream::iter(tracker.on_event(&event)));
+        .flat_map(move |event| {
+            let hits = tracker.on_event(&event);
+            ctx_for_creds.forget_passes(&hits);
+            futures::stream::iter(hits)
+        });
 
     // Secrets: the operator may only `get` them (no list or watch), so the referenced
     // ones are polled by metadata (never their data) and a change triggers their clusters.
@@ -1411,6 +1431,7 @@ pub async fn run_controller<P: ClusterPipeline>(
                     clusters.iter().map(AsRef::as_ref),
                     creds.iter().map(AsRef::as_ref),
                 );
+                ctx_for_secrets.forget_passes(&hits);
                 futures::stream::iter(hits)
             });
 
