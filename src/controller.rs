@@ -10,7 +10,7 @@
 pub mod kube_metrics;
 pub mod metrics;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -271,8 +271,8 @@ impl<P: ClusterPipeline> Context<P> {
 pub struct KeptPass {
     /// The spec generation it was run for.
     pub generation: Option<i64>,
-    /// The resync annotation it was run with.
-    pub resync: Option<String>,
+    /// The annotations it was run with (resync, adoption of previous marks, ...).
+    pub annotations: BTreeMap<String, String>,
     /// When the next full sync is due.
     pub next_full: DateTime<Utc>,
     /// The pass.
@@ -285,17 +285,17 @@ impl<P> Context<P> {
     }
 
     /// The pass a poll of cluster `key` compares with: `None` (a full pass is due) when
-    /// none is kept, the spec or the resync annotation changed, or the interval is over.
+    /// none is kept, the spec or an annotation changed, or the interval is over.
     fn kept_pass(
         &self,
         key: &str,
         generation: Option<i64>,
-        resync: Option<&str>,
+        annotations: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Option<Arc<LastPass>> {
         let mut kept = self.kept_passes();
         let k = kept.get(key)?;
-        if k.generation == generation && k.resync.as_deref() == resync && now < k.next_full {
+        if k.generation == generation && &k.annotations == annotations && now < k.next_full {
             return Some(k.pass.clone());
         }
         kept.remove(key);
@@ -580,8 +580,8 @@ async fn apply<P: ClusterPipeline>(
 
     // A pass is kept until the next full sync is due: then this reconcile only polls, and
     // needs no NodeSSHCredential (hardware facts are the full pass's).
-    let resync = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
-    let kept = ctx.kept_pass(&key, generation, resync.as_deref(), now);
+    let annotations = cluster.annotations().clone();
+    let kept = ctx.kept_pass(&key, generation, &annotations, now);
     let creds_api: Api<NodeSSHCredential> = Api::namespaced(ctx.client.clone(), &ns);
     let credentials: Vec<NodeSSHCredential> = match kept {
         Some(_) => Vec::new(),
@@ -684,7 +684,7 @@ async fn apply<P: ClusterPipeline>(
                 &key,
                 KeptPass {
                     generation,
-                    resync,
+                    annotations,
                     next_full,
                     pass: Arc::new(pass),
                 },

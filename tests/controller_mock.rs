@@ -1354,14 +1354,32 @@ async fn a_failed_stage_reaches_the_error_policy_which_retries_by_its_classifica
 }
 
 /// A pass kept for cluster `infra/lab` at generation 3, the next full sync in 10 minutes.
-fn keep_a_pass(ctx: &Context<FakePipeline>) {
+async fn keep_a_pass(ctx: &Context<FakePipeline>) {
+    let d = tempfile::tempdir().unwrap();
+    for (secret, key, value) in [
+        ("pve", "tokenId", "a@pve!b"),
+        ("pve", "tokenSecret", "x"),
+        ("nb", "token", "y"),
+    ] {
+        std::fs::create_dir_all(d.path().join(secret)).unwrap();
+        std::fs::write(d.path().join(secret).join(key), value).unwrap();
+    }
+    let c = cluster(json!({}), true, None);
+    let config = proxmox_netbox_operator::config::resolve(
+        &c,
+        proxmox_netbox_operator::pipeline::owner_scope(&c, "test"),
+        &proxmox_netbox_operator::secrets::DirSecrets::new(d.path()),
+    )
+    .await
+    .unwrap();
     ctx.kept_passes.lock().unwrap().insert(
         "infra/lab".into(),
         KeptPass {
             generation: Some(3),
-            resync: None,
+            annotations: Default::default(),
             next_full: now() + chrono::Duration::minutes(10),
             pass: Arc::new(LastPass {
+                config: Arc::new(config),
                 memory: WatchMemory {
                     resources: Default::default(),
                     inventory: complete_inventory(),
@@ -1387,7 +1405,7 @@ fn poll_outcome(poll: PollRecord) -> PipelineOutcome {
 async fn a_poll_that_finds_nothing_makes_no_kubernetes_request_and_comes_back_at_the_watch_interval()
  {
     let (ctx, mut handle) = context(poll_outcome(PollRecord::Idle));
-    keep_a_pass(&ctx);
+    keep_a_pass(&ctx).await;
     let obj = Arc::new(cluster(json!({}), true, None));
     let action = tokio::time::timeout(Duration::from_secs(5), reconcile(obj, ctx.clone()))
         .await
@@ -1410,7 +1428,7 @@ async fn a_partial_poll_drops_the_kept_pass_so_the_next_pass_is_a_full_sync() {
     let (ctx, _handle) = context(poll_outcome(PollRecord::Partial(
         "node pve2 is offline".into(),
     )));
-    keep_a_pass(&ctx);
+    keep_a_pass(&ctx).await;
     let reconciled = reconcile(Arc::new(cluster(json!({}), true, None)), ctx.clone());
     let action = tokio::time::timeout(Duration::from_secs(5), reconciled)
         .await
@@ -1426,7 +1444,7 @@ async fn a_partial_poll_drops_the_kept_pass_so_the_next_pass_is_a_full_sync() {
 #[tokio::test]
 async fn a_spec_change_runs_a_full_pass_whatever_pass_is_kept() {
     let (ctx, mut handle) = context(synced_outcome(0));
-    keep_a_pass(&ctx);
+    keep_a_pass(&ctx).await;
     let mut obj = cluster(json!({}), true, None);
     obj.metadata.generation = Some(4);
     let task = tokio::spawn(reconcile(Arc::new(obj), ctx.clone()));

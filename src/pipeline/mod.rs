@@ -10,7 +10,7 @@ pub mod live;
 pub mod write_settle;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -125,6 +125,9 @@ pub trait ProxmoxReader: Send + Sync {
 /// sync reuses of the pass (hardware facts, discovery, the permission warning).
 #[derive(Clone, Debug)]
 pub struct LastPass {
+    /// The settings the pass resolved: the polls after it use them, so an idle poll reads
+    /// no Secret (a changed Secret or spec drops the kept pass).
+    pub config: Arc<ResolvedCluster>,
     /// The last poll, inventory and hardware facts.
     pub memory: WatchMemory,
     /// The discovery of the last full pass.
@@ -284,16 +287,7 @@ where
             };
             match last {
                 Some(last) => {
-                    run_targeted(
-                        &self.reader,
-                        &self.writer,
-                        cluster,
-                        secrets,
-                        options,
-                        last,
-                        now,
-                    )
-                    .await
+                    run_targeted(&self.reader, &self.writer, cluster, options, last, now).await
                 }
                 None => {
                     run_pipeline_observed(
@@ -530,9 +524,10 @@ pub async fn run_pipeline_observed(
         now,
     )
     .await;
-    let last_pass = read
-        .resources
-        .and_then(|resources| last_pass(&outcome, resources, hardware, outcome.discovery.clone()));
+    let discovery = outcome.discovery.clone();
+    let last_pass = read.resources.and_then(|resources| {
+        last_pass(&outcome, Arc::new(config), resources, hardware, discovery)
+    });
     PipelineRun {
         outcome,
         report,
@@ -548,20 +543,17 @@ pub async fn run_targeted(
     reader: &dyn ProxmoxReader,
     writer: &dyn NetBoxWriter,
     cluster: &ProxmoxCluster,
-    secrets: &dyn SecretSource,
     options: RunOptions,
     last: &LastPass,
     now: DateTime<Utc>,
 ) -> PipelineRun {
     let limits = options.limits;
     let calls = CallCounter::with_transport_limit(limits.transport_errors);
-    let (config, mut outcome) = match resolved(cluster, secrets, &options).await {
-        Ok(r) => r,
-        Err(outcome) => return failed_run(outcome),
-    };
+    let config = &*last.config;
+    let mut outcome = new_outcome(cluster, &options, config);
     let polled = tokio::time::timeout(
         limits.proxmox_read,
-        reader.poll(&config, &last.memory, &calls),
+        reader.poll(config, &last.memory, &calls),
     )
     .await
     .unwrap_or(PollOutcome::TimedOut(limits.proxmox_read));
@@ -584,7 +576,7 @@ pub async fn run_targeted(
     let hardware = last.memory.hardware.clone();
     let report = sync_netbox(
         writer,
-        &config,
+        config,
         &hardware,
         &limits,
         &calls,
@@ -592,7 +584,14 @@ pub async fn run_targeted(
         now,
     )
     .await;
-    let last_pass = last_pass(&outcome, resources, hardware, outcome.discovery.clone());
+    let discovery = outcome.discovery.clone();
+    let last_pass = last_pass(
+        &outcome,
+        last.config.clone(),
+        resources,
+        hardware,
+        discovery,
+    );
     PipelineRun {
         outcome,
         report,
@@ -607,27 +606,36 @@ async fn resolved(
     secrets: &dyn SecretSource,
     options: &RunOptions,
 ) -> Result<(ResolvedCluster, PipelineOutcome), PipelineOutcome> {
-    let dry_run = options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun;
-    let mut outcome = PipelineOutcome {
-        dry_run,
-        ..Default::default()
-    };
-    match resolve(
-        cluster,
-        owner_scope(cluster, &options.installation),
-        secrets,
-    )
-    .await
-    {
+    let owner = owner_scope(cluster, &options.installation);
+    match resolve(cluster, owner, secrets).await {
         Ok(config) => {
-            outcome.sync_interval = Some(config.sync_interval);
-            outcome.watch_interval = config.watch_interval;
+            let outcome = new_outcome(cluster, options, &config);
             Ok((config, outcome))
         }
-        Err(e) => {
-            outcome.config_error = Some(e);
-            Err(outcome)
-        }
+        Err(e) => Err(PipelineOutcome {
+            dry_run: dry_run(cluster, options),
+            config_error: Some(e),
+            ..Default::default()
+        }),
+    }
+}
+
+/// True when this run writes nothing.
+fn dry_run(cluster: &ProxmoxCluster, options: &RunOptions) -> bool {
+    options.force_dry_run || cluster.spec.sync.mode == SyncMode::DryRun
+}
+
+/// The outcome a run with `config` starts from.
+fn new_outcome(
+    cluster: &ProxmoxCluster,
+    options: &RunOptions,
+    config: &ResolvedCluster,
+) -> PipelineOutcome {
+    PipelineOutcome {
+        dry_run: dry_run(cluster, options),
+        sync_interval: Some(config.sync_interval),
+        watch_interval: config.watch_interval,
+        ..Default::default()
     }
 }
 
@@ -678,6 +686,7 @@ async fn sync_netbox(
 /// (not in dry-run), so that a change a failed sync did not write is found again.
 fn last_pass(
     outcome: &PipelineOutcome,
+    config: Arc<ResolvedCluster>,
     resources: ClusterResources,
     hardware: BTreeMap<String, NodeHardware>,
     discovery: Option<Vec<NodeDiscovery>>,
@@ -687,6 +696,7 @@ fn last_pass(
         return None;
     }
     Some(LastPass {
+        config,
         memory: WatchMemory {
             resources,
             inventory: outcome.inventory.clone()?,
@@ -1351,7 +1361,11 @@ mod tests {
         assert_eq!(run.outcome.calls.get(systems::SSH, codes::NODE_DEADLINE), 2);
     }
 
-    fn last_pass_of_three_nodes() -> LastPass {
+    async fn last_pass_of_three_nodes(d: &tempfile::TempDir) -> LastPass {
+        let c = cluster(false, "Sync");
+        let config = resolve(&c, owner_scope(&c, "test"), &DirSecrets::new(d.path()))
+            .await
+            .unwrap();
         let mut inventory = three_nodes().inventory;
         inventory.guests.push(crate::inventory::Guest {
             vmid: 100,
@@ -1361,6 +1375,7 @@ mod tests {
         let mut hardware = BTreeMap::new();
         hardware.insert("pve1".to_string(), NodeHardware::default());
         LastPass {
+            config: Arc::new(config),
             memory: WatchMemory {
                 resources: ClusterResources::default(),
                 inventory,
@@ -1412,9 +1427,8 @@ mod tests {
             &FakeReader(Ok(three_nodes())),
             &writer,
             &cluster(false, "Sync"),
-            &DirSecrets::new(d.path()),
             RunOptions::default(),
-            &last_pass_of_three_nodes(),
+            &last_pass_of_three_nodes(&d).await,
             now(),
         )
         .await;
@@ -1436,12 +1450,11 @@ mod tests {
     async fn a_poll_with_changes_syncs_the_last_inventory_with_them_read_again() {
         let d = secrets_dir();
         let writer = FakeWriter::default();
-        let last = last_pass_of_three_nodes();
+        let last = last_pass_of_three_nodes(&d).await;
         let run = run_targeted(
             &ChangingReader,
             &writer,
             &cluster(false, "Sync"),
-            &DirSecrets::new(d.path()),
             RunOptions::default(),
             &last,
             now(),
@@ -1473,9 +1486,8 @@ mod tests {
             &HangingReader,
             &writer,
             &cluster(false, "Sync"),
-            &DirSecrets::new(d.path()),
             RunOptions::default(),
-            &last_pass_of_three_nodes(),
+            &last_pass_of_three_nodes(&d).await,
             now(),
         )
         .await;
