@@ -1380,6 +1380,7 @@ async fn keep_a_pass(ctx: &Context<FakePipeline>) {
             next_full: now() + chrono::Duration::minutes(10),
             pass: Arc::new(LastPass {
                 config: Arc::new(config),
+                client: None,
                 memory: WatchMemory {
                     resources: Default::default(),
                     inventory: complete_inventory(),

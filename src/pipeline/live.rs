@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::write_settle::{WriteSettle, settle_window};
-use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader};
+use super::{CallCounter, NetBoxResult, NetBoxWriter, ProxmoxRead, ProxmoxReader, SharedPve};
 use crate::conditions::{PermissionWarning, reasons};
 use crate::config::{PveCredentials, ResolvedCluster, ResolvedNetBox};
 use crate::hardware::facts::NodeHardware;
@@ -218,9 +218,18 @@ impl ProxmoxReader for LiveReader {
         &'a self,
         config: &'a ResolvedCluster,
         memory: &'a WatchMemory,
+        client: Option<&'a dyn PveApi>,
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, PollOutcome> {
         Box::pin(async move {
+            let opts = read_options(config);
+            if let Some(client) = client {
+                let client = CountedPve {
+                    inner: client,
+                    calls,
+                };
+                return watch::poll(&client, memory, &opts).await;
+            }
             let client = match self.client(config) {
                 Ok(c) => c,
                 Err(e) => return PollOutcome::Failed(e.into()),
@@ -229,7 +238,7 @@ impl ProxmoxReader for LiveReader {
                 inner: &client,
                 calls,
             };
-            watch::poll(&client, memory, &read_options(config)).await
+            watch::poll(&client, memory, &opts).await
         })
     }
 
@@ -239,9 +248,10 @@ impl ProxmoxReader for LiveReader {
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>> {
         Box::pin(async move {
-            let client = self.client(config).map_err(ProxmoxReadError::Api)?;
+            let shared: Arc<PveClient> =
+                Arc::new(self.client(config).map_err(ProxmoxReadError::Api)?);
             let client = CountedPve {
-                inner: &client,
+                inner: shared.as_ref(),
                 calls,
             };
             let opts = read_options(config);
@@ -322,6 +332,7 @@ impl ProxmoxReader for LiveReader {
                 inventory,
                 permission_warning,
                 resources,
+                client: Some(SharedPve(shared)),
             })
         })
     }

@@ -27,6 +27,7 @@ use crate::inventory::Inventory;
 use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
 use crate::owner::OwnerScope;
+use crate::pve::client::PveApi;
 use crate::pve::resources::ClusterResources;
 use crate::secrets::SecretSource;
 use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError, StageError};
@@ -99,6 +100,18 @@ pub struct ProxmoxRead {
     /// `/cluster/resources`, read before the rest: the first poll's reference (`None` when
     /// it could not be read; the next pass is then a full one again).
     pub resources: Option<ClusterResources>,
+    /// The PVE client of the read, for the polls after it (a ticket login is not repeated).
+    pub client: Option<SharedPve>,
+}
+
+/// A PVE client kept between passes.
+#[derive(Clone)]
+pub struct SharedPve(pub Arc<dyn PveApi>);
+
+impl std::fmt::Debug for SharedPve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedPve")
+    }
 }
 
 /// Reads a Proxmox VE cluster.
@@ -112,11 +125,13 @@ pub trait ProxmoxReader: Send + Sync {
     ) -> BoxFuture<'a, Result<ProxmoxRead, ProxmoxReadError>>;
 
     /// Polls for the guests changed since `memory` and reads only those again
-    /// ([`crate::watch::poll`]). Every API request is recorded in `calls`.
+    /// ([`crate::watch::poll`]), with `client` when the last read left one. Every API
+    /// request is recorded in `calls`.
     fn poll<'a>(
         &'a self,
         config: &'a ResolvedCluster,
         memory: &'a WatchMemory,
+        client: Option<&'a dyn PveApi>,
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, PollOutcome>;
 }
@@ -130,6 +145,8 @@ pub struct LastPass {
     pub config: Arc<ResolvedCluster>,
     /// The last poll, inventory and hardware facts.
     pub memory: WatchMemory,
+    /// The PVE client of the full pass.
+    pub client: Option<SharedPve>,
     /// The discovery of the last full pass.
     pub discovery: Option<Vec<NodeDiscovery>>,
     /// The permission warning of the last full pass.
@@ -525,8 +542,10 @@ pub async fn run_pipeline_observed(
     )
     .await;
     let discovery = outcome.discovery.clone();
+    let client = read.client;
     let last_pass = read.resources.and_then(|resources| {
         last_pass(&outcome, Arc::new(config), resources, hardware, discovery)
+            .map(|pass| LastPass { client, ..pass })
     });
     PipelineRun {
         outcome,
@@ -553,7 +572,12 @@ pub async fn run_targeted(
     let mut outcome = new_outcome(cluster, &options, config);
     let polled = tokio::time::timeout(
         limits.proxmox_read,
-        reader.poll(config, &last.memory, &calls),
+        reader.poll(
+            config,
+            &last.memory,
+            last.client.as_ref().map(|c| c.0.as_ref()),
+            &calls,
+        ),
     )
     .await
     .unwrap_or(PollOutcome::TimedOut(limits.proxmox_read));
@@ -591,7 +615,11 @@ pub async fn run_targeted(
         resources,
         hardware,
         discovery,
-    );
+    )
+    .map(|pass| LastPass {
+        client: last.client.clone(),
+        ..pass
+    });
     PipelineRun {
         outcome,
         report,
@@ -697,6 +725,7 @@ fn last_pass(
     }
     Some(LastPass {
         config,
+        client: None,
         memory: WatchMemory {
             resources,
             inventory: outcome.inventory.clone()?,
@@ -737,6 +766,7 @@ mod tests {
             &'a self,
             _cfg: &'a ResolvedCluster,
             _memory: &'a WatchMemory,
+            _client: Option<&'a dyn PveApi>,
             calls: &'a CallCounter,
         ) -> BoxFuture<'a, PollOutcome> {
             calls.record(systems::PROXMOX, CALL_SUCCESS, 1);
@@ -744,8 +774,20 @@ mod tests {
         }
     }
 
-    /// Finds guest 100 changed in each poll: its inventory has 2 GiB more memory.
-    struct ChangingReader;
+    /// A PVE API that is never called (the fake readers answer by themselves).
+    struct FixedPve;
+    impl PveApi for FixedPve {
+        fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<serde_json::Value, PveError>> {
+            Box::pin(async move { Err(PveError::NotFound { path: path.into() }) })
+        }
+    }
+
+    /// Finds guest 100 changed in each poll: its inventory has 2 GiB more memory. Records
+    /// whether each poll was given a client.
+    #[derive(Default)]
+    struct ChangingReader {
+        given_client: Mutex<Vec<bool>>,
+    }
     impl ProxmoxReader for ChangingReader {
         fn read<'a>(
             &'a self,
@@ -758,8 +800,10 @@ mod tests {
             &'a self,
             _cfg: &'a ResolvedCluster,
             memory: &'a WatchMemory,
+            client: Option<&'a dyn PveApi>,
             calls: &'a CallCounter,
         ) -> BoxFuture<'a, PollOutcome> {
+            self.given_client.lock().unwrap().push(client.is_some());
             calls.record(systems::PROXMOX, CALL_SUCCESS, 2);
             let mut inventory = memory.inventory.clone();
             for g in inventory.guests.iter_mut().filter(|g| g.vmid == 100) {
@@ -912,6 +956,7 @@ mod tests {
             inventory,
             permission_warning: None,
             resources: Some(ClusterResources::default()),
+            client: None,
         }
     }
 
@@ -1210,6 +1255,7 @@ mod tests {
             &'a self,
             _cfg: &'a ResolvedCluster,
             _memory: &'a WatchMemory,
+            _client: Option<&'a dyn PveApi>,
             _calls: &'a CallCounter,
         ) -> BoxFuture<'a, PollOutcome> {
             Box::pin(std::future::pending())
@@ -1376,6 +1422,7 @@ mod tests {
         hardware.insert("pve1".to_string(), NodeHardware::default());
         LastPass {
             config: Arc::new(config),
+            client: None,
             memory: WatchMemory {
                 resources: ClusterResources::default(),
                 inventory,
@@ -1450,9 +1497,11 @@ mod tests {
     async fn a_poll_with_changes_syncs_the_last_inventory_with_them_read_again() {
         let d = secrets_dir();
         let writer = FakeWriter::default();
-        let last = last_pass_of_three_nodes(&d).await;
+        let mut last = last_pass_of_three_nodes(&d).await;
+        last.client = Some(SharedPve(Arc::new(FixedPve)));
+        let reader = ChangingReader::default();
         let run = run_targeted(
-            &ChangingReader,
+            &reader,
             &writer,
             &cluster(false, "Sync"),
             RunOptions::default(),
@@ -1473,7 +1522,10 @@ mod tests {
         assert_eq!(run.outcome.discovery, last.discovery);
         assert!(matches!(run.outcome.netbox, NetBoxOutcome::Done(_)));
         // The next poll compares with this one.
+        // The poll used the full pass's client, and the next one will too.
+        assert_eq!(*reader.given_client.lock().unwrap(), [true]);
         let next = run.last_pass.unwrap();
+        assert!(next.client.is_some());
         assert!(next.memory.resources.nodes.contains_key("polled"));
         assert_eq!(next.memory.inventory.guests[0].memory_mib, Some(3072));
     }
