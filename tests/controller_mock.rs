@@ -1460,3 +1460,23 @@ async fn a_spec_change_runs_a_full_pass_whatever_pass_is_kept() {
     let _ = task.await;
     assert_eq!(*ctx.pipeline.targeted.lock().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn an_annotation_change_such_as_a_resync_request_runs_a_full_pass() {
+    let (ctx, mut handle) = context(synced_outcome(0));
+    keep_a_pass(&ctx).await;
+    let mut obj = cluster(json!({}), true, None);
+    // The kept pass's generation; only the annotations differ.
+    obj.metadata.generation = Some(3);
+    obj.metadata.annotations = Some([(RESYNC_ANNOTATION.to_string(), "now".to_string())].into());
+    let task = tokio::spawn(reconcile(Arc::new(obj), ctx.clone()));
+    let (req, send) = next_request(&mut handle).await;
+    assert_eq!(
+        req.uri().path(),
+        "/apis/proxmox-netbox.io/v1alpha1/namespaces/infra/nodesshcredentials"
+    );
+    respond(send, credential_list());
+    drop(handle);
+    let _ = task.await;
+    assert_eq!(*ctx.pipeline.targeted.lock().unwrap(), 0);
+}

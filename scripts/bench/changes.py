@@ -146,11 +146,15 @@ class Changer(object):
         self.created = []  # vmids created by this run that still exist
         self.seen = set()  # every vmid this run has seen: a create never reuses one
         self.macs = set()
+        self.changed_at = {}  # vmid -> when this run last changed it (for --settle)
 
     # ---------------------------------------------------------------- choice
 
     def candidates(self, kind, guests, online):
         """What the kind can change now: a list of (guest, extra) pairs, or [None] for create."""
+        now = time.time()
+        guests = dict((v, g) for v, g in guests.items()
+                      if now - self.changed_at.get(v, float('-inf')) >= self.args.settle)
         qemu = [g for g in guests.values() if g['type'] == 'qemu' and usable(g, online)]
         if kind == 'create':
             return [None] if online else []
@@ -310,6 +314,7 @@ class Changer(object):
         if first:
             rec['instead_of'] = first
         shown = getattr(self, 'do_' + kind)(guest, online, rec)
+        self.changed_at[rec['vmid']] = rec['at']
         deadline = time.time() + self.args.visible_timeout
         while True:
             now_guests, _ = self.pve.resources()
@@ -368,6 +373,10 @@ def main():
     ap.add_argument('--task-timeout', type=float, default=120)
     ap.add_argument('--visible-timeout', type=float, default=30,
                     help='seconds /cluster/resources may take to show a finished change (real PVE: pvestatd, ~10s)')
+    ap.add_argument('--settle', type=float, default=0,
+                    help='seconds before a guest this run changed may be changed again (so that a '
+                         'later change never hides an earlier one from a reader of NetBox)')
+    ap.add_argument('--progress', help='append each record to this file as one JSON line when it is done')
     args = ap.parse_args()
     args.kinds = [k for k in args.kinds.split(',') if k]
     unknown = [k for k in args.kinds if k not in KINDS]
@@ -410,6 +419,9 @@ def main():
                 records.append(rec)
                 raise
             records.append(rec)
+            if args.progress:
+                with open(args.progress, 'a') as f:
+                    f.write(json.dumps(rec, sort_keys=True) + '\n')
             print('{0:>4} {1:>7.2f}s {2:<8} {3:<4} {4:>6} {5:<6} {6}'.format(
                 rec['n'], rec['at'] - start, rec['kind'], rec['type'], rec['vmid'], rec['node'],
                 json.dumps(rec['expect'], sort_keys=True)), file=sys.stderr, flush=True)

@@ -255,13 +255,17 @@ impl ProxmoxReader for LiveReader {
                 calls,
             };
             let opts = read_options(config);
-            // First: a change made while the rest is read is found by the next poll.
-            let resources = match read_resources(&client).await {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster resources not read: the next pass is a full one again");
-                    None
-                }
+            // First: a change made while the rest is read is found by the next poll. With
+            // polls off (`watchInterval: 0s`) nothing would compare with it.
+            let resources = match config.watch_interval {
+                None => None,
+                Some(_) => match read_resources(&client).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster resources not read: the next pass is a full one again");
+                        None
+                    }
+                },
             };
             let mut inventory = read_inventory(&client, &opts)
                 .await

@@ -345,9 +345,7 @@ impl PveClient {
             detail = s.to_string();
             source = s.source();
         }
-        let lower = detail.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("tls")
-        {
+        if certificate_rejected(e) {
             return PveError::Tls {
                 endpoint: endpoint_url,
                 message: detail,
@@ -523,6 +521,31 @@ impl PveApi for PveClient {
 
 /// The error of a non-success answer; `start` is the beginning of its body. PVE's message
 /// (JSON `message` or `errors`, or plain text) is cut to a short single-line excerpt.
+/// Whether a request failed because the TLS handshake rejected a certificate (the CA is
+/// wrong or missing), found by type in the error's causes. A reset or closed connection
+/// during the handshake is not: that is a connection problem, retried with backoff.
+fn certificate_rejected(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        // An io::Error's source skips the error it wraps, which may be another io::Error.
+        let mut wrapped: &(dyn std::error::Error + 'static) = s;
+        while let Some(inner) = wrapped
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            wrapped = inner;
+        }
+        if let Some(tls) = wrapped.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn status_error(path: &str, status: StatusCode, start: &[u8]) -> PveError {
     let text = match serde_json::from_slice::<Value>(start) {
         _ if start.is_empty() => None,
@@ -756,6 +779,17 @@ mod tests {
             e.to_string(),
             "PVE rejected the credentials (401) on /cluster/status"
         );
+        // As hyper-util gives it: an io::Error around rustls's io::Error around the cause.
+        let rejected = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert!(certificate_rejected(&rejected));
+        let closed = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify",
+        );
+        assert!(!certificate_rejected(&closed));
         let tls = PveError::Tls {
             endpoint: "https://pve1:8006".into(),
             message: "invalid peer certificate: UnknownIssuer".into(),
