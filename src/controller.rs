@@ -647,6 +647,14 @@ async fn apply<P: ClusterPipeline>(
     status.last_resync_request = cluster.annotations().get(RESYNC_ANNOTATION).cloned();
     if let Some(PollRecord::Changed(changes)) = &outcome.poll {
         status.last_change = Some(last_change(changes, now, finished));
+        // `sync` describes the last full sync: a targeted pass planned only its guests
+        // (its failures, if any, replace it, so that they are seen).
+        let failed = status.sync.as_ref().is_some_and(|s| s.failed > 0);
+        if let Some(full) = base.and_then(|b| b.sync.clone())
+            && !failed
+        {
+            status.sync = Some(full);
+        }
     }
     if needs_write(base, &status, finished) {
         patch_status(api, &name, &status).await?;
@@ -1068,7 +1076,10 @@ fn record_metrics<P>(
                 ));
             }
         }
-        m.set_objects(key, objects);
+        // The object gauges describe the last full sync, not a targeted pass.
+        if outcome.poll.is_none() {
+            m.set_objects(key, objects);
+        }
     }
     for reason in reasons_seen {
         m.errors

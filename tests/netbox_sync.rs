@@ -88,6 +88,7 @@ fn settings(test: &str) -> SyncSettings {
         grace_period: Duration::from_secs(3600),
         prune_max_percent: 100,
         batch_size: 100,
+        scope: None,
         max_in_flight: 4,
     }
 }
@@ -634,6 +635,75 @@ async fn deleted_guest_is_kept_then_marked_stale_then_deleted_after_the_grace_pe
     .await;
     assert_eq!(r.kinds["virtualization.virtualmachine"].deleted, 1);
     assert!(rest.list(&vm103).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_targeted_pass_reads_plans_and_writes_only_its_guests() {
+    let _turn = NETBOX.lock().await;
+    let env = HarnessEnv::load();
+    let inv = demo_inventory(&env).await;
+    let nb = netbox(&env);
+    let rest = Rest::new(&env);
+    let mut s = settings("scope");
+    s.prune = true;
+    s.grace_period = Duration::ZERO;
+    let full = run(&nb, &s, &inv, false).await;
+    let cid = rest.cluster_id(&s).await;
+    let before = vms_by_vmid(&rest, &s).await;
+    let interfaces = format!("virtualization/interfaces/?cluster_id={cid}");
+    let interfaces_before = rest.list(&interfaces).await.len();
+    let of_101 = rest
+        .list(&format!(
+            "{interfaces}&virtual_machine_id={}",
+            before["101"].0
+        ))
+        .await
+        .len();
+
+    // In Proxmox 103's memory changed, 101 and 100 were destroyed; the poll saw 103 and 101.
+    let mut now = inv.clone();
+    now.guests
+        .iter_mut()
+        .find(|g| g.vmid == 103)
+        .unwrap()
+        .memory_mib = Some(12288);
+    now.guests.retain(|g| g.vmid != 101 && g.vmid != 100);
+    let scoped = SyncSettings {
+        scope: Some([101, 103].into()),
+        ..s.clone()
+    };
+    let r = run(&nb, &scoped, &now, false).await;
+    eprintln!(
+        "full sync {} reads; targeted pass {} reads, {} writes",
+        full.read_requests, r.read_requests, r.write_requests
+    );
+    let vms = &r.kinds["virtualization.virtualmachine"];
+    assert_eq!((vms.updated, vms.deleted, vms.created), (1, 1, 0), "{r:?}");
+    // One PATCH of 103, one DELETE of 101 (NetBox deletes its children with it).
+    assert_eq!(r.write_requests, 2, "{r:?}");
+    assert!(r.read_requests < full.read_requests, "{r:?}");
+    let after = vms_by_vmid(&rest, &s).await;
+    assert!(!after.contains_key("101"));
+    // 100 is gone too, but it was not in the pass's scope: left for a full sync.
+    assert_eq!(after["100"], before["100"]);
+    assert_eq!(after.len(), before.len() - 1);
+    let vm103 = rest
+        .one(&format!(
+            "virtualization/virtual-machines/?cluster_id={cid}&cf_proxmox_vmid=103"
+        ))
+        .await;
+    assert_eq!(vm103["memory"], 12288);
+    assert_eq!(
+        rest.list(&interfaces).await.len(),
+        interfaces_before - of_101,
+        "only 101's interfaces went"
+    );
+
+    // The full sync after it has only 100 left to do.
+    let r = run(&nb, &s, &now, false).await;
+    let vms = &r.kinds["virtualization.virtualmachine"];
+    assert_eq!((vms.updated, vms.deleted, vms.created), (0, 1, 0), "{r:?}");
+    assert_eq!(r.write_requests, 1, "{r:?}");
 }
 
 #[tokio::test]

@@ -189,6 +189,7 @@ fn settings(o: &SettingsOverrides) -> SyncSettings {
         grace_period: Duration::from_secs(o.grace_period_seconds.unwrap_or(3600)),
         prune_max_percent: o.prune_max_percent.unwrap_or(50),
         batch_size: 100,
+        scope: None,
         max_in_flight: 4,
     }
 }

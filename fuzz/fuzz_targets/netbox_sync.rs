@@ -354,6 +354,7 @@ fn settings() -> SyncSettings {
         prune_max_percent: 50,
         batch_size: 2,
         max_in_flight: 2,
+        scope: None,
     }
 }
 

@@ -30,11 +30,20 @@ pub async fn sync(
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Result<SyncReport, NetBoxError> {
+    // Without `proxmox_owner` a targeted pass does what a full sync does: the objects are
+    // found again by the cluster, not by the scope.
+    let unscoped = SyncSettings {
+        scope: None,
+        ..settings.clone()
+    };
     let mut session = Session::new(api, settings, dry_run);
     let shared = bootstrap(&mut session, inventory, hardware).await?;
+    if !shared.owner_field_existed {
+        session.settings = &unscoped;
+    }
     let candidates = observe(&mut session, &shared, inventory).await?;
     let input = PlanInput {
-        settings,
+        settings: session.settings,
         inventory,
         hardware,
         shared: &shared,
@@ -52,11 +61,19 @@ pub async fn sync(
 /// takes the ids the stages before it wrote (placeholders in dry-run, where nothing here
 /// does I/O).
 pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
-    let devices = s
-        .apply_stage(Kind::Device, nodes::devices(input, &s.owned))
-        .await;
-    let interfaces = nodes::interfaces(input, &s.owned, &devices);
-    let interfaces = children(s, input, Kind::Interface, interfaces).await;
+    // A targeted pass plans its guests only: the devices are as read, and no node
+    // interface, MAC or address is read or planned.
+    let nodes_planned = input.settings.scope.is_none();
+    let (devices, interfaces) = if nodes_planned {
+        let devices = s
+            .apply_stage(Kind::Device, nodes::devices(input, &s.owned))
+            .await;
+        let interfaces = nodes::interfaces(input, &s.owned, &devices);
+        let interfaces = children(s, input, Kind::Interface, interfaces).await;
+        (devices, interfaces)
+    } else {
+        (s.owned.ids(Kind::Device), BTreeMap::new())
+    };
     let vms = s
         .apply_stage(Kind::VirtualMachine, guests::vms(input, &s.owned))
         .await;
@@ -75,8 +92,10 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
                 .map(|(_, v)| *v)
         }
     };
-    let refs = nodes::interface_refs(input, &s.owned, &interfaces, &mac_of(Kind::Interface));
-    s.apply_refs(Kind::Interface, refs).await;
+    if nodes_planned {
+        let refs = nodes::interface_refs(input, &s.owned, &interfaces, &mac_of(Kind::Interface));
+        s.apply_refs(Kind::Interface, refs).await;
+    }
     let refs = guests::interface_refs(input, &vm_ifaces, &mac_of(Kind::VmInterface));
     s.apply_refs(Kind::VmInterface, refs).await;
     let ips = addresses::ips(input, &s.owned, &interfaces, &vm_ifaces);
@@ -88,8 +107,11 @@ pub async fn converge(s: &mut Session<'_>, input: &PlanInput<'_>) {
                 .copied()
         }
     };
-    let primary = nodes::primary_ips_of_devices(input, &s.owned, &devices, &ip_id(Kind::Interface));
-    s.apply_refs(Kind::Device, primary).await;
+    if nodes_planned {
+        let primary =
+            nodes::primary_ips_of_devices(input, &s.owned, &devices, &ip_id(Kind::Interface));
+        s.apply_refs(Kind::Device, primary).await;
+    }
     let primary = guests::primary_ips_of_vms(input, &s.owned, &vms, &ip_id(Kind::VmInterface));
     s.apply_refs(Kind::VirtualMachine, primary).await;
     let prune_plan = prune::plan(input, &s.owned, &devices, &vms);
@@ -243,6 +265,7 @@ mod tests {
             grace_period: Duration::from_secs(60),
             prune_max_percent: 10,
             batch_size: 100,
+            scope: None,
             max_in_flight: 4,
         };
         let err = sync(

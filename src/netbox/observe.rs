@@ -43,6 +43,7 @@ pub async fn observe(
         let synced = settings.synced_guests(inv);
         let names = guest_names(synced.clone());
         let wanted: Vec<String> = synced
+            .filter(|g| settings.in_scope(g.vmid))
             .filter(|g| !s.owned.contains(Kind::VirtualMachine, &g.vmid.to_string()))
             .map(|g| names[&g.vmid].clone())
             .collect();
@@ -104,13 +105,62 @@ async fn observe_owned(
     Ok(OwnedObjects::default())
 }
 
+/// Most ids in one filter of a targeted pass's read: the request line stays well under
+/// the 4 KiB a gunicorn in front of NetBox accepts by default.
+const IDS_PER_QUERY: usize = 100;
+
 /// Reads every owned kind by the owner's marks (devices and VMs: the owner custom field
 /// and the owner tag; their children: the custom field); returns the owned duplicates.
+/// A targeted pass ([`SyncSettings::scope`]) reads the devices, the VMs in its scope and
+/// their children only.
 async fn read_owned(s: &mut Session<'_>) -> Result<Vec<Deletion>, NetBoxError> {
     let mut duplicates = Vec::new();
     for k in Kind::OWNED {
         s.owned.set(k, BTreeMap::new());
     }
+    let Some(scope) = s.settings.scope.clone() else {
+        read_kinds(s, &Kind::OWNED, &[], &mut duplicates).await?;
+        return Ok(duplicates);
+    };
+    read_kinds(s, &[Kind::Device], &[], &mut duplicates).await?;
+    let vmids = id_filters("cf_proxmox_vmid", scope.iter().map(u32::to_string));
+    read_kinds(s, &[Kind::VirtualMachine], &vmids, &mut duplicates).await?;
+    let vm_ids = s.owned.ids(Kind::VirtualMachine).into_values();
+    let parents = id_filters("virtual_machine_id", vm_ids.map(|id| id.to_string()));
+    if !parents.is_empty() {
+        let children = [
+            Kind::IpAddress,
+            Kind::MacAddress,
+            Kind::VirtualDisk,
+            Kind::VmInterface,
+        ];
+        read_kinds(s, &children, &parents, &mut duplicates).await?;
+    }
+    keep_scope(s, &scope);
+    Ok(duplicates)
+}
+
+/// `name=id` filters, at most [`IDS_PER_QUERY`] ids each.
+fn id_filters(name: &str, ids: impl Iterator<Item = String>) -> Vec<Vec<(String, String)>> {
+    let ids: Vec<String> = ids.collect();
+    ids.chunks(IDS_PER_QUERY)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|id| (name.to_string(), id.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Reads `kinds` by the owner's marks, each query narrowed by each of `filters` (none:
+/// one query per kind and mark), into the owned objects.
+async fn read_kinds(
+    s: &mut Session<'_>,
+    kinds: &[Kind],
+    filters: &[Vec<(String, String)>],
+    duplicates: &mut Vec<Deletion>,
+) -> Result<(), NetBoxError> {
     // The owner's mark; with adoption, also this scope's other marks and its legacy one.
     let settings = s.settings;
     let mut marks = vec![("cf_proxmox_owner", settings.owner.clone())];
@@ -118,10 +168,16 @@ async fn read_owned(s: &mut Session<'_>) -> Result<Vec<Deletion>, NetBoxError> {
         marks.push(("cf_proxmox_owner__isw", previous.prefix()));
         marks.push(("cf_proxmox_owner", previous.legacy_mark()));
     }
-    let queries: Vec<(Kind, Vec<(String, String)>)> = Kind::OWNED
-        .iter()
-        .flat_map(|k| {
-            marks.iter().map(|(filter, mark)| {
+    let unfiltered = [Vec::new()];
+    let filters = if filters.is_empty() {
+        &unfiltered[..]
+    } else {
+        filters
+    };
+    let mut queries: Vec<(Kind, Vec<(String, String)>)> = Vec::new();
+    for k in kinds {
+        for (filter, mark) in &marks {
+            for narrowing in filters {
                 let mut q = vec![
                     (filter.to_string(), mark.clone()),
                     ("fields".to_string(), k.fields().to_string()),
@@ -129,10 +185,11 @@ async fn read_owned(s: &mut Session<'_>) -> Result<Vec<Deletion>, NetBoxError> {
                 if k.carries_owner_tag() {
                     q.push(("tag".to_string(), OWNER_TAG.to_string()));
                 }
-                (*k, q)
-            })
-        })
-        .collect();
+                q.extend(narrowing.iter().cloned());
+                queries.push((*k, q));
+            }
+        }
+    }
     let api = s.api;
     let mut results = stream::iter(queries)
         .map(|(k, q)| async move { (k, api.list(k.endpoint(), &q).await) })
@@ -148,11 +205,45 @@ async fn read_owned(s: &mut Session<'_>) -> Result<Vec<Deletion>, NetBoxError> {
                 continue;
             }
             if let Some(key) = k.key_of(&o) {
-                keep_first(s, k, key, o, &mut duplicates);
+                keep_first(s, k, key, o, duplicates);
             }
         }
     }
-    Ok(duplicates)
+    Ok(())
+}
+
+/// Drops what a targeted pass read outside its scope: VMs of other vmids, and children of
+/// other VMs (were a filter ignored by NetBox, their absence from the plan must not read
+/// as "gone").
+fn keep_scope(s: &mut Session<'_>, scope: &BTreeSet<u32>) {
+    let keep = |s: &mut Session<'_>, kind: Kind, wanted: &dyn Fn(&str, &Value) -> bool| {
+        let kept: BTreeMap<String, Value> = s
+            .owned
+            .of(kind)
+            .iter()
+            .filter(|(key, obj)| wanted(key, obj))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        s.owned.set(kind, kept);
+    };
+    keep(s, Kind::VirtualMachine, &|key, _| {
+        key.parse().is_ok_and(|vmid| scope.contains(&vmid))
+    });
+    let vms: BTreeSet<u64> = s.owned.ids(Kind::VirtualMachine).into_values().collect();
+    for kind in [Kind::VmInterface, Kind::VirtualDisk] {
+        keep(s, kind, &|_, obj| {
+            id_of(&obj["virtual_machine"]).is_some_and(|vm| vms.contains(&vm))
+        });
+    }
+    let ifaces: BTreeSet<u64> = s.owned.ids(Kind::VmInterface).into_values().collect();
+    for kind in [Kind::MacAddress, Kind::IpAddress] {
+        keep(s, kind, &|_, obj| {
+            obj["assigned_object_type"].as_str() == Some(Kind::VmInterface.name())
+                && obj["assigned_object_id"]
+                    .as_u64()
+                    .is_some_and(|i| ifaces.contains(&i))
+        });
+    }
 }
 
 /// True for the owner's mark, and with adoption for the scope's previous marks.

@@ -235,8 +235,15 @@ fn nodes_and_guests(input: &PlanInput, owned: &OwnedObjects, out: &mut PrunePlan
     let node_names: BTreeSet<&str> = inv.nodes.iter().map(|n| n.name.as_str()).collect();
     let guest_ids: BTreeSet<String> = inv.guests.iter().map(|g| g.vmid.to_string()).collect();
     let clean = inv.permissions_clean();
+    // A targeted pass read only its guests' VMs (and plans no device): the share gone is
+    // counted against every synced guest, as in a full sync.
+    let scoped = s.scope.is_some();
     for (kind, synced, set_complete) in [
-        (Kind::Device, s.nodes, clean && inv.node_set_complete()),
+        (
+            Kind::Device,
+            s.nodes && !scoped,
+            clean && inv.node_set_complete(),
+        ),
         (
             Kind::VirtualMachine,
             s.virtual_machines,
@@ -254,7 +261,13 @@ fn nodes_and_guests(input: &PlanInput, owned: &OwnedObjects, out: &mut PrunePlan
                 _ => !guest_ids.contains(*key),
             })
             .collect();
-        let count = owned.count(kind);
+        let count = if scoped {
+            owned
+                .count(kind)
+                .max(s.synced_guests(inv).count() + gone.len())
+        } else {
+            owned.count(kind)
+        };
         let blocked =
             s.prune && set_complete && prune_refused(gone.len(), count, s.prune_max_percent);
         if blocked {

@@ -1,5 +1,6 @@
 //! What to sync and how, resolved from the ProxmoxCluster spec.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::inventory::{Guest, Inventory};
@@ -69,9 +70,18 @@ pub struct SyncSettings {
     pub batch_size: usize,
     /// Bulk requests in flight.
     pub max_in_flight: usize,
+    /// A targeted pass (guests a poll found changed): only these guests' objects are read,
+    /// planned and written; the nodes' devices are read for the VMs' `device`, never
+    /// planned. `None`: everything (a full sync).
+    pub scope: Option<BTreeSet<u32>>,
 }
 
 impl SyncSettings {
+    /// Whether guest `vmid` is planned in this pass.
+    pub fn in_scope(&self, vmid: u32) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(&vmid))
+    }
+
     /// The guests of `inventory` synced (templates only when `syncTemplates`).
     pub fn synced_guests<'a>(
         &self,

@@ -1,6 +1,6 @@
 //! The live stages: the PVE API over HTTPS, SSH to the nodes, the NetBox REST API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -395,6 +395,7 @@ pub fn sync_settings(config: &ResolvedCluster, inventory: &Inventory) -> SyncSet
         grace_period: config.prune_grace_period,
         prune_max_percent: options.prune_max_percent,
         batch_size: 50,
+        scope: None,
         max_in_flight: config.netbox.max_in_flight,
     }
 }
@@ -427,6 +428,7 @@ impl NetBoxWriter for LiveWriter {
         config: &'a ResolvedCluster,
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
+        scope: Option<&'a BTreeSet<u32>>,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
@@ -438,7 +440,10 @@ impl NetBoxWriter for LiveWriter {
                 inner: &client,
                 calls,
             };
-            let settings = sync_settings(config, inventory);
+            let settings = SyncSettings {
+                scope: scope.cloned(),
+                ..sync_settings(config, inventory)
+            };
             let window = settle_window(config.netbox.timeout);
             let guard = if dry_run {
                 None

@@ -9,7 +9,7 @@
 pub mod live;
 pub mod write_settle;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -196,12 +196,15 @@ pub struct NetBoxResult {
 /// Writes the inventory to NetBox.
 pub trait NetBoxWriter: Send + Sync {
     /// Syncs; `Err` only when NetBox could not be used at all. Every request is recorded
-    /// in `calls` (system `netbox`), also when the sync fails.
+    /// in `calls` (system `netbox`), also when the sync fails. `scope`: the guests of a
+    /// targeted pass, whose objects alone are read, planned and written.
+    #[allow(clippy::too_many_arguments)]
     fn sync<'a>(
         &'a self,
         config: &'a ResolvedCluster,
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
+        scope: Option<&'a BTreeSet<u32>>,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
@@ -687,9 +690,25 @@ async fn sync_netbox(
     outcome: &mut PipelineOutcome,
     now: DateTime<Utc>,
 ) -> Option<SyncReport> {
+    // A targeted pass plans the guests its poll found changed, unless there are so many
+    // that a full plan costs less than reading them one filter at a time.
+    let scope: Option<BTreeSet<u32>> = match &outcome.poll {
+        Some(PollRecord::Changed(changes)) if changes.len() <= MAX_SCOPED_GUESTS => {
+            Some(changes.keys().copied().collect())
+        }
+        _ => None,
+    };
     // Moved out for the sync and back in after it.
     let inventory = outcome.inventory.take().unwrap_or_default();
-    let sync = writer.sync(config, &inventory, hardware, outcome.dry_run, now, calls);
+    let sync = writer.sync(
+        config,
+        &inventory,
+        hardware,
+        scope.as_ref(),
+        outcome.dry_run,
+        now,
+        calls,
+    );
     let result = tokio::time::timeout(limits.netbox_sync, sync)
         .await
         .unwrap_or(Err(NetBoxSyncError::TimedOut {
@@ -709,6 +728,9 @@ async fn sync_netbox(
         }
     }
 }
+
+/// Most guests a targeted pass reads and plans one by one; above, it plans everything.
+const MAX_SCOPED_GUESTS: usize = 500;
 
 /// What the polls after a run compare with: only after NetBox was written successfully
 /// (not in dry-run), so that a change a failed sync did not write is found again.
@@ -857,6 +879,7 @@ mod tests {
     #[derive(Default)]
     struct FakeWriter {
         calls: Mutex<Vec<(usize, bool)>>,
+        scopes: Mutex<Vec<Option<BTreeSet<u32>>>>,
         deleted: Mutex<Vec<String>>,
     }
     impl NetBoxWriter for FakeWriter {
@@ -865,11 +888,13 @@ mod tests {
             _cfg: &'a ResolvedCluster,
             _inv: &'a Inventory,
             hardware: &'a BTreeMap<String, NodeHardware>,
+            scope: Option<&'a BTreeSet<u32>>,
             dry_run: bool,
             _now: DateTime<Utc>,
             calls: &'a CallCounter,
         ) -> BoxFuture<'a, Result<NetBoxResult, NetBoxSyncError>> {
             self.calls.lock().unwrap().push((hardware.len(), dry_run));
+            self.scopes.lock().unwrap().push(scope.cloned());
             calls.record(systems::NETBOX, CALL_SUCCESS, 3);
             calls.record(systems::NETBOX, "NetBoxRejected", 1);
             let mut kinds = BTreeMap::new();
@@ -1268,6 +1293,7 @@ mod tests {
             _cfg: &'a ResolvedCluster,
             _inv: &'a Inventory,
             _hw: &'a BTreeMap<String, NodeHardware>,
+            _scope: Option<&'a BTreeSet<u32>>,
             _dry_run: bool,
             _now: DateTime<Utc>,
             _calls: &'a CallCounter,
@@ -1515,8 +1541,9 @@ mod tests {
                 [(100, crate::watch::GuestChange::Changed)].into()
             ))
         );
-        // One NetBox sync, with the last full pass's hardware facts.
+        // One NetBox sync of the changed guest only, with the last full pass's hardware facts.
         assert_eq!(*writer.calls.lock().unwrap(), [(1, false)]);
+        assert_eq!(*writer.scopes.lock().unwrap(), [Some([100].into())]);
         let inventory = run.outcome.inventory.as_ref().unwrap();
         assert_eq!(inventory.guests[0].memory_mib, Some(3072));
         assert_eq!(run.outcome.discovery, last.discovery);

@@ -90,7 +90,7 @@ pub async fn sync_once(
 > {
     let calls = CallCounter::default();
     let no_facts = BTreeMap::new();
-    let sync = writer.sync(config, inv, &no_facts, false, Utc::now(), &calls);
+    let sync = writer.sync(config, inv, &no_facts, None, false, Utc::now(), &calls);
     tokio::time::timeout(SYNC_DEADLINE, sync)
         .await
         .unwrap_or_else(|_| panic!("a sync still running after {SYNC_DEADLINE:?}"))

@@ -28,7 +28,8 @@ pub fn vms(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
     if !input.settings.virtual_machines {
         return stage;
     }
-    let names = guest_names(input.synced_guests());
+    // Names are unique among all synced guests, also in a targeted pass.
+    let names = guest_names(input.settings.synced_guests(input.inventory));
     let node_devices = owned.ids(Kind::Device);
     for g in input.synced_guests() {
         let key = g.vmid.to_string();

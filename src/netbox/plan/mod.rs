@@ -127,9 +127,13 @@ impl PlanInput<'_> {
         m
     }
 
-    /// The guests synced (templates only when `syncTemplates`).
+    /// The guests planned: those synced (templates only when `syncTemplates`), in a
+    /// targeted pass only those in its scope.
     pub fn synced_guests(&self) -> impl Iterator<Item = &Guest> {
-        self.settings.synced_guests(self.inventory)
+        let settings = self.settings;
+        settings
+            .synced_guests(self.inventory)
+            .filter(|g| settings.in_scope(g.vmid))
     }
 
     /// The tags an object of `kind` should have: the human ones it has, plus
