@@ -699,6 +699,11 @@ async fn a_targeted_pass_reads_plans_and_writes_only_its_guests() {
         "only 101's interfaces went"
     );
 
+    // A poll after a full sync that already wrote a change (one made while that sync
+    // read Proxmox) finds it again: its targeted pass writes nothing twice.
+    let r = run(&nb, &scoped, &now, false).await;
+    assert_eq!(r.write_requests, 0, "{r:?}");
+
     // The full sync after it has only 100 left to do.
     let r = run(&nb, &s, &now, false).await;
     let vms = &r.kinds["virtualization.virtualmachine"];

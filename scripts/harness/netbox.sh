@@ -242,11 +242,18 @@ cmd_kill_gunicorn() {
   local file="$STATE/gunicorn.pid" pid
   [ -f "$file" ] || return 0
   pid="$(cat "$file")"
+  # The master is stopped first: between the workers' death and its own it would boot a
+  # new worker, which would outlive it holding the port.
+  kill -STOP "$pid" 2>/dev/null || true
   pkill -KILL -P "$pid" 2>/dev/null || true
   kill -KILL "$pid" 2>/dev/null || true
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$file"
+  # The listening socket closes with the last process that holds it.
+  for _ in $(seq 150); do port_in_use || break; sleep 0.1; done
 }
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$NETBOX_PORT") 2>/dev/null; }
 
 # ENFORCE_GLOBAL_UNIQUE as NetBox's active configuration revision (configuration.py leaves it
 # unset so that it can change while NetBox runs; NetBox reads the revision from its cache
