@@ -362,6 +362,32 @@ pub async fn stop_or_lose_leadership(
     }
 }
 
+/// How long a stopping leader waits for its Lease to be released after SIGTERM (a standby
+/// then takes over at once instead of after the Lease duration).
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+/// How long a fenced leader (or one that lost its Lease) waits for the release: it could
+/// not reach the API server or no longer holds the Lease, so it stops almost at once.
+const LEASE_RELEASE_WAIT_LOST: Duration = Duration::from_millis(500);
+
+/// Waits, bounded, for the Lease manager's task to release the Lease and end. The task
+/// notices the closed channel only between its retries (it may sleep up to 30 s in its
+/// backoff while the API server is unreachable), so it is aborted past the bound.
+async fn release_lease<T>(task: tokio::task::JoinHandle<T>, lost: bool) {
+    let wait = if lost {
+        LEASE_RELEASE_WAIT_LOST
+    } else {
+        LEASE_RELEASE_WAIT
+    };
+    let abort = task.abort_handle();
+    if tokio::time::timeout(wait, task).await.is_err() {
+        abort.abort();
+        tracing::warn!(
+            waited_ms = wait.as_millis() as u64,
+            "the Lease was not released in time: stopping without releasing it"
+        );
+    }
+}
+
 /// Runs the controller until SIGTERM (or loss of leadership), with the pipeline `pipeline`
 /// builds from the metrics.
 pub async fn run<P: ClusterPipeline>(
@@ -513,12 +539,13 @@ pub async fn run<P: ClusterPipeline>(
     };
     run_controller(ctx, args.namespace.clone(), controller_stop).await;
     let _ = stop_tx.send(true);
+    let lost = lost_leadership.load(Ordering::Relaxed);
     if let Some((rx, task)) = leadership {
         drop(rx);
-        let _ = task.await;
+        release_lease(task, lost).await;
     }
     let _ = server.await;
-    if lost_leadership.load(Ordering::Relaxed) {
+    if lost {
         return Err(CliError::LeaderElection("leadership lost".into()));
     }
     Ok(())
@@ -527,6 +554,31 @@ pub async fn run<P: ClusterPipeline>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_task_stuck_in_its_backoff_does_not_hold_up_the_stop() {
+        // The Lease manager's task sleeping between retries (the API server is cut off).
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let stuck = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            let _ = ended_tx.send(());
+        });
+        let started = tokio::time::Instant::now();
+        release_lease(stuck, true).await;
+        assert_eq!(started.elapsed(), LEASE_RELEASE_WAIT_LOST);
+        // Aborted: it never runs to its end.
+        assert!(ended_rx.await.is_err());
+
+        // After SIGTERM the release gets longer, and a task that ends in time is awaited.
+        let releasing = tokio::spawn(tokio::time::sleep(Duration::from_secs(2)));
+        let started = tokio::time::Instant::now();
+        release_lease(releasing, false).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        let stuck = tokio::spawn(tokio::time::sleep(Duration::from_secs(30)));
+        let started = tokio::time::Instant::now();
+        release_lease(stuck, false).await;
+        assert_eq!(started.elapsed(), LEASE_RELEASE_WAIT);
+    }
 
     #[tokio::test]
     async fn losing_leadership_fires_the_abort_and_sigterm_does_not() {
