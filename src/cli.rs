@@ -14,7 +14,7 @@ use crate::controller::{AbortSignal, AbortTrigger, ClusterPipeline, Context, run
 use crate::hardware::discovery::SshProber;
 use crate::metrics::Metrics;
 use crate::net::guard::{Cidr, EndpointGuard};
-use crate::pipeline::live::{LiveReader, LiveWriter};
+use crate::pipeline::live::{LiveProvisioner, LiveReader, LiveWriter};
 use crate::pipeline::{StageLimits, StagedPipeline};
 use crate::server::{ServerState, serve};
 use crate::telemetry::LogFormat;
@@ -124,11 +124,16 @@ pub struct CrdgenArgs {
 pub fn live_pipeline(
     guard: EndpointGuard,
     metrics: Option<&Metrics>,
-) -> StagedPipeline<LiveReader, SshProber, LiveWriter> {
+) -> StagedPipeline<LiveReader, SshProber, LiveProvisioner, LiveWriter> {
     StagedPipeline {
         reader: LiveReader {
             endpoint_guard: guard.clone(),
             metrics: metrics.map(|m| m.pve.clone()),
+        },
+        provisioner: LiveProvisioner {
+            endpoint_guard: guard.clone(),
+            pve: metrics.map(|m| m.pve.clone()),
+            netbox: metrics.map(|m| m.netbox.clone()),
         },
         prober: SshProber {
             endpoint_guard: guard.clone(),
@@ -258,14 +263,7 @@ pub fn crdgen(args: &CrdgenArgs) -> Result<(), CliError> {
 pub async fn sync(args: crate::sync_cmd::SyncArgs) -> Result<(), CliError> {
     use crate::sync_cmd::{OutputFormat, render_text, run_sync};
     let live = live_pipeline(args.endpoints.guard(), None);
-    let out = run_sync(
-        &args,
-        &live.reader,
-        &live.prober,
-        &live.writer,
-        chrono::Utc::now(),
-    )
-    .await?;
+    let out = run_sync(&args, &live.stages(), chrono::Utc::now()).await?;
     match args.output {
         OutputFormat::Json => {
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default())

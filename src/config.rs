@@ -4,7 +4,11 @@
 //! never read the resource. Every error names the spec field at fault and never contains a
 //! secret value.
 
+mod provisioning;
+
 use std::time::Duration;
+
+pub use provisioning::{ResolvedProvisioning, check_ssh_keys, resolve_provisioning};
 
 use crate::conditions::{reasons, types};
 use crate::crd::{
@@ -71,6 +75,8 @@ pub struct ResolvedCluster {
     pub watch_interval: Option<Duration>,
     /// What the NetBox sync writes.
     pub sync: SyncOptions,
+    /// Provisioning (`spec.provisioning`), when it is enabled.
+    pub provisioning: Option<ResolvedProvisioning>,
 }
 
 /// What the NetBox sync writes and how (`spec.netbox`, `spec.sync`, an annotation and the
@@ -377,9 +383,9 @@ async fn tls(
 
 async fn pve_credentials(
     secrets: &dyn SecretSource,
+    field: &str,
     name: &str,
 ) -> Result<PveCredentials, ConfigError> {
-    let field = "spec.proxmox.credentialsSecretRef";
     let get = |key: &'static str| async move {
         secrets
             .get_optional(name, key)
@@ -449,8 +455,12 @@ pub async fn resolve(
     // The NetBox timeout is checked before any Secret is read too.
     let netbox_timeout =
         bounded_duration(&NETBOX_REQUEST_TIMEOUT_BOUNDS, &spec.netbox.request_timeout)?;
-    let pve_credentials =
-        pve_credentials(secrets, &spec.proxmox.credentials_secret_ref.name).await?;
+    let pve_credentials = pve_credentials(
+        secrets,
+        "spec.proxmox.credentialsSecretRef",
+        &spec.proxmox.credentials_secret_ref.name,
+    )
+    .await?;
     let pve_tls = tls(secrets, "spec.proxmox.tls", &spec.proxmox.tls).await?;
     Ok(ResolvedCluster {
         sync_interval,
@@ -468,6 +478,7 @@ pub async fn resolve(
         hardware_discovery: spec.hardware_discovery.enabled,
         sync: sync_options(cluster),
         netbox: netbox_settings(cluster, owner, netbox_timeout, secrets).await?,
+        provisioning: resolve_provisioning(cluster, secrets).await?,
     })
 }
 

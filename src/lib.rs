@@ -15,6 +15,7 @@ pub mod net;
 pub mod netbox;
 pub mod owner;
 pub mod pipeline;
+pub mod provision;
 pub mod pve;
 pub mod secret_poll;
 pub mod secrets;

@@ -16,6 +16,7 @@ use crate::crd::{
 };
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
+use crate::provision::report::ProvisionReport;
 use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
 use crate::watch::{ChangeSet, GuestChange, PollRecord};
 
@@ -138,6 +139,8 @@ pub struct PipelineOutcome {
     pub netbox_kinds: BTreeMap<String, KindCounts>,
     /// Calls made to Proxmox, NetBox and over SSH, by outcome.
     pub calls: ExternalCalls,
+    /// What provisioning did, when it is enabled and ran (full passes only).
+    pub provisioning: Option<ProvisionReport>,
 }
 
 impl PipelineOutcome {
@@ -259,6 +262,7 @@ pub fn build_status(
         storage: prev.storage.clone(),
         ceph: prev.ceph.clone(),
         last_change: prev.last_change.clone(),
+        provisioning: prev.provisioning.clone(),
         conditions: Vec::new(),
     };
     if let Some(inv) = &outcome.inventory {

@@ -16,9 +16,7 @@ use crate::crd::{NodeSSHCredential, ProxmoxCluster, ProxmoxClusterStatus};
 use crate::inventory::InventoryCounts;
 use crate::net::guard::{EndpointError, EndpointGuard};
 use crate::netbox::report::SyncReport;
-use crate::pipeline::{
-    HardwareProber, NetBoxWriter, ProxmoxReader, RunOptions, StageLimits, run_pipeline,
-};
+use crate::pipeline::{RunOptions, StageLimits, Stages, run_pipeline};
 use crate::secrets::DirSecrets;
 use crate::status::{NetBoxOutcome, build_status};
 
@@ -234,9 +232,7 @@ pub struct SyncOutput {
 /// Runs `sync` with the given stages; returns the document and whether it succeeded.
 pub async fn run_sync(
     args: &SyncArgs,
-    reader: &dyn ProxmoxReader,
-    prober: &dyn HardwareProber,
-    writer: &dyn NetBoxWriter,
+    stages: &Stages<'_>,
     now: DateTime<Utc>,
 ) -> Result<SyncOutput, SyncFileError> {
     let (cluster, credentials) = load_resources(&args.file)?;
@@ -248,9 +244,7 @@ pub async fn run_sync(
     })?;
     let secrets = DirSecrets::new(&args.secrets_dir);
     let run = run_pipeline(
-        reader,
-        prober,
-        writer,
+        stages,
         &cluster,
         &credentials,
         &secrets,

@@ -89,6 +89,7 @@ fn settings(test: &str) -> SyncSettings {
         prune_max_percent: 100,
         batch_size: 100,
         scope: None,
+        guests: Default::default(),
         max_in_flight: 4,
     }
 }

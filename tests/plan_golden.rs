@@ -190,6 +190,7 @@ fn settings(o: &SettingsOverrides) -> SyncSettings {
         prune_max_percent: o.prune_max_percent.unwrap_or(50),
         batch_size: 100,
         scope: None,
+        guests: Default::default(),
         max_in_flight: 4,
     }
 }

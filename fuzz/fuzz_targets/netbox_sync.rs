@@ -355,6 +355,7 @@ fn settings() -> SyncSettings {
         batch_size: 2,
         max_in_flight: 2,
         scope: None,
+        guests: Default::default(),
     }
 }
 

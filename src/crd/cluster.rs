@@ -12,6 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::facts::NodeHardware;
+use super::provisioning::{
+    ProvisioningSpec, ProvisioningStatus, SHUTDOWN_TIMEOUT_BOUNDS, TASK_TIMEOUT_BOUNDS,
+};
 use super::{SecretKeyRef, SecretRef, TlsSpec};
 
 /// Pattern of a Go-style duration such as `30s`, `15m`, `1h30m`, `1.5h`: one or more numbers,
@@ -142,7 +145,7 @@ pub const SSH_COMMAND_TIMEOUT_BOUNDS: DurationBounds = DurationBounds {
 };
 
 /// Every duration field of the spec with its bounds.
-pub const DURATION_FIELDS: [DurationBounds; 7] = [
+pub const DURATION_FIELDS: [DurationBounds; 9] = [
     PVE_REQUEST_TIMEOUT_BOUNDS,
     NETBOX_REQUEST_TIMEOUT_BOUNDS,
     SYNC_INTERVAL_BOUNDS,
@@ -150,6 +153,8 @@ pub const DURATION_FIELDS: [DurationBounds; 7] = [
     PRUNE_GRACE_PERIOD_BOUNDS,
     SSH_CONNECT_TIMEOUT_BOUNDS,
     SSH_COMMAND_TIMEOUT_BOUNDS,
+    TASK_TIMEOUT_BOUNDS,
+    SHUTDOWN_TIMEOUT_BOUNDS,
 ];
 
 /// Longest name or slug of a NetBox object set from the spec (NetBox's own limit is 100).
@@ -207,6 +212,14 @@ pub struct ProxmoxClusterSpec {
     /// NetBox object as it is; `Delete` removes the objects this operator owns for this cluster.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// Optional provisioning: VMs described in NetBox (status `staged`) created in Proxmox
+    /// VE, and retired from it (docs/provisioning.md). Off by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub provisioning: ProvisioningSpec,
+}
+
+fn is_default(p: &ProvisioningSpec) -> bool {
+    *p == ProvisioningSpec::default()
 }
 
 /// Connection to the Proxmox VE API.
@@ -597,6 +610,9 @@ pub struct ProxmoxClusterStatus {
     /// (`spec.sync.watchInterval`), and when their NetBox sync ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<LastChangeEntry>,
+    /// What provisioning (`spec.provisioning`) found and did in the last full pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningStatus>,
 }
 
 /// Guests a poll found changed, synced to NetBox at once.

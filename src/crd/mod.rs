@@ -4,11 +4,13 @@
 
 mod cluster;
 pub mod facts;
+mod provisioning;
 mod reference;
 pub mod schema_check;
 mod ssh_credential;
 
 pub use cluster::*;
+pub use provisioning::*;
 pub use reference::reference_markdown;
 pub use ssh_credential::*;
 

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::apply::{Session, is_placeholder};
-use super::client::{NetBoxError, NetBoxVersion};
+use super::client::{NetBoxApi, NetBoxError, NetBoxVersion};
 use super::kinds::{
     CF_CHASSIS_MANUFACTURER, CF_CHASSIS_PRODUCT, CF_CHASSIS_SERIAL, CF_DISK_STORAGE, CF_GROUP,
-    CF_GUEST_TYPE, CF_NIC_DUPLEX, CF_NIC_LINK, CF_NIC_SPEED, CF_OWNER, CF_STALE_SINCE, CF_VMID,
+    CF_GATEWAY, CF_GUEST_TYPE, CF_NIC_DUPLEX, CF_NIC_LINK, CF_NIC_SPEED, CF_OWNER, CF_PREFIX,
+    CF_PROVISION, CF_PROVISION_VMID, CF_PROVISIONED_BY, CF_STALE_SINCE, CF_START, CF_TARGET_NODE,
+    CF_TEMPLATE, CF_VMID,
     OWNER_TAG, PVE_TAG_DESCRIPTION, STALE_TAG, fields, id_of,
 };
 use super::mapping::{platform_name, slugify};
@@ -22,14 +24,57 @@ use crate::inventory::Inventory;
 /// in an interface's create (NetBox pull request 20457).
 const PRIMARY_MAC_AT_CREATE: NetBoxVersion = (4, 4, 2);
 
-/// One custom field the operator creates: name, label, type, object types, description.
-type FieldSpec = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    &'static str,
-);
+/// One custom field the operator creates.
+#[derive(Clone, Copy, Debug)]
+pub struct FieldSpec {
+    /// Its name.
+    pub name: &'static str,
+    /// Label in the UI.
+    pub label: &'static str,
+    /// NetBox field type (`text`, `integer`, `boolean`, `object`).
+    pub type_: &'static str,
+    /// Object types it is on.
+    pub object_types: &'static [&'static str],
+    /// Description in the UI.
+    pub description: &'static str,
+    /// The object type an `object` field points to.
+    pub related: Option<&'static str>,
+    /// Editable in NetBox's UI (the operator's own marks and identities are read-only).
+    pub ui_editable: bool,
+}
+
+/// A field read-only in the UI.
+const fn field(
+    name: &'static str,
+    label: &'static str,
+    type_: &'static str,
+    object_types: &'static [&'static str],
+    description: &'static str,
+) -> FieldSpec {
+    FieldSpec {
+        name,
+        label,
+        type_,
+        object_types,
+        description,
+        related: None,
+        ui_editable: false,
+    }
+}
+
+/// A field editable in the UI.
+const fn editable_field(
+    name: &'static str,
+    label: &'static str,
+    type_: &'static str,
+    object_types: &'static [&'static str],
+    description: &'static str,
+) -> FieldSpec {
+    FieldSpec {
+        ui_editable: true,
+        ..field(name, label, type_, object_types, description)
+    }
+}
 
 /// Object types of every owned kind (and the cluster and VLANs the operator creates).
 const OWNED_TYPES: &[&str] = &[
@@ -46,77 +91,77 @@ const OWNED_TYPES: &[&str] = &[
 
 /// The custom fields the operator creates.
 const CUSTOM_FIELDS: &[FieldSpec] = &[
-    (
+    field(
         CF_OWNER,
         "Proxmox owner",
         "text",
         OWNED_TYPES,
         "ProxmoxCluster (namespace/name) that owns this object",
     ),
-    (
+    field(
         CF_VMID,
         "Proxmox VMID",
         "integer",
         &["virtualization.virtualmachine"],
         "VM id in Proxmox VE",
     ),
-    (
+    field(
         CF_GUEST_TYPE,
         "Proxmox guest type",
         "text",
         &["virtualization.virtualmachine"],
         "qemu or lxc",
     ),
-    (
+    field(
         CF_DISK_STORAGE,
         "Proxmox storage",
         "text",
         &["virtualization.virtualdisk"],
         "Proxmox storage of the disk",
     ),
-    (
+    field(
         CF_STALE_SINCE,
         "Gone from Proxmox since",
         "text",
         &["dcim.device", "virtualization.virtualmachine"],
         "When the operator found it gone (pruning grace period)",
     ),
-    (
+    editable_field(
         CF_CHASSIS_SERIAL,
         "Chassis serial",
         "text",
         &["dcim.device"],
         "dmidecode chassis serial",
     ),
-    (
+    editable_field(
         CF_CHASSIS_MANUFACTURER,
         "Chassis manufacturer",
         "text",
         &["dcim.device"],
         "dmidecode chassis manufacturer",
     ),
-    (
+    editable_field(
         CF_CHASSIS_PRODUCT,
         "Chassis product",
         "text",
         &["dcim.device"],
         "dmidecode system product name",
     ),
-    (
+    editable_field(
         CF_NIC_SPEED,
         "NIC speed (Gbps)",
         "integer",
         &["dcim.interface"],
         "ethtool link speed",
     ),
-    (
+    editable_field(
         CF_NIC_DUPLEX,
         "NIC duplex",
         "text",
         &["dcim.interface"],
         "ethtool duplex",
     ),
-    (
+    editable_field(
         CF_NIC_LINK,
         "NIC link",
         "boolean",
@@ -124,6 +169,71 @@ const CUSTOM_FIELDS: &[FieldSpec] = &[
         "ethtool link detected",
     ),
 ];
+
+/// The custom fields of provisioning (created only when `spec.provisioning` is on).
+pub const PROVISIONING_FIELDS: &[FieldSpec] = &[
+    field(
+        CF_PROVISION,
+        "Proxmox provisioning",
+        "text",
+        VM,
+        "Where provisioning of this VM is (reserved, provisioned, retiring, retired)",
+    ),
+    field(
+        CF_PROVISION_VMID,
+        "Proxmox reserved VMID",
+        "integer",
+        VM,
+        "VM id reserved in Proxmox VE before the clone",
+    ),
+    field(
+        CF_PROVISIONED_BY,
+        "Proxmox provisioned by",
+        "text",
+        VM,
+        "Owner mark of the ProxmoxCluster that created this VM in Proxmox VE",
+    ),
+    editable_field(
+        CF_TEMPLATE,
+        "Proxmox template",
+        "text",
+        VM,
+        "Template (name or vmid) this VM is cloned from",
+    ),
+    editable_field(
+        CF_TARGET_NODE,
+        "Proxmox target node",
+        "text",
+        VM,
+        "Node this VM is created on (default: the template's node)",
+    ),
+    editable_field(
+        CF_START,
+        "Proxmox start",
+        "boolean",
+        VM,
+        "Start this VM once it is created",
+    ),
+    FieldSpec {
+        related: Some("ipam.prefix"),
+        ..editable_field(
+            CF_PREFIX,
+            "Proxmox prefix",
+            "object",
+            &["virtualization.vminterface"],
+            "Prefix the address of this interface is allocated from when it has none",
+        )
+    },
+    editable_field(
+        CF_GATEWAY,
+        "Proxmox gateway",
+        "text",
+        &["ipam.prefix"],
+        "Gateway of the addresses of this prefix in cloud-init",
+    ),
+];
+
+const VM: &[&str] = &["virtualization.virtualmachine"];
 
 const TAGS: &str = "extras/tags";
 const ROLES: &str = "dcim/device-roles";
@@ -260,77 +370,51 @@ impl Bootstrap<'_, '_> {
     /// missing; a field of ours in a background job, or someone else's field with our
     /// name, stops or is reported.
     async fn custom_fields(&mut self) -> Result<(), NetBoxError> {
-        const EP: &str = "extras/custom-fields";
-        let names: Vec<(String, String)> = CUSTOM_FIELDS
-            .iter()
-            .map(|s| ("name".to_string(), s.0.to_string()))
-            .collect();
-        let existing = self.s.api.list(EP, &names).await?;
-        refuse_fields_in_jobs(&existing)?;
-        let mut creates = Vec::new();
-        let mut patches = Vec::new();
-        for &(name, label, type_, types, description) in CUSTOM_FIELDS {
-            match existing.iter().find(|c| c["name"] == name) {
-                Some(cf) if cf["group_name"] != CF_GROUP || cf["type"]["value"] != type_ => {
-                    // Someone else's field with our name: never changed, reported.
-                    self.s.report.collisions.push(Collision {
-                        kind: "extras.customfield".into(),
-                        object: name.to_string(),
-                        existing_id: id_of(cf),
-                        message: format!(
-                            "a custom field {name:?} exists outside the group {CF_GROUP:?} or with another type than {type_:?}; it is left as it is and values may be rejected: rename or delete it"
-                        ),
-                    });
-                }
-                Some(cf) => {
-                    let have: BTreeSet<&str> = cf["object_types"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    if types.iter().any(|t| !have.contains(t)) {
-                        let mut all = have.clone();
-                        all.extend(types.iter().copied());
-                        let patch = json!({"id": cf["id"], "object_types": all});
-                        self.s.record_fields(
-                            "extras.customfield",
-                            name,
-                            actions::UPDATE,
-                            "object types missing",
-                            vec!["object_types".into()],
-                            patch.as_object(),
-                        );
-                        patches.push(patch);
-                    }
-                }
-                None => {
-                    let body = field_body(&(name, label, type_, types, description));
-                    self.s.report.counts("extras.customfield").created += 1;
-                    let named = vec!["name".into(), "object_types".into()];
-                    self.s.record_fields(
-                        "extras.customfield",
-                        name,
-                        actions::CREATE,
-                        REASON_NEW,
-                        named,
-                        body.as_object(),
-                    );
-                    creates.push(body);
-                }
-            }
+        let existing = read_fields(self.s.api, CUSTOM_FIELDS).await?;
+        let plan = plan_fields(CUSTOM_FIELDS, &existing);
+        for (name, cf, message) in &plan.foreign {
+            self.s.report.collisions.push(Collision {
+                kind: "extras.customfield".into(),
+                object: name.to_string(),
+                existing_id: id_of(cf),
+                message: message.clone(),
+            });
         }
+        for (name, patch) in &plan.patches {
+            self.s.record_fields(
+                "extras.customfield",
+                name,
+                actions::UPDATE,
+                "object types missing",
+                vec!["object_types".into()],
+                patch.as_object(),
+            );
+        }
+        for (name, body) in &plan.creates {
+            self.s.report.counts("extras.customfield").created += 1;
+            let named = vec!["name".into(), "object_types".into()];
+            self.s.record_fields(
+                "extras.customfield",
+                name,
+                actions::CREATE,
+                REASON_NEW,
+                named,
+                body.as_object(),
+            );
+        }
+        let creates: Vec<Value> = plan.creates.into_iter().map(|(_, b)| b).collect();
+        let patches: Vec<Value> = plan.patches.into_iter().map(|(_, p)| p).collect();
         self.shared.custom_fields_exist = creates.is_empty();
         self.shared.owner_field_existed = existing.iter().any(|c| c["name"] == CF_OWNER);
         if self.s.dry_run {
             return Ok(());
         }
         if !creates.is_empty() {
-            self.s.api.create(EP, creates).await?;
+            self.s.api.create(FIELDS, creates).await?;
             self.shared.custom_fields_exist = true;
         }
         if !patches.is_empty() {
-            self.s.api.update(EP, patches).await?;
+            self.s.api.update(FIELDS, patches).await?;
         }
         Ok(())
     }
@@ -614,17 +698,124 @@ impl Bootstrap<'_, '_> {
 
 /// The body that creates a custom field: operator fields filter exactly and are not
 /// editable in the UI.
-fn field_body(&(name, label, type_, types, description): &FieldSpec) -> Value {
-    let filter = if name == CF_OWNER || name == CF_VMID {
+fn field_body(spec: &FieldSpec) -> Value {
+    let filter = if EXACT_FILTER.contains(&spec.name) {
         "exact"
     } else {
         "loose"
     };
-    json!({
-        "name": name, "label": label, "type": type_, "object_types": types,
-        "group_name": CF_GROUP, "description": description, "filter_logic": filter,
-        "ui_editable": if name.starts_with("proxmox_") { "no" } else { "yes" },
+    let mut body = json!({
+        "name": spec.name, "label": spec.label, "type": spec.type_,
+        "object_types": spec.object_types, "group_name": CF_GROUP,
+        "description": spec.description, "filter_logic": filter,
+        "ui_editable": if spec.ui_editable { "yes" } else { "no" },
+    });
+    if let Some(related) = spec.related {
+        body["related_object_type"] = json!(related);
+    }
+    body
+}
+
+/// Fields read by exact value (the marks and identities the operator queries by).
+const EXACT_FILTER: &[&str] = &[CF_OWNER, CF_VMID, CF_PROVISIONED_BY];
+
+/// NetBox's endpoint of custom fields.
+const FIELDS: &str = "extras/custom-fields";
+
+/// What to write so that the fields of `specs` exist: creates, object types to add, and
+/// fields of the same name that are someone else's (another group or type: never changed).
+#[derive(Debug, Default)]
+struct FieldPlan {
+    creates: Vec<(&'static str, Value)>,
+    patches: Vec<(&'static str, Value)>,
+    foreign: Vec<(&'static str, Value, String)>,
+}
+
+/// The existing fields of `specs`' names.
+async fn read_fields(api: &dyn NetBoxApi, specs: &[FieldSpec]) -> Result<Vec<Value>, NetBoxError> {
+    let names: Vec<(String, String)> = specs
+        .iter()
+        .map(|s| ("name".to_string(), s.name.to_string()))
+        .collect();
+    let existing = api.list(FIELDS, &names).await?;
+    refuse_fields_in_jobs(&existing)?;
+    Ok(existing)
+}
+
+/// The field plan of `specs` against the `existing` fields (pure).
+fn plan_fields(specs: &[FieldSpec], existing: &[Value]) -> FieldPlan {
+    let mut plan = FieldPlan::default();
+    for spec in specs {
+        let name = spec.name;
+        match existing.iter().find(|c| c["name"] == name) {
+            Some(cf) if cf["group_name"] != CF_GROUP || cf["type"]["value"] != spec.type_ => {
+                plan.foreign.push((
+                    name,
+                    cf.clone(),
+                    format!(
+                        "a custom field {name:?} exists outside the group {CF_GROUP:?} or with another type than {:?}; it is left as it is and values may be rejected: rename or delete it",
+                        spec.type_
+                    ),
+                ));
+            }
+            Some(cf) => {
+                let have: BTreeSet<&str> = cf["object_types"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if spec.object_types.iter().any(|t| !have.contains(t)) {
+                    let mut all = have.clone();
+                    all.extend(spec.object_types.iter().copied());
+                    plan.patches
+                        .push((name, json!({"id": cf["id"], "object_types": all})));
+                }
+            }
+            None => plan.creates.push((name, field_body(spec))),
+        }
+    }
+    plan
+}
+
+/// Makes sure the custom fields of `specs` exist (the provisioning ones, created only when
+/// provisioning is on). Returns the problems with fields of the same name that are someone
+/// else's; in dry-run nothing is written, and the names of missing fields are returned too.
+pub async fn ensure_fields(
+    api: &dyn NetBoxApi,
+    specs: &[FieldSpec],
+    dry_run: bool,
+) -> Result<EnsuredFields, NetBoxError> {
+    let existing = read_fields(api, specs).await?;
+    let plan = plan_fields(specs, &existing);
+    let out = EnsuredFields {
+        foreign: plan.foreign.iter().map(|(_, _, m)| m.clone()).collect(),
+        missing: plan.creates.iter().map(|(n, _)| n.to_string()).collect(),
+    };
+    if dry_run {
+        return Ok(out);
+    }
+    if !plan.creates.is_empty() {
+        api.create(FIELDS, plan.creates.into_iter().map(|(_, b)| b).collect())
+            .await?;
+    }
+    if !plan.patches.is_empty() {
+        api.update(FIELDS, plan.patches.into_iter().map(|(_, p)| p).collect())
+            .await?;
+    }
+    Ok(EnsuredFields {
+        missing: Vec::new(),
+        ..out
     })
+}
+
+/// What [`ensure_fields`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnsuredFields {
+    /// Problems with same-named fields that are someone else's.
+    pub foreign: Vec<String>,
+    /// Fields still missing (dry-run only).
+    pub missing: Vec<String>,
 }
 
 /// NetBox >= 4.7 provisions and purges a field's data in a background job; until the job

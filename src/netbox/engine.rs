@@ -266,6 +266,7 @@ mod tests {
             prune_max_percent: 10,
             batch_size: 100,
             scope: None,
+            guests: Default::default(),
             max_in_flight: 4,
         };
         let err = sync(

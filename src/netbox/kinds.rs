@@ -25,6 +25,24 @@ pub const CF_GUEST_TYPE: &str = "proxmox_guest_type";
 pub const CF_DISK_STORAGE: &str = "proxmox_disk_storage";
 /// Custom field holding when an object was first found gone from Proxmox.
 pub const CF_STALE_SINCE: &str = "proxmox_stale_since";
+/// Custom field: a VM's provisioning progress (`reserved`, `provisioned`, `retiring`,
+/// `retired`; docs/provisioning.md).
+pub const CF_PROVISION: &str = "proxmox_provision";
+/// Custom field: the vmid reserved for a VM before it is cloned.
+pub const CF_PROVISION_VMID: &str = "proxmox_provision_vmid";
+/// Custom field: the owner mark of the ProxmoxCluster that provisioned a VM.
+pub const CF_PROVISIONED_BY: &str = "proxmox_provisioned_by";
+/// Custom field: the template a VM is cloned from (name or vmid), set by people.
+pub const CF_TEMPLATE: &str = "proxmox_template";
+/// Custom field: the node a VM is created on, set by people (not `proxmox_node`, the
+/// proxbox plugin's).
+pub const CF_TARGET_NODE: &str = "proxmox_target_node";
+/// Custom field: start a VM once it is created (boolean), set by people.
+pub const CF_START: &str = "proxmox_start";
+/// Custom field of a VM interface: the prefix its address is allocated from.
+pub const CF_PREFIX: &str = "proxmox_prefix";
+/// Custom field of a prefix: the gateway of its addresses in cloud-init.
+pub const CF_GATEWAY: &str = "proxmox_gateway";
 /// Custom field: chassis serial number from dmidecode.
 pub const CF_CHASSIS_SERIAL: &str = "hardware_chassis_serial";
 /// Custom field: chassis manufacturer from dmidecode.

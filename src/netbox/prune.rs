@@ -258,7 +258,13 @@ fn nodes_and_guests(input: &PlanInput, owned: &OwnedObjects, out: &mut PrunePlan
             .iter()
             .filter(|(key, _)| match kind {
                 Kind::Device => !node_names.contains(key.as_str()),
-                _ => !guest_ids.contains(*key),
+                // A VM provisioning retires is released or deleted by provisioning.
+                _ => {
+                    !guest_ids.contains(*key)
+                        && !key
+                            .parse::<u32>()
+                            .is_ok_and(|vmid| s.guests.retiring.contains(&vmid))
+                }
             })
             .collect();
         let count = if scoped {

@@ -1,6 +1,6 @@
 //! What to sync and how, resolved from the ProxmoxCluster spec.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::inventory::{Guest, Inventory};
@@ -74,8 +74,27 @@ pub struct SyncSettings {
     /// planned and written; the nodes' devices are read for the VMs' `device`, never
     /// planned. `None`: everything (a full sync).
     pub scope: Option<BTreeSet<u32>>,
+    /// What provisioning (`spec.provisioning`) says about some guests.
+    pub guests: GuestOverrides,
 }
 
+/// What provisioning tells the sync about some guests (all empty without provisioning).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestOverrides {
+    /// Guests being provisioned, not handed over yet: not planned (no create, update,
+    /// adoption or collision with the staged record they come from); their absence from
+    /// the sync never counts as gone.
+    pub excluded: BTreeSet<u32>,
+    /// Owned VMs whose NetBox status `decommissioning` is kept (provisioning is on: a person
+    /// set it, and retirement or the report reads it).
+    pub keep_decommissioning: bool,
+    /// Provisioned guests: their NetBox role stays as people set it; with `true`
+    /// (`followResources`), their vCPUs, memory and disk sizes too (NetBox is their source).
+    pub provisioned: BTreeMap<u32, bool>,
+    /// Guests being retired by provisioning: never marked stale or pruned by the sync
+    /// (provisioning releases or deletes their record once they are destroyed).
+    pub retiring: BTreeSet<u32>,
+}
 impl SyncSettings {
     /// Whether guest `vmid` is planned in this pass.
     pub fn in_scope(&self, vmid: u32) -> bool {
@@ -88,9 +107,10 @@ impl SyncSettings {
         inventory: &'a Inventory,
     ) -> impl Iterator<Item = &'a Guest> + Clone {
         let templates = self.sync_templates;
+        let excluded = &self.guests.excluded;
         inventory
             .guests
             .iter()
-            .filter(move |g| templates || !g.template)
+            .filter(move |g| (templates || !g.template) && !excluded.contains(&g.vmid))
     }
 }

@@ -1,5 +1,9 @@
 //! The live stages: the PVE API over HTTPS, SSH to the nodes, the NetBox REST API.
 
+mod provisioner;
+
+pub use provisioner::LiveProvisioner;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -19,7 +23,9 @@ use crate::netbox::client::{
     NetBoxApi, NetBoxClient, NetBoxConnection, NetBoxError, NetBoxMetrics, NetBoxVersion,
 };
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
+use crate::netbox::settings::GuestOverrides;
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
+use crate::pve::write::PveWriteApi;
 use crate::pve::metrics::PveMetrics;
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
@@ -39,27 +45,61 @@ pub struct CountedPve<'a, A: ?Sized> {
     pub calls: &'a CallCounter,
 }
 
+impl<A: ?Sized> CountedPve<'_, A> {
+    /// Makes one request (unless the budget is spent) and records its outcome.
+    async fn counted(
+        &self,
+        request: impl Future<Output = Result<Value, PveError>>,
+    ) -> Result<Value, PveError> {
+        let budget = &self.calls.proxmox_budget;
+        let r = if budget.exhausted() {
+            Err(PveError::TransportLimit {
+                limit: budget.limit(),
+            })
+        } else {
+            request.await
+        };
+        if r.as_ref().is_err_and(PveError::is_transport) {
+            budget.spend();
+        }
+        let outcome = match &r {
+            Ok(_) => CALL_SUCCESS,
+            Err(e) => e.metric_label(),
+        };
+        self.calls.record(systems::PROXMOX, outcome, 1);
+        r
+    }
+}
+
 impl<A: PveApi + ?Sized> PveApi for CountedPve<'_, A> {
     fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
-        Box::pin(async move {
-            let budget = &self.calls.proxmox_budget;
-            let r = if budget.exhausted() {
-                Err(PveError::TransportLimit {
-                    limit: budget.limit(),
-                })
-            } else {
-                self.inner.get(path).await
-            };
-            if r.as_ref().is_err_and(PveError::is_transport) {
-                budget.spend();
-            }
-            let outcome = match &r {
-                Ok(_) => CALL_SUCCESS,
-                Err(e) => e.metric_label(),
-            };
-            self.calls.record(systems::PROXMOX, outcome, 1);
-            r
-        })
+        Box::pin(self.counted(self.inner.get(path)))
+    }
+}
+
+impl<A: PveWriteApi + ?Sized> PveWriteApi for CountedPve<'_, A> {
+    fn post<'a>(
+        &'a self,
+        path: &'a str,
+        form: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Value, PveError>> {
+        Box::pin(self.counted(self.inner.post(path, form)))
+    }
+
+    fn put<'a>(
+        &'a self,
+        path: &'a str,
+        form: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Value, PveError>> {
+        Box::pin(self.counted(self.inner.put(path, form)))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        path: &'a str,
+        query: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Value, PveError>> {
+        Box::pin(self.counted(self.inner.delete(path, query)))
     }
 }
 
@@ -178,30 +218,45 @@ pub struct LiveReader {
 impl LiveReader {
     /// The PVE client of a cluster's resolved settings.
     fn client(&self, config: &ResolvedCluster) -> Result<PveClient, PveError> {
-        let auth = match &config.pve_credentials {
-            PveCredentials::Token { token_id, secret } => PveAuth::Token {
-                token_id: token_id.clone(),
-                secret: secret.clone(),
-            },
-            PveCredentials::Ticket { username, password } => PveAuth::Ticket {
-                username: username.clone(),
-                password: password.clone(),
-            },
-        };
-        let client = PveClient::new(PveConnection {
-            endpoints: config.pve_endpoints.clone(),
-            auth,
-            tls: config.pve_tls.clone(),
-            timeout: config.pve_timeout,
-            max_concurrency: config.pve_concurrency,
-            retries: 2,
-            endpoint_guard: self.endpoint_guard.clone(),
-        })?;
-        Ok(match &self.metrics {
-            Some(m) => client.with_recorder(m.recorder(&config.netbox.owner.resource())),
-            None => client,
-        })
+        pve_client(
+            config,
+            &config.pve_credentials,
+            &self.endpoint_guard,
+            self.metrics.as_ref(),
+        )
     }
+}
+
+/// A PVE client of a cluster's resolved settings with `credentials`.
+fn pve_client(
+    config: &ResolvedCluster,
+    credentials: &PveCredentials,
+    endpoint_guard: &EndpointGuard,
+    metrics: Option<&PveMetrics>,
+) -> Result<PveClient, PveError> {
+    let auth = match credentials {
+        PveCredentials::Token { token_id, secret } => PveAuth::Token {
+            token_id: token_id.clone(),
+            secret: secret.clone(),
+        },
+        PveCredentials::Ticket { username, password } => PveAuth::Ticket {
+            username: username.clone(),
+            password: password.clone(),
+        },
+    };
+    let client = PveClient::new(PveConnection {
+        endpoints: config.pve_endpoints.clone(),
+        auth,
+        tls: config.pve_tls.clone(),
+        timeout: config.pve_timeout,
+        max_concurrency: config.pve_concurrency,
+        retries: 2,
+        endpoint_guard: endpoint_guard.clone(),
+    })?;
+    Ok(match metrics {
+        Some(m) => client.with_recorder(m.recorder(&config.netbox.owner.resource())),
+        None => client,
+    })
 }
 
 /// What the inventory read of a cluster reads besides the essentials.
@@ -396,6 +451,7 @@ pub fn sync_settings(config: &ResolvedCluster, inventory: &Inventory) -> SyncSet
         prune_max_percent: options.prune_max_percent,
         batch_size: 50,
         scope: None,
+        guests: Default::default(),
         max_in_flight: config.netbox.max_in_flight,
     }
 }
@@ -429,6 +485,7 @@ impl NetBoxWriter for LiveWriter {
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
         scope: Option<&'a BTreeSet<u32>>,
+        guests: &'a GuestOverrides,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
@@ -442,6 +499,7 @@ impl NetBoxWriter for LiveWriter {
             };
             let settings = SyncSettings {
                 scope: scope.cloned(),
+                guests: guests.clone(),
                 ..sync_settings(config, inventory)
             };
             let window = settle_window(config.netbox.timeout);

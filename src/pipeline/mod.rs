@@ -26,7 +26,9 @@ use crate::hardware::facts::NodeHardware;
 use crate::inventory::Inventory;
 use crate::net::budget::{DEFAULT_TRANSPORT_ERROR_LIMIT, TransportBudget};
 use crate::netbox::report::{KindCounts, SyncReport};
+use crate::netbox::settings::GuestOverrides;
 use crate::owner::OwnerScope;
+use crate::provision::ProvisionOutcome;
 use crate::pve::client::PveApi;
 use crate::pve::resources::ClusterResources;
 use crate::secrets::SecretSource;
@@ -151,6 +153,8 @@ pub struct LastPass {
     pub discovery: Option<Vec<NodeDiscovery>>,
     /// The permission warning of the last full pass.
     pub permission_warning: Option<PermissionWarning>,
+    /// What provisioning told the sync of the last full pass (the polls' syncs use it).
+    pub overrides: GuestOverrides,
 }
 
 /// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
@@ -197,7 +201,8 @@ pub struct NetBoxResult {
 pub trait NetBoxWriter: Send + Sync {
     /// Syncs; `Err` only when NetBox could not be used at all. Every request is recorded
     /// in `calls` (system `netbox`), also when the sync fails. `scope`: the guests of a
-    /// targeted pass, whose objects alone are read, planned and written.
+    /// targeted pass, whose objects alone are read, planned and written; `guests`: what
+    /// provisioning says about some guests.
     #[allow(clippy::too_many_arguments)]
     fn sync<'a>(
         &'a self,
@@ -205,6 +210,7 @@ pub trait NetBoxWriter: Send + Sync {
         inventory: &'a Inventory,
         hardware: &'a BTreeMap<String, NodeHardware>,
         scope: Option<&'a BTreeSet<u32>>,
+        guests: &'a GuestOverrides,
         dry_run: bool,
         now: DateTime<Utc>,
         calls: &'a CallCounter,
@@ -215,6 +221,66 @@ pub trait NetBoxWriter: Send + Sync {
         &'a self,
         config: &'a ResolvedNetBox,
     ) -> BoxFuture<'a, Result<String, NetBoxSyncError>>;
+}
+
+/// Provisioning (`spec.provisioning`): NetBox records created in and retired from PVE.
+pub trait Provisioner: Send + Sync {
+    /// Runs provisioning of `config` (only called when it is enabled) against the
+    /// inventory just read; never fails as a whole. `dry_run`: plan only. Returns the
+    /// outcome and, when guests were created or destroyed, the inventory with them read
+    /// again (so the sync of the same pass documents them). Every request is recorded in
+    /// `calls`.
+    fn provision<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        dry_run: bool,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)>;
+}
+
+/// A provisioner for pipelines that never provision (test fakes): an empty outcome.
+pub struct NoProvisioner;
+
+impl Provisioner for NoProvisioner {
+    fn provision<'a>(
+        &'a self,
+        _config: &'a ResolvedCluster,
+        _inventory: &'a Inventory,
+        _dry_run: bool,
+        _calls: &'a CallCounter,
+    ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)> {
+        Box::pin(async { (ProvisionOutcome::default(), None) })
+    }
+}
+
+/// The stages of one pass.
+#[derive(Clone, Copy)]
+pub struct Stages<'a> {
+    /// Proxmox.
+    pub reader: &'a dyn ProxmoxReader,
+    /// Hardware discovery.
+    pub prober: &'a dyn HardwareProber,
+    /// Provisioning.
+    pub provisioner: &'a dyn Provisioner,
+    /// NetBox.
+    pub writer: &'a dyn NetBoxWriter,
+}
+
+impl<'a> Stages<'a> {
+    /// The stages of a pipeline that does not provision.
+    pub fn new(
+        reader: &'a dyn ProxmoxReader,
+        prober: &'a dyn HardwareProber,
+        writer: &'a dyn NetBoxWriter,
+    ) -> Self {
+        Self {
+            reader,
+            prober,
+            provisioner: &NoProvisioner,
+            writer,
+        }
+    }
 }
 
 /// A pipeline run with its detailed NetBox report.
@@ -254,6 +320,8 @@ pub struct StageLimits {
     pub discovery: Duration,
     /// The NetBox sync.
     pub netbox_sync: Duration,
+    /// Provisioning (a task still running then is left running and looked at again).
+    pub provisioning: Duration,
     /// Transport errors (no answer) a stage meets before it stops calling and fails.
     pub transport_errors: u32,
 }
@@ -265,28 +333,50 @@ impl Default for StageLimits {
             node_discovery: Duration::from_secs(3 * 60),
             discovery: Duration::from_secs(15 * 60),
             netbox_sync: Duration::from_secs(20 * 60),
+            provisioning: Duration::from_secs(15 * 60),
             transport_errors: DEFAULT_TRANSPORT_ERROR_LIMIT,
         }
     }
 }
 
-/// The pipeline made of three stages; with the live stages it is what the controller and
+/// The pipeline made of its stages; with the live stages it is what the controller and
 /// the `sync` command run.
-pub struct StagedPipeline<R, H, W> {
+pub struct StagedPipeline<R, H, P, W> {
     /// Proxmox stage.
     pub reader: R,
     /// Hardware discovery stage.
     pub prober: H,
+    /// Provisioning stage.
+    pub provisioner: P,
     /// NetBox stage.
     pub writer: W,
     /// Deadlines and transport-error limit of each run.
     pub limits: StageLimits,
 }
 
-impl<R, H, W> ClusterPipeline for StagedPipeline<R, H, W>
+impl<R, H, P, W> StagedPipeline<R, H, P, W>
+where
+    R: ProxmoxReader,
+    H: HardwareProber,
+    P: Provisioner,
+    W: NetBoxWriter,
+{
+    /// The stages as a pass takes them.
+    pub fn stages(&self) -> Stages<'_> {
+        Stages {
+            reader: &self.reader,
+            prober: &self.prober,
+            provisioner: &self.provisioner,
+            writer: &self.writer,
+        }
+    }
+}
+
+impl<R, H, P, W> ClusterPipeline for StagedPipeline<R, H, P, W>
 where
     R: ProxmoxReader + 'static,
     H: HardwareProber + 'static,
+    P: Provisioner + 'static,
     W: NetBoxWriter + 'static,
 {
     fn run<'a>(
@@ -311,9 +401,7 @@ where
                 }
                 None => {
                     run_pipeline_observed(
-                        &self.reader,
-                        &self.prober,
-                        &self.writer,
+                        &self.stages(),
                         cluster,
                         credentials,
                         secrets,
@@ -451,9 +539,7 @@ pub async fn discover_nodes(
 /// Runs one full pass for `cluster` (the `sync` command: nobody observes the stages).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_pipeline(
-    reader: &dyn ProxmoxReader,
-    prober: &dyn HardwareProber,
-    writer: &dyn NetBoxWriter,
+    stages: &Stages<'_>,
     cluster: &ProxmoxCluster,
     credentials: &[NodeSSHCredential],
     secrets: &dyn SecretSource,
@@ -461,9 +547,7 @@ pub async fn run_pipeline(
     now: DateTime<Utc>,
 ) -> PipelineRun {
     run_pipeline_observed(
-        reader,
-        prober,
-        writer,
+        stages,
         cluster,
         credentials,
         secrets,
@@ -479,9 +563,7 @@ pub async fn run_pipeline(
 /// resolved settings.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_pipeline_observed(
-    reader: &dyn ProxmoxReader,
-    prober: &dyn HardwareProber,
-    writer: &dyn NetBoxWriter,
+    stages: &Stages<'_>,
     cluster: &ProxmoxCluster,
     credentials: &[NodeSSHCredential],
     secrets: &dyn SecretSource,
@@ -495,7 +577,7 @@ pub async fn run_pipeline_observed(
         Ok(r) => r,
         Err(outcome) => return failed_run(outcome),
     };
-    let read = tokio::time::timeout(limits.proxmox_read, reader.read(&config, &calls))
+    let read = tokio::time::timeout(limits.proxmox_read, stages.reader.read(&config, &calls))
         .await
         .unwrap_or(Err(ProxmoxReadError::TimedOut {
             limit: limits.proxmox_read,
@@ -514,7 +596,7 @@ pub async fn run_pipeline_observed(
     let mut hardware = BTreeMap::new();
     if config.hardware_discovery {
         let discovered = discover_nodes(
-            prober,
+            stages.prober,
             &inventory,
             credentials,
             &config,
@@ -534,10 +616,12 @@ pub async fn run_pipeline_observed(
     outcome.netbox = NetBoxOutcome::InProgress;
     outcome.calls = calls.snapshot();
     observer.observed(&outcome).await;
+    let overrides = provision(stages.provisioner, &config, &limits, &calls, &mut outcome).await;
     let report = sync_netbox(
-        writer,
+        stages.writer,
         &config,
         &hardware,
+        &overrides,
         &limits,
         &calls,
         &mut outcome,
@@ -547,8 +631,13 @@ pub async fn run_pipeline_observed(
     let discovery = outcome.discovery.clone();
     let client = read.client;
     let last_pass = read.resources.and_then(|resources| {
-        last_pass(&outcome, Arc::new(config), resources, hardware, discovery)
-            .map(|pass| LastPass { client, ..pass })
+        last_pass(&outcome, Arc::new(config), resources, hardware, discovery).map(|pass| {
+            LastPass {
+                client,
+                overrides,
+                ..pass
+            }
+        })
     });
     PipelineRun {
         outcome,
@@ -605,6 +694,7 @@ pub async fn run_targeted(
         writer,
         config,
         &hardware,
+        &last.overrides,
         &limits,
         &calls,
         &mut outcome,
@@ -621,6 +711,7 @@ pub async fn run_targeted(
     )
     .map(|pass| LastPass {
         client: last.client.clone(),
+        overrides: last.overrides.clone(),
         ..pass
     });
     PipelineRun {
@@ -679,12 +770,57 @@ fn failed_run(outcome: PipelineOutcome) -> PipelineRun {
     }
 }
 
+/// The provisioning stage, when it is enabled: runs it against `outcome.inventory` (always
+/// set here), puts the inventory with the guests it created or destroyed read again back,
+/// records its report in `outcome` and returns what the sync is told. Past its deadline
+/// the sync is told to leave every guest with this owner's mark alone.
+async fn provision(
+    provisioner: &dyn Provisioner,
+    config: &ResolvedCluster,
+    limits: &StageLimits,
+    calls: &CallCounter,
+    outcome: &mut PipelineOutcome,
+) -> GuestOverrides {
+    let Some(p) = &config.provisioning else {
+        return GuestOverrides::default();
+    };
+    let dry_run = outcome.dry_run || p.settings.dry_run;
+    let inventory = outcome.inventory.take().unwrap_or_default();
+    let run = provisioner.provision(config, &inventory, dry_run, calls);
+    let (result, refreshed) = match tokio::time::timeout(limits.provisioning, run).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mark = crate::pipeline::live::sync_settings(config, &inventory).owner;
+            let guests = crate::provision::observe::guest_views(&inventory);
+            let outcome = ProvisionOutcome {
+                report: crate::provision::report::ProvisionReport {
+                    dry_run,
+                    failure: Some(format!(
+                        "provisioning ran past its deadline of {}s and was stopped; every step is looked at again in the next pass",
+                        limits.provisioning.as_secs()
+                    )),
+                    ..Default::default()
+                },
+                overrides: crate::provision::report::overrides_without_records(&guests, &mark),
+                ..Default::default()
+            };
+            (outcome, None)
+        }
+    };
+    outcome.inventory = Some(refreshed.unwrap_or(inventory));
+    outcome.calls = calls.snapshot();
+    outcome.provisioning = Some(result.report);
+    result.overrides
+}
+
 /// The NetBox stage: syncs `outcome.inventory` (always set here) and records the result
 /// in `outcome`; returns the detailed report.
+#[allow(clippy::too_many_arguments)]
 async fn sync_netbox(
     writer: &dyn NetBoxWriter,
     config: &ResolvedCluster,
     hardware: &BTreeMap<String, NodeHardware>,
+    guests: &GuestOverrides,
     limits: &StageLimits,
     calls: &CallCounter,
     outcome: &mut PipelineOutcome,
@@ -705,6 +841,7 @@ async fn sync_netbox(
         &inventory,
         hardware,
         scope.as_ref(),
+        guests,
         outcome.dry_run,
         now,
         calls,
@@ -755,6 +892,7 @@ fn last_pass(
         },
         discovery,
         permission_warning: outcome.permission_warning.clone(),
+        overrides: GuestOverrides::default(),
     })
 }
 
@@ -889,6 +1027,7 @@ mod tests {
             _inv: &'a Inventory,
             hardware: &'a BTreeMap<String, NodeHardware>,
             scope: Option<&'a BTreeSet<u32>>,
+            _guests: &'a GuestOverrides,
             dry_run: bool,
             _now: DateTime<Utc>,
             calls: &'a CallCounter,
@@ -995,9 +1134,7 @@ mod tests {
         let prober = FakeProber::default();
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &prober,
-            &writer,
+            &Stages::new(&FakeReader(Ok(three_nodes())), &prober, &writer),
             &cluster(false, "Sync"),
             &[credential("pve1")],
             &DirSecrets::new(d.path()),
@@ -1024,9 +1161,7 @@ mod tests {
         };
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &prober,
-            &writer,
+            &Stages::new(&FakeReader(Ok(three_nodes())), &prober, &writer),
             &cluster(true, "DryRun"),
             &[credential("pve1"), credential("pve2"), credential("pve3")],
             &DirSecrets::new(d.path()),
@@ -1051,9 +1186,7 @@ mod tests {
         let d = secrets_dir();
         let prober = FakeProber::default();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &prober,
-            &FakeWriter::default(),
+            &Stages::new(&FakeReader(Ok(three_nodes())), &prober, &FakeWriter::default()),
             &cluster(true, "Sync"),
             &[credential("pve2")],
             &DirSecrets::new(d.path()),
@@ -1089,9 +1222,7 @@ mod tests {
         let writer = FakeWriter::default();
         let observer = RecordingObserver::default();
         let run = run_pipeline_observed(
-            &FakeReader(Ok(three_nodes())),
-            &prober,
-            &writer,
+            &Stages::new(&FakeReader(Ok(three_nodes())), &prober, &writer),
             &cluster(true, "Sync"),
             &[credential("pve1"), credential("pve2")],
             &DirSecrets::new(d.path()),
@@ -1190,9 +1321,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &FakeProber::default(),
-            &writer,
+            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &writer),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(empty.path()),
@@ -1219,15 +1348,14 @@ mod tests {
         let pipeline = StagedPipeline {
             reader: FakeReader(Ok(three_nodes())),
             prober: FakeProber::default(),
+            provisioner: NoProvisioner,
             writer: FakeWriter::default(),
             limits: StageLimits::default(),
         };
         let secrets = DirSecrets::new(d.path());
         // The PVE Secret is gone: a sync cannot even start ...
         let run = run_pipeline(
-            &pipeline.reader,
-            &pipeline.prober,
-            &pipeline.writer,
+            &pipeline.stages(),
             &cluster(false, "Sync"),
             &[],
             &secrets,
@@ -1294,6 +1422,7 @@ mod tests {
             _inv: &'a Inventory,
             _hw: &'a BTreeMap<String, NodeHardware>,
             _scope: Option<&'a BTreeSet<u32>>,
+            _guests: &'a GuestOverrides,
             _dry_run: bool,
             _now: DateTime<Utc>,
             _calls: &'a CallCounter,
@@ -1328,9 +1457,7 @@ mod tests {
         let writer = FakeWriter::default();
         let started = Instant::now();
         let run = run_pipeline(
-            &HangingReader,
-            &FakeProber::default(),
-            &writer,
+            &Stages::new(&HangingReader, &FakeProber::default(), &writer),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1353,9 +1480,7 @@ mod tests {
         let d = secrets_dir();
         let started = Instant::now();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &FakeProber::default(),
-            &HangingWriter,
+            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &HangingWriter),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1385,9 +1510,7 @@ mod tests {
         let writer = FakeWriter::default();
         let started = Instant::now();
         let run = run_pipeline(
-            &FakeReader(Ok(read)),
-            &prober,
-            &writer,
+            &Stages::new(&FakeReader(Ok(read)), &prober, &writer),
             &cluster(true, "Sync"),
             &[credential("pve1"), credential("pve2"), credential("pve3")],
             &DirSecrets::new(d.path()),
@@ -1463,9 +1586,7 @@ mod tests {
     async fn a_full_pass_that_wrote_netbox_leaves_the_polls_their_reference() {
         let d = secrets_dir();
         let run = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &FakeProber::default(),
-            &FakeWriter::default(),
+            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &FakeWriter::default()),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1479,9 +1600,7 @@ mod tests {
         assert_eq!(run.outcome.poll, None);
         // Nothing written in dry-run: the polls would compare with what NetBox lacks.
         let dry = run_pipeline(
-            &FakeReader(Ok(three_nodes())),
-            &FakeProber::default(),
-            &FakeWriter::default(),
+            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &FakeWriter::default()),
             &cluster(false, "DryRun"),
             &[],
             &DirSecrets::new(d.path()),

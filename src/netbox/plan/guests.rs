@@ -78,6 +78,7 @@ pub fn vms(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
                 f.remove(field);
             }
         }
+        keep_netbox_fields(input, g.vmid, existing, &mut f);
         stage.desired.push(Desired {
             key,
             label,
@@ -85,6 +86,30 @@ pub fn vms(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
         });
     }
     stage
+}
+
+/// Leaves out what NetBox owns on an existing VM when provisioning is on: a status
+/// `decommissioning` a person set, the role of a provisioned VM, and with
+/// `followResources` its vCPUs, memory and disk total.
+fn keep_netbox_fields(
+    input: &PlanInput,
+    vmid: u32,
+    existing: Option<&Value>,
+    f: &mut Map<String, Value>,
+) {
+    let Some(existing) = existing else { return };
+    let overrides = &input.settings.guests;
+    if overrides.keep_decommissioning && existing["status"] == "decommissioning" {
+        f.remove("status");
+    }
+    if let Some(&resources) = overrides.provisioned.get(&vmid) {
+        f.remove("role");
+        if resources {
+            for field in ["vcpus", "memory", "disk"] {
+                f.remove(field);
+            }
+        }
+    }
 }
 
 /// The managed fields of a guest's VM, tags aside.
@@ -199,7 +224,7 @@ pub fn disks(input: &PlanInput, owned: &OwnedObjects, vms: &BTreeMap<String, u64
             let key = format!("{vm}/{}", d.slot);
             let mut cf = input.owner_cf();
             cf.insert(CF_DISK_STORAGE.into(), json!(d.storage));
-            let f = fields(json!({
+            let mut f = fields(json!({
                 "virtual_machine": vm,
                 "name": d.slot,
                 "size": bytes_to_mib(d.size_bytes.unwrap_or(0)),
@@ -207,6 +232,12 @@ pub fn disks(input: &PlanInput, owned: &OwnedObjects, vms: &BTreeMap<String, u64
                 "custom_fields": cf,
                 "tags": input.tags(Kind::VirtualDisk, owned.get(Kind::VirtualDisk, &key), &[]),
             }));
+            // `followResources`: NetBox sets the size of a provisioned VM's disk.
+            if input.settings.guests.provisioned.get(&g.vmid) == Some(&true)
+                && owned.contains(Kind::VirtualDisk, &key)
+            {
+                f.remove("size");
+            }
             desired.push(Desired {
                 key,
                 label: format!("vm {} disk {}", g.vmid, d.slot),

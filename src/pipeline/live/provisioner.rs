@@ -1,0 +1,127 @@
+//! The live provisioning stage: the provisioning token's PVE client with writes, the NetBox
+//! client, and the inventory read again for the guests it created or destroyed.
+
+use std::collections::BTreeSet;
+
+use futures::future::BoxFuture;
+
+use super::{CountedNetBox, CountedPve, netbox_client, pve_client, read_options, sync_settings};
+use crate::config::ResolvedCluster;
+use crate::inventory::{GuestKind, Inventory};
+use crate::net::guard::EndpointGuard;
+use crate::netbox::client::NetBoxMetrics;
+use crate::pipeline::{CallCounter, Provisioner};
+use crate::provision::report::{ProvisionReport, overrides_without_records};
+use crate::provision::{ProvisionOutcome, Target, observe, provision};
+use crate::pve::metrics::{PveMetrics, TaskRecorder};
+use crate::pve::refresh::refresh_guests;
+use crate::pve::resources::GuestSummary;
+
+/// Provisions over the PVE and NetBox APIs.
+#[derive(Clone, Debug, Default)]
+pub struct LiveProvisioner {
+    /// What the PVE endpoints and the NetBox URL may reach (`--allow-endpoint-cidr`).
+    pub endpoint_guard: EndpointGuard,
+    /// Where the PVE requests and tasks are timed; `None` records nothing.
+    pub pve: Option<PveMetrics>,
+    /// Where the NetBox requests are timed; `None` records nothing.
+    pub netbox: Option<NetBoxMetrics>,
+}
+
+/// The outcome of a pass that could not start, with the sync told to leave every guest
+/// with this owner's mark alone.
+fn not_run(dry_run: bool, why: String, inventory: &Inventory, mark: &str) -> ProvisionOutcome {
+    ProvisionOutcome {
+        report: ProvisionReport {
+            dry_run,
+            failure: Some(why),
+            ..Default::default()
+        },
+        overrides: overrides_without_records(&observe::guest_views(inventory), mark),
+        ..Default::default()
+    }
+}
+
+impl Provisioner for LiveProvisioner {
+    fn provision<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        dry_run: bool,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)> {
+        Box::pin(async move {
+            let sync = sync_settings(config, inventory);
+            let Some(resolved) = &config.provisioning else {
+                return (ProvisionOutcome::default(), None);
+            };
+            let mut settings = resolved.settings.clone();
+            settings.dry_run |= dry_run;
+            let credentials = resolved
+                .credentials
+                .as_ref()
+                .unwrap_or(&config.pve_credentials);
+            let pve = match pve_client(config, credentials, &self.endpoint_guard, self.pve.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = format!("provisioning did not run: {e}");
+                    return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
+                }
+            };
+            let netbox = match netbox_client(&config.netbox, &self.endpoint_guard, self.netbox.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    let why = format!("provisioning did not run: {e}");
+                    return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
+                }
+            };
+            let pve = CountedPve {
+                inner: &pve,
+                calls,
+            };
+            let netbox = CountedNetBox {
+                inner: &netbox,
+                calls,
+            };
+            let tasks = self
+                .pve
+                .as_ref()
+                .map(|m| m.task_recorder(&config.netbox.owner.resource()))
+                .unwrap_or_else(TaskRecorder::default);
+            let target = Target {
+                pve: &pve,
+                netbox: &netbox,
+                tasks: &tasks,
+                mark: &sync.owner,
+                cluster_name: &sync.cluster_name,
+            };
+            let outcome = provision(&target, &settings, inventory).await;
+            if outcome.created.is_empty() && outcome.destroyed.is_empty() {
+                return (outcome, None);
+            }
+            // The sync of this pass documents what was created and forgets what was
+            // destroyed, with the guests read again as the reader reads them.
+            let created: Vec<GuestSummary> = outcome
+                .created
+                .iter()
+                .map(|g| GuestSummary {
+                    vmid: g.vmid,
+                    kind: GuestKind::Qemu,
+                    node: g.node.clone(),
+                    name: g.name.clone(),
+                    status: if g.running { "running" } else { "stopped" }.into(),
+                    template: false,
+                    tags: String::new(),
+                    pool: settings.pool.clone().unwrap_or_default(),
+                    max_memory: 0,
+                    max_cpu: 0,
+                    max_disk: 0,
+                })
+                .collect();
+            let gone: BTreeSet<u32> = outcome.destroyed.iter().copied().collect();
+            let refreshed =
+                refresh_guests(&pve, inventory, &created, &gone, &read_options(config)).await;
+            (outcome, Some(refreshed))
+        })
+    }
+}
