@@ -14,6 +14,10 @@ pub mod types {
     pub const NETBOX_SYNCED: &str = "NetBoxSynced";
     /// Something worked only partly: see the reason and message.
     pub const DEGRADED: &str = "Degraded";
+    /// Provisioning (`spec.provisioning`) has nothing pending and no VM with a warning.
+    pub const PROVISIONED: &str = "Provisioned";
+    /// A provisioned VM has vCPU or memory changes waiting for its next start.
+    pub const REBOOT_REQUIRED: &str = "RebootRequired";
 }
 
 /// Condition reasons. Each names the cause, so it can be used as an Event reason and a
@@ -95,6 +99,26 @@ pub mod reasons {
     /// A poll found guests changed in Proxmox and their NetBox objects were written
     /// (Event reason).
     pub const CHANGES_SYNCED: &str = "ChangesSynced";
+    /// Provisioning has nothing pending and no VM with a warning.
+    pub const PROVISIONED: &str = "Provisioned";
+    /// VMs are on their way (a task running, steps left for the next pass).
+    pub const PROVISIONING_IN_PROGRESS: &str = "ProvisioningInProgress";
+    /// Some VMs stopped on a problem (each named in `status.provisioning.vms`); the others
+    /// went on. Also the Event reason of a VM's new warning.
+    pub const PROVISIONING_WARNINGS: &str = "ProvisioningWarnings";
+    /// Provisioning could not run at all (NetBox could not be read, no PVE client).
+    pub const PROVISIONING_FAILED: &str = "ProvisioningFailed";
+    /// No provisioned VM waits for a reboot.
+    pub const NO_PENDING_CHANGES: &str = "NoPendingChanges";
+    /// Running provisioned VMs have vCPU or memory changes waiting for their next start.
+    pub const PENDING_CHANGES: &str = "PendingChanges";
+    /// A VM was created in Proxmox VE from its NetBox record (Event reason).
+    pub const VM_PROVISIONED: &str = "VmProvisioned";
+    /// A VM was destroyed and its NetBox record released or deleted (Event reason).
+    pub const VM_RETIRED: &str = "VmRetired";
+    /// A guest carries this operator's provisioning mark but no record claims it (Event
+    /// reason).
+    pub const PROVISIONING_ORPHAN: &str = "ProvisioningOrphan";
 }
 
 /// What the permission preflight found wrong with the PVE token without failing the read:

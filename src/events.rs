@@ -1,5 +1,7 @@
 //! Pure derivation of the Kubernetes Events a reconcile publishes.
 
+mod provisioning;
+
 use crate::conditions::{reasons, types};
 use crate::crd::ProxmoxClusterStatus;
 use crate::stage_errors::StageFailure;
@@ -134,6 +136,9 @@ pub fn events_for(
             }),
             _ => {}
         }
+    }
+    if let Some(report) = &outcome.provisioning {
+        out.extend(provisioning::provisioning_events(previous, report));
     }
     let before = ready_reason(previous);
     let after = ready_reason(Some(new));

@@ -2,6 +2,8 @@
 //!
 //! No I/O and no clock: the caller passes `now`, so every rule here is tested directly.
 
+mod provisioning;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use crate::crd::{
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
 use crate::provision::report::ProvisionReport;
+use provisioning::{is_provisioning_condition, provisioning_conditions, provisioning_status};
 use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
 use crate::watch::{ChangeSet, GuestChange, PollRecord};
 
@@ -277,7 +280,29 @@ pub fn build_status(
             node.warning = None;
         }
     }
-    let conditions = compute_conditions(outcome, generation);
+    // A full pass that got past the Proxmox read ran provisioning when it is enabled; any
+    // other pass leaves its part of the status as it was.
+    let provisioning_ran = outcome.config_error.is_none()
+        && outcome.proxmox_error.is_none()
+        && outcome.poll.is_none();
+    let mut conditions = compute_conditions(outcome, generation);
+    match &outcome.provisioning {
+        Some(r) => {
+            status.provisioning = Some(provisioning_status(r));
+            conditions.extend(
+                provisioning_conditions(r)
+                    .into_iter()
+                    .map(|(t, ok, reason, m)| condition(t, ok, reason, m, generation)),
+            );
+        }
+        None if provisioning_ran => status.provisioning = None,
+        None => conditions.extend(
+            prev.conditions
+                .iter()
+                .filter(|c| is_provisioning_condition(c))
+                .cloned(),
+        ),
+    }
     status.conditions = conditions
         .into_iter()
         .map(|c| carry_transition_time(c, &prev.conditions, &now))
@@ -624,6 +649,19 @@ fn compute_conditions(outcome: &PipelineOutcome, generation: Option<i64>) -> Vec
     }
     if let NetBoxOutcome::Failed(err) = &outcome.netbox {
         degraded.push((err.reason(), err.to_string()));
+    }
+    if let Some(r) = &outcome.provisioning {
+        if let Some(why) = &r.failure {
+            degraded.push((reasons::PROVISIONING_FAILED, why.clone()));
+        } else if r.warnings() > 0 {
+            degraded.push((
+                reasons::PROVISIONING_WARNINGS,
+                format!(
+                    "provisioning left {} VM(s) with a warning (see status.provisioning.vms)",
+                    r.warnings()
+                ),
+            ));
+        }
     }
     if let Some(nodes) = &outcome.discovery
         && nodes.iter().any(|n| n.warning.is_some())

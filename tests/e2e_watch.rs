@@ -268,7 +268,19 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
     .await;
     eprintln!("the memory change reached NetBox after {seconds:.1} s (polls every 5 s)");
     assert!(seconds < 30.0, "{seconds} s");
-    let changed = clusters.get("lab").await.unwrap();
+    // The pass writes its status after NetBox: it may land a moment after the change shows.
+    let changed = wait_cluster(
+        clusters,
+        "lab",
+        Duration::from_secs(15),
+        "showing the change in status.lastChange",
+        |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.last_change.as_ref().is_some_and(|l| l.changed >= 1))
+        },
+    )
+    .await;
     let last = changed
         .status
         .unwrap()
@@ -330,12 +342,18 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
     })
     .await;
     assert_eq!(netbox_vms(env, &netbox_cluster, "").await.len(), before - 1);
-    let status = clusters.get("lab").await.unwrap().status.unwrap();
-    assert_eq!(
-        status.last_change.as_ref().unwrap().destroyed,
-        1,
-        "{status:?}"
-    );
+    wait_cluster(
+        clusters,
+        "lab",
+        Duration::from_secs(15),
+        "showing the destroyed guest in status.lastChange",
+        |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.last_change.as_ref().is_some_and(|l| l.destroyed == 1)
+            })
+        },
+    )
+    .await;
 
     // Each targeted sync that wrote is an Event; the kept full pass was not redone.
     let events: Api<Event> = Api::namespaced(lab.client.clone(), &lab.ns.name);

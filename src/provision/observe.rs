@@ -166,8 +166,8 @@ pub fn parse_vm(vm: &Value) -> Option<NbVm> {
 }
 
 /// The ids of `records` in chunks, as `key=id` query pairs.
-fn id_queries<'a>(
-    key: &'a str,
+fn id_queries(
+    key: &str,
     ids: impl IntoIterator<Item = u64>,
 ) -> Vec<Vec<(String, String)>> {
     let ids: Vec<u64> = ids.into_iter().collect();

@@ -539,9 +539,9 @@ fn placement<'a>(
     record: &NbVm,
     cluster: &'a ClusterView,
     settings: &ProvisionSettings,
-) -> Result<Placement<'a>, Decision> {
+) -> Result<Placement<'a>, Warning> {
     let Some(name) = record.template.as_ref().or(settings.template.as_ref()) else {
-        return Err(blocked(
+        return Err(Warning::new(
             warnings::NO_TEMPLATE,
             "no template: set spec.provisioning.template or the VM's custom field proxmox_template",
         ));
@@ -554,13 +554,13 @@ fn placement<'a>(
     let template = match matching.as_slice() {
         [one] => *one,
         [] => {
-            return Err(blocked(
+            return Err(Warning::new(
                 warnings::TEMPLATE_NOT_FOUND,
                 format!("no QEMU template named or numbered {name:?} in this Proxmox VE cluster"),
             ));
         }
         _ => {
-            return Err(blocked(
+            return Err(Warning::new(
                 warnings::TEMPLATE_NOT_FOUND,
                 format!("{} templates are named {name:?}: name it by vmid", matching.len()),
             ));
@@ -572,14 +572,14 @@ fn placement<'a>(
         .or_else(|| settings.node.clone())
         .unwrap_or_else(|| template.node.clone());
     if !cluster.nodes_online.contains(&node) {
-        return Err(blocked(
+        return Err(Warning::new(
             warnings::NODE_UNAVAILABLE,
             format!("node {node:?} is not an online node of this cluster"),
         ));
     }
     let storage = &settings.storage;
     if node != template.node && !cluster.shared_image_storages.contains(storage) {
-        return Err(blocked(
+        return Err(Warning::new(
             warnings::STORAGE_NOT_SHARED,
             format!(
                 "a clone from {} to {node} needs shared storage; {storage:?} is not shared (spec.provisioning.storage)",
@@ -592,7 +592,7 @@ fn placement<'a>(
         .get(&node)
         .is_some_and(|s| s.contains(storage))
     {
-        return Err(blocked(
+        return Err(Warning::new(
             warnings::STORAGE_NOT_FOUND,
             format!("storage {storage:?} does not hold VM images on node {node} (spec.provisioning.storage)"),
         ));
@@ -614,8 +614,8 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
         if let Some(problem) = check_record(record) {
             return problem;
         }
-        if let Err(problem) = placement(record, cluster, settings) {
-            return problem;
+        if let Err(warning) = placement(record, cluster, settings) {
+            return Decision::Blocked { warning };
         }
         return act(Step::Reserve);
     };
@@ -645,7 +645,7 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
         }
         let place = match placement(record, cluster, settings) {
             Ok(p) => p,
-            Err(problem) => return problem,
+            Err(warning) => return Decision::Blocked { warning },
         };
         let mark = ProvisionMark {
             netbox_vm: record.id,

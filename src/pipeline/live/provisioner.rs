@@ -13,7 +13,7 @@ use crate::netbox::client::NetBoxMetrics;
 use crate::pipeline::{CallCounter, Provisioner};
 use crate::provision::report::{ProvisionReport, overrides_without_records};
 use crate::provision::{ProvisionOutcome, Target, observe, provision};
-use crate::pve::metrics::{PveMetrics, TaskRecorder};
+use crate::pve::metrics::PveMetrics;
 use crate::pve::refresh::refresh_guests;
 use crate::pve::resources::GuestSummary;
 
@@ -87,7 +87,7 @@ impl Provisioner for LiveProvisioner {
                 .pve
                 .as_ref()
                 .map(|m| m.task_recorder(&config.netbox.owner.resource()))
-                .unwrap_or_else(TaskRecorder::default);
+                .unwrap_or_default();
             let target = Target {
                 pve: &pve,
                 netbox: &netbox,
