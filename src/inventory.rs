@@ -338,6 +338,14 @@ pub struct Guest {
     /// Whether the QEMU guest agent is enabled in the config.
     #[serde(default)]
     pub agent_enabled: bool,
+    /// PVE's lock on the guest (`clone`, `backup`, `migrate`, `snapshot`, ...), from the
+    /// node's guest list or the config: while it is set, PVE refuses most changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
+    /// Protection mode (config `protection: 1`): PVE refuses to destroy the guest or its
+    /// disks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protection: bool,
 }
 
 /// One guest disk.

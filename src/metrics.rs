@@ -62,7 +62,7 @@ mod tests {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
         let took = Duration::from_millis(30);
-        let op = crate::pve::metrics::operation("/nodes/pve1/qemu/100/config");
+        let op = crate::pve::metrics::operation(&http::Method::GET, "/nodes/pve1/qemu/100/config");
         m.pve.recorder("infra/lab").observe(op, SUCCESS, took);
         m.netbox
             .recorder("infra/lab")

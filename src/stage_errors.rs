@@ -125,6 +125,7 @@ impl StageFailure for ProxmoxReadError {
                 | PveError::Timeout { .. }
                 | PveError::Connection { .. }
                 | PveError::Decode { .. }
+                | PveError::OutcomeUnknown { .. }
                 | PveError::TransportLimit { .. } => reasons::PROXMOX_UNREACHABLE,
             },
             Self::TimedOut { .. } => reasons::STAGE_TIMED_OUT,

@@ -2,12 +2,18 @@
 //! transient errors only, bounded concurrency, endpoints checked by the endpoint guard and
 //! answers read against a size cap. Errors carry the path and status, never a credential.
 //! Each HTTP request sent is timed into the client's [`CallRecorder`].
+//!
+//! Reads go through [`PveApi`]. Writes (POST, PUT, DELETE; the trait is in
+//! [`super::write`]) share the same connection, limits and recorder, but are never repeated
+//! once they may have reached PVE: they are retried, or failed over to the next endpoint,
+//! only when nothing was sent (a failed connect) and on 429; a timeout or a connection lost
+//! after sending is [`PveError::OutcomeUnknown`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
@@ -135,6 +141,18 @@ pub enum PveError {
     /// The endpoint guard refused an endpoint (its URL, or an address it resolved to).
     #[error("{0}")]
     EndpointRefused(EndpointError),
+    /// A write got no answer after it may have reached PVE (a timeout, a connection lost
+    /// after sending, a gateway error, an answer that could not be read): PVE may have
+    /// carried it out. It is never repeated by the client; look at PVE before trying again.
+    #[error(
+        "no answer to the write on {path} ({message}): the request may have been carried out; check PVE before repeating it"
+    )]
+    OutcomeUnknown {
+        /// API path.
+        path: String,
+        /// What happened (no credential, no answer body).
+        message: String,
+    },
     /// The stage's transport-error limit is spent: this request was not made.
     #[error(
         "gave up on the Proxmox read after {limit} requests without an answer (timeouts, refused or reset connections)"
@@ -146,10 +164,13 @@ pub enum PveError {
 }
 
 impl PveError {
-    /// True when no answer came (a timeout or a failed connection): what the stage's
-    /// transport-error limit counts.
+    /// True when no answer came (a timeout, a failed connection, a write whose outcome is
+    /// unknown): what the stage's transport-error limit counts.
     pub fn is_transport(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Connection { .. })
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Connection { .. } | Self::OutcomeUnknown { .. }
+        )
     }
 
     /// Stable label for metrics and reasons.
@@ -165,6 +186,7 @@ impl PveError {
             Self::Decode { .. } => "InvalidResponse",
             Self::Config(_) => "InvalidSpec",
             Self::EndpointRefused(_) => "EndpointRefused",
+            Self::OutcomeUnknown { .. } => "OutcomeUnknown",
             Self::TransportLimit { .. } => "TransportErrorLimit",
         }
     }
@@ -183,6 +205,7 @@ impl PveError {
             Self::Tls { .. }
             | Self::Connection { .. }
             | Self::EndpointRefused(_)
+            | Self::OutcomeUnknown { .. }
             | Self::TransportLimit { .. } => ReadFailure::Connection,
             Self::Decode { .. } | Self::Config(_) => ReadFailure::InvalidResponse,
         }
@@ -204,7 +227,24 @@ pub trait PveApi: Send + Sync {
 struct Ticket {
     endpoint: usize,
     cookie: SecretString,
+    /// The login answer's `CSRFPreventionToken`, sent on every non-GET request.
+    csrf: SecretString,
     issued: Instant,
+}
+
+/// What a ticket login gives: the cookie and the CSRF token that goes with it.
+struct Session {
+    cookie: SecretString,
+    csrf: SecretString,
+}
+
+/// The parameters of a write: a form body (POST, PUT) or a query string (DELETE).
+#[derive(Clone, Copy)]
+pub(super) enum WriteParams<'a> {
+    /// Form-encoded body.
+    Form(&'a [(String, String)]),
+    /// Query string.
+    Query(&'a [(String, String)]),
 }
 
 /// The reqwest-based client.
@@ -257,9 +297,10 @@ impl PveClient {
         Self { recorder, ..self }
     }
 
-    /// Runs one HTTP exchange on `path` and records its duration and outcome.
+    /// Runs one HTTP exchange of `method` on `path` and records its duration and outcome.
     async fn timed<T>(
         &self,
+        method: &Method,
         path: &str,
         exchange: impl Future<Output = Result<T, PveError>>,
     ) -> Result<T, PveError> {
@@ -270,7 +311,7 @@ impl PveClient {
             Err(e) => e.metric_label(),
         };
         self.recorder
-            .observe(operation(path), outcome, started.elapsed());
+            .observe(operation(method, path), outcome, started.elapsed());
         result
     }
 
@@ -282,7 +323,7 @@ impl PveClient {
         )
     }
 
-    async fn login(&self, endpoint: usize) -> Result<SecretString, PveError> {
+    async fn login(&self, endpoint: usize) -> Result<Session, PveError> {
         let PveAuth::Ticket { username, password } = &self.conn.auth else {
             return Err(PveError::Config("ticket login without a password".into()));
         };
@@ -292,7 +333,10 @@ impl PveClient {
                 && t.endpoint == endpoint
                 && t.issued.elapsed() < TICKET_RENEW_AFTER
             {
-                return Ok(t.cookie.clone());
+                return Ok(Session {
+                    cookie: t.cookie.clone(),
+                    csrf: t.csrf.clone(),
+                });
             }
         }
         let path = "/access/ticket";
@@ -312,7 +356,7 @@ impl PveClient {
             }
             self.read_answer(endpoint, path, resp).await
         };
-        let body = self.timed(path, exchange).await?;
+        let body = self.timed(&Method::POST, path, exchange).await?;
         let ticket = body["data"]["ticket"]
             .as_str()
             .ok_or_else(|| PveError::Decode {
@@ -320,12 +364,20 @@ impl PveClient {
                 message: "no ticket in the answer".into(),
             })?;
         let cookie = SecretString::new(ticket);
+        // Without it PVE refuses every write made with this ticket ("invalid csrf token");
+        // reads work, so a missing one is kept as empty rather than failing the login.
+        let csrf = SecretString::new(
+            body["data"]["CSRFPreventionToken"]
+                .as_str()
+                .unwrap_or_default(),
+        );
         *self.ticket.lock().await = Some(Ticket {
             endpoint,
             cookie: cookie.clone(),
+            csrf: csrf.clone(),
             issued: Instant::now(),
         });
-        Ok(cookie)
+        Ok(Session { cookie, csrf })
     }
 
     fn transport_error(&self, endpoint: usize, path: &str, e: &reqwest::Error) -> PveError {
@@ -366,8 +418,8 @@ impl PveClient {
                 req = req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?);
             }
             PveAuth::Ticket { .. } => {
-                let cookie = self.login(endpoint).await?;
-                let value = SecretString::new(format!("PVEAuthCookie={}", cookie.expose()));
+                let session = self.login(endpoint).await?;
+                let value = SecretString::new(format!("PVEAuthCookie={}", session.cookie.expose()));
                 req = req.header(reqwest::header::COOKIE, header_value(&value, path)?);
             }
         }
@@ -390,7 +442,7 @@ impl PveClient {
                 }),
             }
         };
-        self.timed(path, exchange).await
+        self.timed(&Method::GET, path, exchange).await
     }
 
     /// Whether a failure is worth another attempt on the same endpoint.
@@ -503,6 +555,199 @@ impl PveClient {
             endpoint: "(none)".into(),
             message: "no endpoint configured".into(),
         }))
+    }
+}
+
+/// Statuses of a write answered by something between the client and the PVE node that
+/// did the work: a gateway (502, 503, 504), or pveproxy forwarding to another node (596:
+/// sending or reading the headers failed, 597: reading the body failed, 598/599 other).
+/// The node may have carried the request out. 595 (the connection to the node could not
+/// be made) is not among them: nothing reached the node.
+const WRITE_OUTCOME_UNKNOWN_STATUSES: &[u16] = &[502, 503, 504, 596, 597, 598, 599];
+
+impl PveClient {
+    /// A transport error of a write: a failed connect (nothing sent; a connect timeout
+    /// included) as for reads, anything after the connection was made as
+    /// [`PveError::OutcomeUnknown`].
+    fn write_transport_error(&self, endpoint: usize, path: &str, e: &reqwest::Error) -> PveError {
+        if e.is_connect() || refusal_in(e).is_some() {
+            return match self.transport_error(endpoint, path, e) {
+                PveError::Timeout { .. } => PveError::Connection {
+                    endpoint: self.conn.endpoints[endpoint].clone(),
+                    message: "connect timed out".into(),
+                },
+                other => other,
+            };
+        }
+        let message = if e.is_timeout() {
+            format!("no answer within {}s", self.conn.timeout.as_secs_f64())
+        } else {
+            let mut detail = String::from("the connection failed after the request was sent");
+            let mut source: Option<&dyn std::error::Error> = Some(e);
+            while let Some(s) = source {
+                detail = s.to_string();
+                source = s.source();
+            }
+            excerpt(&detail)
+        };
+        PveError::OutcomeUnknown {
+            path: path.into(),
+            message,
+        }
+    }
+
+    /// One attempt of a write on one endpoint.
+    async fn write_once(
+        &self,
+        endpoint: usize,
+        method: &Method,
+        path: &str,
+        params: WriteParams<'_>,
+    ) -> Result<Value, PveError> {
+        let mut req = self.http.request(method.clone(), self.url(endpoint, path));
+        req = match params {
+            WriteParams::Form(form) => req.form(form),
+            WriteParams::Query([]) => req,
+            WriteParams::Query(query) => req.query(query),
+        };
+        match &self.conn.auth {
+            PveAuth::Token { token_id, secret } => {
+                let value =
+                    SecretString::new(format!("PVEAPIToken={token_id}={}", secret.expose()));
+                req = req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?);
+            }
+            PveAuth::Ticket { .. } => {
+                let session = self.login(endpoint).await?;
+                let value = SecretString::new(format!("PVEAuthCookie={}", session.cookie.expose()));
+                req = req
+                    .header(reqwest::header::COOKIE, header_value(&value, path)?)
+                    .header("CSRFPreventionToken", header_value(&session.csrf, path)?);
+            }
+        }
+        let exchange = async {
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| self.write_transport_error(endpoint, path, &e))?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED {
+                // PVE checks the credentials (and the CSRF token) before anything else:
+                // nothing was done. An expired ticket is dropped so the next attempt logs in.
+                *self.ticket.lock().await = None;
+                return Err(PveError::Unauthorized { path: path.into() });
+            }
+            if WRITE_OUTCOME_UNKNOWN_STATUSES.contains(&status.as_u16()) {
+                return Err(PveError::OutcomeUnknown {
+                    path: path.into(),
+                    message: format!("answered {status} by a proxy or gateway"),
+                });
+            }
+            let body = self
+                .read_answer(endpoint, path, resp)
+                .await
+                .map_err(|e| match e {
+                    // PVE's verdict: the write was refused.
+                    e @ (PveError::Status { .. }
+                    | PveError::Forbidden { .. }
+                    | PveError::NotFound { .. }) => e,
+                    // The answer was lost or unreadable: the write may have been done.
+                    other => PveError::OutcomeUnknown {
+                        path: path.into(),
+                        message: format!("answered {status}, but the answer was lost: {other}"),
+                    },
+                })?;
+            match body.get("data") {
+                Some(data) => Ok(data.clone()),
+                None => Err(PveError::OutcomeUnknown {
+                    path: path.into(),
+                    message: format!("answered {status} without data"),
+                }),
+            }
+        };
+        self.timed(method, path, exchange).await
+    }
+
+    /// Whether a failed write may be sent again on the same endpoint: nothing reached PVE
+    /// (the connect failed) or PVE's proxy asked to slow down (429, sent before the request
+    /// is handled).
+    fn write_retryable(e: &PveError) -> bool {
+        matches!(
+            e,
+            PveError::Connection { .. } | PveError::Status { status: 429, .. }
+        )
+    }
+
+    /// Whether a failed write may go to the next endpoint: nothing reached PVE.
+    fn write_not_sent(e: &PveError) -> bool {
+        matches!(
+            e,
+            PveError::Connection { .. } | PveError::EndpointRefused(_)
+        )
+    }
+
+    async fn write_with_failover(
+        &self,
+        method: &Method,
+        path: &str,
+        params: WriteParams<'_>,
+    ) -> Result<Value, PveError> {
+        let n = self.conn.endpoints.len();
+        let start = *self.current.lock().await;
+        let mut last = None;
+        for offset in 0..n {
+            let endpoint = (start + offset) % n;
+            let mut attempt = 0;
+            let mut logged_in_again = false;
+            loop {
+                match self.write_once(endpoint, method, path, params).await {
+                    Ok(v) => {
+                        if offset > 0 {
+                            *self.current.lock().await = endpoint;
+                            tracing::warn!(endpoint = %self.conn.endpoints[endpoint], "failed over to another PVE endpoint");
+                        }
+                        return Ok(v);
+                    }
+                    Err(e) if Self::write_retryable(&e) && attempt < self.conn.retries => {
+                        attempt += 1;
+                        let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
+                        tracing::debug!(path, %method, error = %e, attempt, "PVE write not sent, retrying");
+                        tokio::time::sleep(backoff).await;
+                    }
+                    Err(PveError::Unauthorized { .. })
+                        if matches!(self.conn.auth, PveAuth::Ticket { .. }) && !logged_in_again =>
+                    {
+                        logged_in_again = true;
+                    }
+                    Err(e) if Self::write_not_sent(&e) => {
+                        if !matches!(last, Some(PveError::EndpointRefused(_))) {
+                            last = Some(e);
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| PveError::Connection {
+            endpoint: "(none)".into(),
+            message: "no endpoint configured".into(),
+        }))
+    }
+
+    /// Sends a write (`POST`, `PUT` or `DELETE`) within the client's concurrency limit;
+    /// returns the answer's `data`. See [`super::write::PveWriteApi`].
+    pub(super) async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        params: WriteParams<'_>,
+    ) -> Result<Value, PveError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| PveError::Config("client closed".into()))?;
+        self.write_with_failover(&method, path, params).await
     }
 }
 
@@ -768,6 +1013,70 @@ mod tests {
             endpoint: "https://a:8006".into(),
             message: "refused".into()
         }));
+    }
+
+    #[test]
+    fn writes_are_repeated_only_when_nothing_was_sent() {
+        let connect = PveError::Connection {
+            endpoint: "https://a:8006".into(),
+            message: "connect timed out".into(),
+        };
+        let slow_down = PveError::Status {
+            path: "/x".into(),
+            status: 429,
+            message: "Too Many Requests".into(),
+        };
+        let unknown = PveError::OutcomeUnknown {
+            path: "/nodes/pve1/qemu/9000/clone".into(),
+            message: "no answer within 30s".into(),
+        };
+        assert!(PveClient::write_retryable(&connect));
+        assert!(PveClient::write_retryable(&slow_down));
+        assert!(PveClient::write_not_sent(&connect));
+        assert!(!PveClient::write_not_sent(&slow_down));
+        for sent in [
+            unknown.clone(),
+            PveError::Timeout { path: "/x".into() },
+            PveError::Status {
+                path: "/x".into(),
+                status: 503,
+                message: String::new(),
+            },
+        ] {
+            assert!(!PveClient::write_retryable(&sent), "{sent:?}");
+            assert!(!PveClient::write_not_sent(&sent), "{sent:?}");
+        }
+        assert!(unknown.is_transport());
+        assert_eq!(unknown.metric_label(), "OutcomeUnknown");
+        assert_eq!(
+            unknown.to_string(),
+            "no answer to the write on /nodes/pve1/qemu/9000/clone (no answer within 30s): the request may have been carried out; check PVE before repeating it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_connect_was_not_sent() {
+        let c = client(&["https://localhost:9"], &["127.0.0.0/8", "::1"]).unwrap();
+        let form = vec![("newid".to_string(), "105".to_string())];
+        let err = c
+            .write(
+                Method::POST,
+                "/nodes/pve1/qemu/9000/clone",
+                WriteParams::Form(&form),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PveError::Connection { .. }), "{err:?}");
+        let c = client(&["https://localhost:9"], &[]).unwrap();
+        let err = c
+            .write(
+                Method::DELETE,
+                "/nodes/pve1/qemu/105",
+                WriteParams::Query(&[]),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PveError::EndpointRefused(_)), "{err:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The Proxmox VE side: API client and its metrics, property-string parsers, the inventory
-//! reader and the permission preflight.
+//! reader, the permission preflight, and the writes (`write`, the only place that changes
+//! PVE) with the tasks they start (`task`).
 
 pub mod client;
 pub mod metrics;
@@ -8,3 +9,5 @@ pub mod propstr;
 pub mod reader;
 pub mod refresh;
 pub mod resources;
+pub mod task;
+pub mod write;

@@ -508,6 +508,10 @@ pub(super) async fn read_guest(
                         || p.props.get("enabled").is_some_and(|e| e == "1")
                 })
                 .unwrap_or(false),
+        lock: s(&item["lock"])
+            .or_else(|| s(&config["lock"]))
+            .map(guest_lock),
+        protection: as_bool(&config["protection"]),
         ..Default::default()
     };
     let mut static_addrs: Vec<(String, String, AddressSource)> = Vec::new();
@@ -603,6 +607,17 @@ pub(super) async fn read_guest(
     }
     guest.addresses = merge_addresses(&guest, runtime, static_addrs);
     (Some(guest), parts)
+}
+
+/// A guest's lock as PVE names it (`backup`, `clone`, `snapshot-delete`, ...); anything
+/// else (too long, other characters) is kept as `unknown`: still a lock, but nothing of the
+/// answer is carried further.
+fn guest_lock(lock: String) -> String {
+    if lock.len() <= 32 && lock.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        lock
+    } else {
+        "unknown".into()
+    }
 }
 
 /// vCPUs of a QEMU guest: `vcpus` when set, else `sockets * cores` (each 1 when absent).
