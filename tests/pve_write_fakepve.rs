@@ -971,6 +971,59 @@ async fn a_task_past_its_timeout_is_timed_out_and_keeps_running() {
 }
 
 #[tokio::test]
+async fn a_slow_clone_is_listed_locked_until_its_task_ends() {
+    let env = HarnessEnv::load();
+    // RBD operations take 20 PVE seconds: a clone onto ceph-vm runs for 2 s here.
+    let pve = start(&env, &["--time-scale", "0.1", "--ceph-slow", "20"]);
+    let api = writer(&pve);
+    let answer = api
+        .post(
+            "/nodes/pve1/qemu/9000/clone",
+            &form([
+                ("newid", "105"),
+                ("full", "1"),
+                ("storage", "ceph-vm"),
+                ("target", "pve2"),
+            ]),
+        )
+        .await
+        .unwrap();
+    let upid = upid_of(&answer);
+    // Listed at once, locked, on the template's node until the task ends.
+    let r = resource(&api, 105).await.expect("listed while cloning");
+    assert_eq!(
+        (r["lock"].as_str(), r["node"].as_str()),
+        (Some("clone"), Some("pve1"))
+    );
+    let inv = read_inventory(&reader(&pve), &ReadOptions::default())
+        .await
+        .unwrap();
+    let g = inv.guests.iter().find(|g| g.vmid == 105).unwrap();
+    assert_eq!(
+        (g.lock.as_deref(), g.node.as_str()),
+        (Some("clone"), "pve1")
+    );
+    // A config write meanwhile is refused: PVE's lock.
+    let err = api
+        .put("/nodes/pve1/qemu/105/config", &form([("cores", "2")]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("VM is locked (clone)"), "{err}");
+    let done = wait_task(
+        &api,
+        &upid,
+        &quick(Duration::from_secs(30)),
+        &TaskRecorder::default(),
+    )
+    .await
+    .unwrap();
+    assert!(done.waited >= Duration::from_millis(500), "{done:?}");
+    let r = resource(&api, 105).await.unwrap();
+    assert!(r.get("lock").is_none(), "{r}");
+    assert_eq!(r["node"], "pve2");
+}
+
+#[tokio::test]
 async fn writes_and_tasks_are_timed_under_fixed_labels() {
     let env = HarnessEnv::load();
     let pve = start(&env, &[]);

@@ -16,7 +16,8 @@ tasks; this launcher adds QEMU `PUT .../resize` (fakepve leaves it a no-op), che
 privileges of a `POST .../config` before its task as PVE does (fakepve: inside it), and seeds per
 guest `protection`, `lock`, `start_secs`, `shutdown_secs`, `stop_secs`, `start_error` and
 `acpi` (QEMU only). `--time-scale F` turns PVE seconds into F real seconds (0, the default:
-every task has finished before its request answers).
+every task has finished before its request answers); `--ceph-slow S` makes every operation on
+RBD storage take S PVE seconds more (a slow clone, listed with lock `clone` until it ends).
 
 Tokens: `PVE_TOKEN_ID` (the topology's `token_id`, default netbox-sync@pve!operator) holds
 the read privileges (or `--privileges`); `PVE_PROVISION_TOKEN_ID` (netbox-sync@pve!provision)
@@ -436,6 +437,9 @@ async def main():
                     help='leave out this share of the guests (a resync that removes some)')
     ap.add_argument('--time-scale', type=float, default=0.0,
                     help='real seconds per PVE second of a task (0: every task finishes before its request answers)')
+    ap.add_argument('--ceph-slow', type=float, default=0.0,
+                    help='PVE seconds every RBD-backed operation takes (a clone, start or resize on rbd storage); '
+                         'with --time-scale a clone onto it stays listed with lock "clone" that long')
     ap.add_argument('--fail', action='append', default=[], type=json.loads,
                     help='a fakepve fail() rule as JSON: {"method", "path", "status" and "message", or "error", "times"}')
     args = ap.parse_args()
@@ -470,6 +474,8 @@ async def main():
     if args.ticket_ttl:
         pve.ticket_ttl = args.ticket_ttl
     pve.time_scale = args.time_scale
+    if args.ceph_slow:
+        pve.ceph_slow(args.ceph_slow, health='HEALTH_OK')
     token_id = topo.get('token_id', 'netbox-sync@pve!operator')
     token_secret = str(__import__('uuid').uuid4())
     pve.apitokens[token_id] = token_secret
