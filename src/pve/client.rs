@@ -63,7 +63,8 @@ pub struct PveConnection {
     pub timeout: Duration,
     /// Requests in flight at most.
     pub max_concurrency: usize,
-    /// Retries of a transient failure (connect error, 5xx other than PVE's own errors, 429).
+    /// Retries of a transient failure: for reads a connect error, a timeout, a 5xx other
+    /// than PVE's own errors, 429; for writes only a connect error and 429 (nothing done).
     pub retries: u32,
     /// Which addresses the endpoints may reach (checked on the URLs here and on every
     /// resolved address at connect time).
