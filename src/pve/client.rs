@@ -63,7 +63,8 @@ pub struct PveConnection {
     pub timeout: Duration,
     /// Requests in flight at most.
     pub max_concurrency: usize,
-    /// Retries of a transient failure (connect error, 5xx other than PVE's own errors, 429).
+    /// Retries of a transient failure: for reads a connect error, a timeout, a 5xx other
+    /// than PVE's own errors, 429; for writes only a connect error and 429 (nothing done).
     pub retries: u32,
     /// Which addresses the endpoints may reach (checked on the URLs here and on every
     /// resolved address at connect time).
@@ -794,11 +795,27 @@ fn certificate_rejected(e: &(dyn std::error::Error + 'static)) -> bool {
 fn status_error(path: &str, status: StatusCode, start: &[u8]) -> PveError {
     let text = match serde_json::from_slice::<Value>(start) {
         _ if start.is_empty() => None,
-        Ok(body) => body["message"].as_str().map(str::to_string).or_else(|| {
-            body["errors"]
+        Ok(body) => {
+            // PVE's 400 says "Parameter verification failed." and names the fields in
+            // `errors`: keep both, the fields are what can be acted on.
+            let fields = body["errors"]
                 .as_object()
-                .map(|e| Value::Object(e.clone()).to_string())
-        }),
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    e.iter()
+                        .map(|(field, why)| match why.as_str() {
+                            Some(why) => format!("{field}: {why}"),
+                            None => format!("{field}: {why}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+            match (body["message"].as_str(), fields) {
+                (Some(m), Some(f)) => Some(format!("{} ({f})", m.trim())),
+                (Some(m), None) => Some(m.to_string()),
+                (None, f) => f,
+            }
+        }
         // PVE answers some errors with plain text.
         Err(_) => Some(String::from_utf8_lossy(start).into_owned()),
     };
@@ -986,6 +1003,21 @@ mod tests {
                 path: "/nodes".into(),
                 message: "Permission check failed (/nodes, Sys.Audit)".into()
             }
+        );
+        let resp = answer(
+            "HTTP/1.1 400 Parameter verification failed.\r\ncontent-type: application/json\r\nconnection: close",
+            Body::Bytes(
+                br#"{"data": null, "message": "Parameter verification failed.\n", "errors": {"sshkeys": "invalid urlencoded string: a b", "cores": "value must have a minimum value of 1"}}"#.to_vec(),
+            ),
+        )
+        .await;
+        let err = c
+            .read_answer(0, "/nodes/pve1/qemu/105/config", resp)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PVE answered 400 on /nodes/pve1/qemu/105/config: Parameter verification failed. (cores: value must have a minimum value of 1; sshkeys: invalid urlencoded string: a b)"
         );
     }
 

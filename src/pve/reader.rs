@@ -843,6 +843,60 @@ mod tests {
         );
     }
 
+    /// Answers each guest's config from a map; everything else is not found.
+    struct Configs(BTreeMap<String, Value>);
+
+    impl PveApi for Configs {
+        fn get<'a>(
+            &'a self,
+            path: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Value, PveError>> {
+            let answer = self
+                .0
+                .get(path)
+                .cloned()
+                .ok_or_else(|| PveError::NotFound { path: path.into() });
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn lock_and_protection_are_read_from_the_list_or_the_config() {
+        let api = Configs(BTreeMap::from([
+            (
+                "/nodes/pve1/qemu/100/config".to_string(),
+                json!({"name": "a", "protection": 1}),
+            ),
+            (
+                "/nodes/pve1/qemu/101/config".to_string(),
+                json!({"name": "b", "lock": "clone"}),
+            ),
+            (
+                "/nodes/pve1/qemu/102/config".to_string(),
+                json!({"name": "c", "protection": "0", "lock": "Backup; rm -rf /"}),
+            ),
+        ]));
+        let opts = ReadOptions::default();
+        let ha = BTreeMap::new();
+        let read = |item: Value| read_guest(&api, "pve1".into(), GuestKind::Qemu, item, &opts, &ha);
+        let (g, _) = read(json!({"vmid": 100, "status": "stopped", "lock": "backup"})).await;
+        let g = g.unwrap();
+        assert_eq!((g.lock.as_deref(), g.protection), (Some("backup"), true));
+        let (g, _) = read(json!({"vmid": 101, "status": "stopped"})).await;
+        let g = g.unwrap();
+        assert_eq!((g.lock.as_deref(), g.protection), (Some("clone"), false));
+        let (g, _) = read(json!({"vmid": 102, "status": "stopped"})).await;
+        let g = g.unwrap();
+        assert_eq!((g.lock.as_deref(), g.protection), (Some("unknown"), false));
+        // Not locked, not protected: nothing serialized, so older inventories compare equal.
+        let (g, _) = read(json!({"vmid": 103, "status": "stopped"})).await;
+        let text = serde_json::to_string(&g.unwrap()).unwrap();
+        assert!(
+            !text.contains("lock") && !text.contains("protection"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn qemu_vcpus_never_overflow() {
         assert_eq!(qemu_vcpus(&json!({"sockets": 2, "cores": 4})), Some(8));

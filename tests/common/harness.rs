@@ -91,6 +91,14 @@ pub struct FakePve {
     pub ca_file: String,
     /// Expected inventory (JSON) path.
     pub expected_file: String,
+    /// Token with the read and the provisioning privileges (launchers before it had none).
+    pub provision_token_id: Option<String>,
+    /// Its secret.
+    pub provision_token_secret: Option<String>,
+    /// User with the provisioning token's privileges, for ticket authentication.
+    pub provision_username: Option<String>,
+    /// Its password.
+    pub provision_password: Option<String>,
 }
 
 impl FakePve {
@@ -130,7 +138,12 @@ impl FakePve {
         let vars: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(&env_file).unwrap()).unwrap();
         let s = |k: &str| vars[k].as_str().unwrap().to_string();
+        let optional = |k: &str| vars.get(k).and_then(|v| v.as_str()).map(str::to_string);
         Self {
+            provision_token_id: optional("PVE_PROVISION_TOKEN_ID"),
+            provision_token_secret: optional("PVE_PROVISION_TOKEN_SECRET"),
+            provision_username: optional("PVE_PROVISION_USERNAME"),
+            provision_password: optional("PVE_PROVISION_PASSWORD"),
             url: s("PVE_URL"),
             token_id: s("PVE_TOKEN_ID"),
             token_secret: s("PVE_TOKEN_SECRET"),
@@ -146,6 +159,17 @@ impl FakePve {
     /// The seeded inventory.
     pub fn expected(&self) -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(&self.expected_file).unwrap()).unwrap()
+    }
+
+    /// The private key of its certificate (next to the CA file), for a test server that
+    /// stands in for it.
+    pub fn key_file(&self) -> PathBuf {
+        std::path::Path::new(&self.ca_file).with_extension("key")
+    }
+
+    /// The launcher's log so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log")).unwrap_or_default()
     }
 }
 
@@ -214,6 +238,26 @@ pub fn pve_connection(pve: &FakePve) -> proxmox_netbox_operator::pve::client::Pv
         endpoint_guard: proxmox_netbox_operator::net::guard::EndpointGuard::new(["127.0.0.0/8"
             .parse()
             .unwrap()]),
+    }
+}
+
+/// [`pve_connection`] with the provisioning token (read and provisioning privileges).
+pub fn provision_connection(pve: &FakePve) -> proxmox_netbox_operator::pve::client::PveConnection {
+    use proxmox_netbox_operator::pve::client::{PveAuth, PveConnection};
+    use proxmox_netbox_operator::secrets::SecretString;
+    PveConnection {
+        auth: PveAuth::Token {
+            token_id: pve
+                .provision_token_id
+                .clone()
+                .expect("the launcher writes PVE_PROVISION_TOKEN_ID"),
+            secret: SecretString::new(
+                pve.provision_token_secret
+                    .clone()
+                    .expect("the launcher writes PVE_PROVISION_TOKEN_SECRET"),
+            ),
+        },
+        ..pve_connection(pve)
     }
 }
 

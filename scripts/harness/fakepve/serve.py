@@ -8,9 +8,24 @@ operator reads (node status, node network, disks, storage usage, guest-agent and
 addresses, cluster node addresses, Ceph pools and OSDs), this launcher answers with the
 seeded data in the shapes real PVE uses (see shared/fixtures/pve). Faults from the topology:
 offline nodes (595 "No route to host", online=0), guests without a running agent (500),
-paths answering 403, the token's privileges, Ceph absent (500) or present.
+paths answering 403, the token's privileges, Ceph absent (500) or present, and any
+fakepve `fail()` rule (`faults.fail`, or `--fail`).
 
-Writes to the state dir: ca.crt (verify TLS with it), env.json (url, token, ca file,
+Writes: fakepve models clone, config, start/shutdown/stop and destroy of QEMU guests with
+tasks; this launcher adds QEMU `PUT .../resize` (fakepve leaves it a no-op), checks the
+privileges of a `POST .../config` before its task as PVE does (fakepve: inside it), and seeds per
+guest `protection`, `lock`, `start_secs`, `shutdown_secs`, `stop_secs`, `start_error` and
+`acpi` (QEMU only). `--time-scale F` turns PVE seconds into F real seconds (0, the default:
+every task has finished before its request answers); `--ceph-slow S` makes every operation on
+RBD storage take S PVE seconds more (a slow clone, listed with lock `clone` until it ends).
+
+Tokens: `PVE_TOKEN_ID` (the topology's `token_id`, default netbox-sync@pve!operator) holds
+the read privileges (or `--privileges`); `PVE_PROVISION_TOKEN_ID` (netbox-sync@pve!provision)
+holds them plus the provisioning privileges. Users for ticket authentication:
+`PVE_USERNAME` (netbox-sync@pve, read privileges) and `PVE_PROVISION_USERNAME`
+(netbox-provision@pve, the provisioning token's privileges). All on `/`.
+
+Writes to the state dir: ca.crt (verify TLS with it), env.json (url, tokens, users, ca file,
 expected file, pid) and expected.json (the seeded inventory, for tests to compare with).
 Listens on 127.0.0.1 only. Runs until SIGTERM/SIGINT.
 """
@@ -27,11 +42,28 @@ import sys
 
 from fakepve import FakePve
 from fakepve.certs import make_cert
-from fakepve.server import ok, error
+from fakepve.lxc import SIZE_UNITS, format_size, parse_size as parse_volume_size
+from fakepve.model import PveError, TaskError
+from fakepve.qemu import is_cdrom, join_drive, split_drive, volume_ref
+from fakepve.routing import param_error
+from fakepve.server import GENERIC, USER, ok, error, params
 
 GIB = 1024 ** 3
 API = '/api2/json'
 READ_PRIVILEGES = ['Sys.Audit', 'VM.Audit', 'Datastore.Audit', 'VM.GuestAgent.Audit', 'VM.Monitor']
+# What provisioning needs (src/pve/permissions.rs PROVISIONING_PRIVILEGES), plus what this fake
+# also wants: VM.Config.HWType for the cloud-init keys (real PVE takes VM.Config.Cloudinit), and
+# SDN.Use, which PVE 8+ checks on bridges (this fake does not).
+PROVISION_PRIVILEGES = ['VM.Allocate', 'VM.Clone', 'VM.Config.CPU', 'VM.Config.Memory', 'VM.Config.Disk',
+                        'VM.Config.Network', 'VM.Config.Cloudinit', 'VM.Config.Options', 'VM.PowerMgmt',
+                        'Datastore.AllocateSpace', 'VM.Config.HWType', 'SDN.Use']
+PROVISION_TOKEN_ID = 'netbox-sync@pve!provision'
+PROVISION_USER = 'netbox-provision@pve'
+# Guest keys of a topology besides the config: the fake's runtime behaviour of the guest.
+GUEST_RUNTIME = ('start_secs', 'shutdown_secs', 'stop_secs', 'start_error', 'acpi')
+RESIZE = '/nodes/{node}/qemu/{vmid}/resize'
+# PVE's size string of a resize: +N (grow by) or N (new size), in bytes unless K, M, G or T follows.
+RESIZE_SIZE = re.compile(r'^(\+)?(\d+(?:\.\d+)?)([KMGT])?$')
 
 
 def mac(rng):
@@ -196,7 +228,8 @@ def expected(topo):
                               'haState': g.get('ha'),
                               'status': g['status'], 'template': bool(g.get('template')), 'nics': nics,
                               'disks': disks, 'tags': sorted(t for t in cfg.get('tags', '').split(';') if t),
-                              'agentRunning': bool(g.get('agent'))})
+                              'agentRunning': bool(g.get('agent')), 'lock': g.get('lock'),
+                              'protection': bool(g.get('protection')) or str(cfg.get('protection', 0)) == '1'})
     out['guests'].sort(key=lambda x: x['vmid'])
     return out
 
@@ -236,10 +269,98 @@ class SeededPve(FakePve):
 
     async def _generic(self, request):
         path = request.path[len(API):] if request.path.startswith(API) else request.path
+        match = request[GENERIC]
+        if request.method == 'PUT' and match is not None and match.template == RESIZE:
+            user = request[USER]
+
+            async def call(_match, values):
+                return await self._qm_resize(values, user)
+            # The schema's checks first (size pattern, disk name, VM.Config.Disk on /vms/{vmid}).
+            return ok(await self.answer(request, match, await params(request), user, call))
         data = self.seeded(path)
         if data is not None:
             return ok(data)
         return await super()._generic(request)
+
+    async def _config_post(self, request):
+        # PVE checks the privileges of every key before it starts the qmconfig task (a 403 for the
+        # request); fakepve only inside the task. Check them first, then let fakepve go on.
+        p = await params(request)
+        self._verify(request, p)
+        vm = self._vm(request)
+        self._check_config_privileges(vm, request[USER], p)
+        return await super()._config_post(request)
+
+    def _check_config_privileges(self, vm, user, p):
+        """The per-key privilege checks of fakepve's config write (_apply_config), as a PveError 403."""
+        updates = dict(p)
+        for key in ('digest', 'skiplock', 'background_delay'):
+            updates.pop(key, None)
+        deletes = [k for k in str(updates.pop('delete', '') or '').split(',') if k]
+        for key in list(updates) + deletes:
+            priv = self._config_priv(key)
+            if priv == 'root':
+                if user != 'root@pam':
+                    raise PveError(403, "only root can set '{0}' config".format(key))
+            elif key.startswith('ide') and 'media=cdrom' in str(updates.get(key, '')):
+                self.require(user, '/vms/{0}'.format(vm.vmid), 'VM.Config.CDROM')
+            else:
+                self.require(user, '/vms/{0}'.format(vm.vmid), priv)
+
+    async def _qm_resize(self, v, user):
+        """PUT /nodes/{node}/qemu/{vmid}/resize as qemu-server 9 does it: a `resize` task that
+        checks the digest, the lock, the disk and the storage privilege, refuses to shrink, and
+        writes the new size into the drive (and the volume, charging the storage's free space)."""
+        vm = self.find(v['node'], v['vmid'])
+        if v.get('skiplock') and user != 'root@pam':
+            raise param_error(skiplock='Only root may use this option.')
+        self.need_quorum()
+        disk, text, digest, skiplock = v['disk'], str(v['size']), v.get('digest'), v.get('skiplock')
+
+        async def body():
+            if digest and digest != vm.digest():
+                raise TaskError('checksum mismatch (file change by other user?)')
+            if vm.lock and not skiplock:
+                raise TaskError('VM is locked ({0})'.format(vm.lock))
+            value = vm.config.get(disk)
+            if not value:
+                raise TaskError("disk '{0}' does not exist".format(disk))
+            volume, props = split_drive(value)
+            if not volume or volume == 'none':
+                raise TaskError("disk '{0}' has no associated volume".format(disk))
+            if is_cdrom(volume, props):
+                raise TaskError("you can't resize a cdrom")
+            sid, name = volume_ref(volume)
+            if sid is None:
+                raise TaskError("resize file/device '{0}' is not possible".format(volume))
+            store = self.storages.get(sid)
+            if store is None:
+                raise TaskError("storage '{0}' does not exist".format(sid))
+            if not self.allowed(user, '/storage/' + sid, 'Datastore.AllocateSpace'):
+                raise TaskError('Permission check failed (/storage/{0}, Datastore.AllocateSpace)'.format(sid))
+            vol = store.get('volumes', {}).get(name)
+            size = int(vol['size']) if vol and vol.get('size') else parse_volume_size(props.get('size', ''))
+            if not size:
+                raise TaskError("Could not determine current size of volume '{0}'".format(volume))
+            found = RESIZE_SIZE.match(text)
+            if not found:
+                raise TaskError('internal error')
+            new = float(found.group(2)) * SIZE_UNITS.get(found.group(3) or '', 1)
+            new = int(new + size if found.group(1) else new)
+            if new < size:
+                raise TaskError('shrinking disks is not supported')
+            if new == size:
+                return None
+            if 'avail' in store:
+                if new - size > store['avail']:
+                    raise TaskError("unable to write to storage '{0}': No space left on device".format(sid))
+                store['avail'] -= new - size
+            await self.ceph_io(vm, [disk])
+            if vol is not None:
+                vol['size'] = new
+            vm.config[disk] = join_drive(volume, dict(props, size=format_size(new)))
+            return None
+        return await self.task(vm.node, 'resize', vm.vmid, user, body, vm=vm)
 
     async def _cluster_status(self, request):
         offline = set(self.topo.get('faults', {}).get('offline_nodes', []))
@@ -269,17 +390,34 @@ def seed(pve, topo):
                                    'shared': s.get('shared', 0), 'avail': s['total'] - s['used'],
                                    'path': '/mnt/pve/' + s['name']}
     for g in topo['guests']:
+        config = dict(g['config'])
+        if g.get('protection'):
+            config['protection'] = 1
         if g['type'] == 'qemu':
-            vm = pve.add_vm(g['vmid'], g['name'], node=g['node'], status=g['status'], config=dict(g['config']),
-                            template=bool(g.get('template')))
-            vm.agent = {'interfaces': g['agent']} if g.get('agent') else None
+            guest = pve.add_vm(g['vmid'], g['name'], node=g['node'], status=g['status'], config=config,
+                               template=bool(g.get('template')))
+            guest.agent = {'interfaces': g['agent']} if g.get('agent') else None
         else:
-            pve.add_ct(g['vmid'], g['name'], node=g['node'], status=g['status'], config=dict(g['config']),
-                       template=bool(g.get('template')), defaults=False)
-    for node in topo.get('faults', {}).get('offline_nodes', []):
+            guest = pve.add_ct(g['vmid'], g['name'], node=g['node'], status=g['status'], config=config,
+                               template=bool(g.get('template')), defaults=False)
+            if 'acpi' in g:
+                raise SystemExit('guest {0}: acpi is modelled for QEMU guests only'.format(g['vmid']))
+        if g.get('lock'):
+            guest.lock = g['lock']
+            guest.config['lock'] = g['lock']
+        for key in GUEST_RUNTIME:
+            if key in g:
+                setattr(guest, key, g[key])
+    faults = topo.get('faults', {})
+    for node in faults.get('offline_nodes', []):
         pve.set_node_offline(node)
-    for path in topo.get('faults', {}).get('forbidden', []):
+    for path in faults.get('forbidden', []):
         pve.fail('GET', path, 403, 'Permission check failed ({0}, Sys.Audit)'.format(path))
+    for rule in faults.get('fail', []):
+        # fakepve's fail(): {method, path (a suffix or a schema template), status and message, or error
+        # (a catalogue name; an in-task one answers with a UPID whose task fails), times, html}.
+        pve.fail(rule['method'], rule['path'], status=rule.get('status'), message=rule.get('message'),
+                 html=bool(rule.get('html')), error=rule.get('error'), times=rule.get('times'))
 
 
 async def main():
@@ -297,6 +435,13 @@ async def main():
                     help='change the memory of this share of the guests (benchmarks of a resync)')
     ap.add_argument('--remove-percent', type=float, default=0.0,
                     help='leave out this share of the guests (a resync that removes some)')
+    ap.add_argument('--time-scale', type=float, default=0.0,
+                    help='real seconds per PVE second of a task (0: every task finishes before its request answers)')
+    ap.add_argument('--ceph-slow', type=float, default=0.0,
+                    help='PVE seconds every RBD-backed operation takes (a clone, start or resize on rbd storage); '
+                         'with --time-scale a clone onto it stays listed with lock "clone" that long')
+    ap.add_argument('--fail', action='append', default=[], type=json.loads,
+                    help='a fakepve fail() rule as JSON: {"method", "path", "status" and "message", or "error", "times"}')
     args = ap.parse_args()
     if args.topology:
         with open(args.topology) as f:
@@ -318,6 +463,7 @@ async def main():
     faults = topo.setdefault('faults', {})
     faults.setdefault('offline_nodes', []).extend(args.offline_node)
     faults.setdefault('forbidden', []).extend(args.forbid)
+    faults.setdefault('fail', []).extend(args.fail)
     if args.no_ceph:
         topo['ceph'] = 'absent'
 
@@ -327,6 +473,9 @@ async def main():
     seed(pve, topo)
     if args.ticket_ttl:
         pve.ticket_ttl = args.ticket_ttl
+    pve.time_scale = args.time_scale
+    if args.ceph_slow:
+        pve.ceph_slow(args.ceph_slow, health='HEALTH_OK')
     token_id = topo.get('token_id', 'netbox-sync@pve!operator')
     token_secret = str(__import__('uuid').uuid4())
     pve.apitokens[token_id] = token_secret
@@ -337,13 +486,25 @@ async def main():
     password = secrets.token_urlsafe(16)
     pve.users[username] = password
     pve.grant(username, '/', *privileges)
+    # A token (of the same user, as a second token of the operator would be) and a user for
+    # provisioning: the read privileges plus what clone, config, resize, power and destroy need.
+    # fakepve grants a token its user's privileges too; the user holds only the read ones.
+    provision_secret = str(__import__('uuid').uuid4())
+    pve.apitokens[PROVISION_TOKEN_ID] = provision_secret
+    pve.grant(PROVISION_TOKEN_ID, '/', *(list(privileges) + PROVISION_PRIVILEGES))
+    provision_password = secrets.token_urlsafe(16)
+    pve.users[PROVISION_USER] = provision_password
+    pve.grant(PROVISION_USER, '/', *(list(privileges) + PROVISION_PRIVILEGES))
     await pve.start(certfile, keyfile)
 
     expected_file = os.path.join(args.state_dir, 'expected.json')
     with open(expected_file, 'w') as f:
         json.dump(expected(topo), f, indent=1, sort_keys=True)
     env = {'PVE_URL': pve.url, 'PVE_TOKEN_ID': token_id, 'PVE_TOKEN_SECRET': token_secret,
-           'PVE_USERNAME': username, 'PVE_PASSWORD': password, 'PVE_CA_FILE': certfile, 'PVE_EXPECTED_FILE': expected_file, 'PVE_PID': os.getpid()}
+           'PVE_USERNAME': username, 'PVE_PASSWORD': password,
+           'PVE_PROVISION_TOKEN_ID': PROVISION_TOKEN_ID, 'PVE_PROVISION_TOKEN_SECRET': provision_secret,
+           'PVE_PROVISION_USERNAME': PROVISION_USER, 'PVE_PROVISION_PASSWORD': provision_password,
+           'PVE_CA_FILE': certfile, 'PVE_EXPECTED_FILE': expected_file, 'PVE_PID': os.getpid()}
     tmp = os.path.join(args.state_dir, 'env.json.tmp')
     with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 'w') as f:
         json.dump(env, f)
