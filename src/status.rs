@@ -19,9 +19,9 @@ use crate::crd::{
 use crate::inventory::{Inventory, ReadFailure, ReadOutcome, ReadScope};
 use crate::netbox::report::KindCounts;
 use crate::provision::report::ProvisionReport;
-use provisioning::{is_provisioning_condition, provisioning_conditions, provisioning_status};
 use crate::stage_errors::{ConfigError, NetBoxSyncError, ProxmoxReadError, StageFailure};
 use crate::watch::{ChangeSet, GuestChange, PollRecord};
+use provisioning::{is_provisioning_condition, provisioning_conditions, provisioning_status};
 
 /// At most this many read failures are listed in the status.
 pub const MAX_READ_FAILURES: usize = 50;
@@ -282,9 +282,8 @@ pub fn build_status(
     }
     // A full pass that got past the Proxmox read ran provisioning when it is enabled; any
     // other pass leaves its part of the status as it was.
-    let provisioning_ran = outcome.config_error.is_none()
-        && outcome.proxmox_error.is_none()
-        && outcome.poll.is_none();
+    let provisioning_ran =
+        outcome.config_error.is_none() && outcome.proxmox_error.is_none() && outcome.poll.is_none();
     let mut conditions = compute_conditions(outcome, generation);
     match &outcome.provisioning {
         Some(r) => {

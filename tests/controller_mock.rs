@@ -1388,6 +1388,7 @@ async fn keep_a_pass(ctx: &Context<FakePipeline>) {
                 },
                 discovery: None,
                 permission_warning: None,
+                overrides: Default::default(),
             }),
         },
     );

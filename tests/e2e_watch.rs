@@ -348,9 +348,9 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
         Duration::from_secs(15),
         "showing the destroyed guest in status.lastChange",
         |c| {
-            c.status.as_ref().is_some_and(|s| {
-                s.last_change.as_ref().is_some_and(|l| l.destroyed == 1)
-            })
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.last_change.as_ref().is_some_and(|l| l.destroyed == 1))
         },
     )
     .await;

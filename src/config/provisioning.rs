@@ -86,7 +86,9 @@ pub async fn resolve_provisioning(
         None => None,
     };
     let credentials = match &spec.credentials_secret_ref {
-        Some(r) => Some(pve_credentials(secrets, "spec.provisioning.credentialsSecretRef", &r.name).await?),
+        Some(r) => {
+            Some(pve_credentials(secrets, "spec.provisioning.credentialsSecretRef", &r.name).await?)
+        }
         None => None,
     };
     Ok(Some(ResolvedProvisioning {
@@ -159,7 +161,10 @@ pub fn check_ssh_keys(field: &str, text: &str) -> Result<String, ConfigError> {
         keys.push(line.to_string());
     }
     if keys.is_empty() {
-        return Err(ConfigError::invalid_spec(field, "the Secret key holds no SSH public key"));
+        return Err(ConfigError::invalid_spec(
+            field,
+            "the Secret key holds no SSH public key",
+        ));
     }
     if keys.len() > MAX_SSH_KEYS {
         return Err(ConfigError::invalid_spec(
@@ -181,7 +186,11 @@ mod tests {
         let ok = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@example\n\n# a comment\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 b@c\n";
         let keys = check_ssh_keys(FIELD, ok).unwrap();
         assert_eq!(keys.lines().count(), 2);
-        let err = check_ssh_keys(FIELD, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq\nhunter2-the-password").unwrap_err();
+        let err = check_ssh_keys(
+            FIELD,
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq\nhunter2-the-password",
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "spec.provisioning.cloudInit.sshKeysSecretRef: line 2 is not an OpenSSH public key (type ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256, ecdsa-sha2-nistp384, ecdsa-sha2-nistp521, sk-ssh-ed25519@openssh.com, sk-ecdsa-sha2-nistp256@openssh.com, then its base64 data)"

@@ -185,7 +185,10 @@ pub struct CloudInitSpec {
     pub nameservers: Vec<String>,
     /// DNS search domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), pattern(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    )]
     pub search_domain: Option<String>,
 }
 

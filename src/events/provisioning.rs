@@ -59,7 +59,10 @@ pub fn provisioning_events(
             out.push(EventSpec {
                 warning: true,
                 reason: reasons::PROVISIONING_WARNINGS.into(),
-                note: truncate(format!("{} (NetBox {}): {}: {}", vm.name, vm.netbox_id, w.code, w.message)),
+                note: truncate(format!(
+                    "{} (NetBox {}): {}: {}",
+                    vm.name, vm.netbox_id, w.code, w.message
+                )),
             });
         }
     }

@@ -88,8 +88,9 @@ pub struct GuestOverrides {
     /// Owned VMs whose NetBox status `decommissioning` is kept (provisioning is on: a person
     /// set it, and retirement or the report reads it).
     pub keep_decommissioning: bool,
-    /// Provisioned guests: their NetBox role stays as people set it; with `true`
-    /// (`followResources`), their vCPUs, memory and disk sizes too (NetBox is their source).
+    /// Provisioned guests: their NetBox role, description and tenant stay as people set
+    /// them; with `true` (`followResources`), their vCPUs, memory and disk sizes too
+    /// (NetBox is their source).
     pub provisioned: BTreeMap<u32, bool>,
     /// Guests being retired by provisioning: never marked stale or pruned by the sync
     /// (provisioning releases or deletes their record once they are destroyed).

@@ -25,11 +25,11 @@ use crate::netbox::client::{
 use crate::netbox::engine::{SyncSettings, delete_owned, sync};
 use crate::netbox::settings::GuestOverrides;
 use crate::pve::client::{PveApi, PveAuth, PveClient, PveConnection, PveError};
-use crate::pve::write::PveWriteApi;
 use crate::pve::metrics::PveMetrics;
 use crate::pve::permissions;
 use crate::pve::reader::{ReadOptions, read_inventory};
 use crate::pve::resources::read_resources;
+use crate::pve::write::PveWriteApi;
 use crate::stage_errors::{NetBoxSyncError, ProxmoxReadError};
 use crate::status::{CALL_SUCCESS, systems};
 use crate::watch::{self, PollOutcome, WatchMemory};
@@ -46,10 +46,11 @@ pub struct CountedPve<'a, A: ?Sized> {
 }
 
 impl<A: ?Sized> CountedPve<'_, A> {
-    /// Makes one request (unless the budget is spent) and records its outcome.
-    async fn counted(
-        &self,
-        request: impl Future<Output = Result<Value, PveError>>,
+    /// Makes one request (unless the budget is spent: then it is not even started) and
+    /// records its outcome.
+    async fn counted<'a>(
+        &'a self,
+        request: impl FnOnce() -> BoxFuture<'a, Result<Value, PveError>>,
     ) -> Result<Value, PveError> {
         let budget = &self.calls.proxmox_budget;
         let r = if budget.exhausted() {
@@ -57,7 +58,7 @@ impl<A: ?Sized> CountedPve<'_, A> {
                 limit: budget.limit(),
             })
         } else {
-            request.await
+            request().await
         };
         if r.as_ref().is_err_and(PveError::is_transport) {
             budget.spend();
@@ -73,7 +74,7 @@ impl<A: ?Sized> CountedPve<'_, A> {
 
 impl<A: PveApi + ?Sized> PveApi for CountedPve<'_, A> {
     fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>> {
-        Box::pin(self.counted(self.inner.get(path)))
+        Box::pin(self.counted(|| self.inner.get(path)))
     }
 }
 
@@ -83,7 +84,7 @@ impl<A: PveWriteApi + ?Sized> PveWriteApi for CountedPve<'_, A> {
         path: &'a str,
         form: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Value, PveError>> {
-        Box::pin(self.counted(self.inner.post(path, form)))
+        Box::pin(self.counted(|| self.inner.post(path, form)))
     }
 
     fn put<'a>(
@@ -91,7 +92,7 @@ impl<A: PveWriteApi + ?Sized> PveWriteApi for CountedPve<'_, A> {
         path: &'a str,
         form: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Value, PveError>> {
-        Box::pin(self.counted(self.inner.put(path, form)))
+        Box::pin(self.counted(|| self.inner.put(path, form)))
     }
 
     fn delete<'a>(
@@ -99,7 +100,7 @@ impl<A: PveWriteApi + ?Sized> PveWriteApi for CountedPve<'_, A> {
         path: &'a str,
         query: &'a [(String, String)],
     ) -> BoxFuture<'a, Result<Value, PveError>> {
-        Box::pin(self.counted(self.inner.delete(path, query)))
+        Box::pin(self.counted(|| self.inner.delete(path, query)))
     }
 }
 
@@ -818,7 +819,7 @@ mod tests {
     async fn a_refused_endpoint_makes_the_cluster_not_ready_with_reason_endpoint_refused() {
         use crate::conditions::types;
         use crate::hardware::discovery::SshProber;
-        use crate::pipeline::{RunOptions, run_pipeline};
+        use crate::pipeline::{RunOptions, Stages, run_pipeline};
         use crate::secrets::DirSecrets;
         use crate::status::build_status;
 
@@ -836,9 +837,11 @@ mod tests {
         let (cluster, dir) =
             guarded_cluster("https://169.254.169.254", "https://netbox.example.com");
         let run = run_pipeline(
-            &LiveReader::default(),
-            &SshProber::default(),
-            &LiveWriter::default(),
+            &Stages::new(
+                &LiveReader::default(),
+                &SshProber::default(),
+                &LiveWriter::default(),
+            ),
             &cluster,
             &[],
             &DirSecrets::new(dir.path()),

@@ -631,12 +631,10 @@ pub async fn run_pipeline_observed(
     let discovery = outcome.discovery.clone();
     let client = read.client;
     let last_pass = read.resources.and_then(|resources| {
-        last_pass(&outcome, Arc::new(config), resources, hardware, discovery).map(|pass| {
-            LastPass {
-                client,
-                overrides,
-                ..pass
-            }
+        last_pass(&outcome, Arc::new(config), resources, hardware, discovery).map(|pass| LastPass {
+            client,
+            overrides,
+            ..pass
         })
     });
     PipelineRun {
@@ -790,21 +788,15 @@ async fn provision(
     let (result, refreshed) = match tokio::time::timeout(limits.provisioning, run).await {
         Ok(r) => r,
         Err(_) => {
-            let mark = crate::pipeline::live::sync_settings(config, &inventory).owner;
-            let guests = crate::provision::observe::guest_views(&inventory);
-            let outcome = ProvisionOutcome {
-                report: crate::provision::report::ProvisionReport {
-                    dry_run,
-                    failure: Some(format!(
-                        "provisioning ran past its deadline of {}s and was stopped; every step is looked at again in the next pass",
-                        limits.provisioning.as_secs()
-                    )),
-                    ..Default::default()
-                },
-                overrides: crate::provision::report::overrides_without_records(&guests, &mark),
-                ..Default::default()
-            };
-            (outcome, None)
+            let mark = live::sync_settings(config, &inventory).owner;
+            let why = format!(
+                "provisioning ran past its deadline of {}s and was stopped; every step is looked at again in the next pass",
+                limits.provisioning.as_secs()
+            );
+            (
+                crate::provision::not_run(dry_run, why, &inventory, &mark),
+                None,
+            )
         }
     };
     outcome.inventory = Some(refreshed.unwrap_or(inventory));
@@ -1186,7 +1178,11 @@ mod tests {
         let d = secrets_dir();
         let prober = FakeProber::default();
         let run = run_pipeline(
-            &Stages::new(&FakeReader(Ok(three_nodes())), &prober, &FakeWriter::default()),
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &prober,
+                &FakeWriter::default(),
+            ),
             &cluster(true, "Sync"),
             &[credential("pve2")],
             &DirSecrets::new(d.path()),
@@ -1269,11 +1265,13 @@ mod tests {
         let d = secrets_dir();
         let observer = RecordingObserver::default();
         let run = run_pipeline_observed(
-            &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
-                path: "/cluster/status".into(),
-            }))),
-            &FakeProber::default(),
-            &FakeWriter::default(),
+            &Stages::new(
+                &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
+                    path: "/cluster/status".into(),
+                }))),
+                &FakeProber::default(),
+                &FakeWriter::default(),
+            ),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1296,11 +1294,13 @@ mod tests {
         let d = secrets_dir();
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
-                path: "/cluster/status".into(),
-            }))),
-            &FakeProber::default(),
-            &writer,
+            &Stages::new(
+                &FakeReader(Err(ProxmoxReadError::Api(PveError::Unauthorized {
+                    path: "/cluster/status".into(),
+                }))),
+                &FakeProber::default(),
+                &writer,
+            ),
             &cluster(true, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1321,7 +1321,11 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let writer = FakeWriter::default();
         let run = run_pipeline(
-            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &writer),
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &FakeProber::default(),
+                &writer,
+            ),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(empty.path()),
@@ -1445,6 +1449,7 @@ mod tests {
                 node_discovery: Duration::from_secs(60),
                 discovery: Duration::from_secs(90),
                 netbox_sync: Duration::from_secs(120),
+                provisioning: Duration::from_secs(120),
                 transport_errors: 5,
             },
             installation: "inst-1".into(),
@@ -1480,7 +1485,11 @@ mod tests {
         let d = secrets_dir();
         let started = Instant::now();
         let run = run_pipeline(
-            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &HangingWriter),
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &FakeProber::default(),
+                &HangingWriter,
+            ),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1579,6 +1588,7 @@ mod tests {
             },
             discovery: Some(Vec::new()),
             permission_warning: None,
+            overrides: GuestOverrides::default(),
         }
     }
 
@@ -1586,7 +1596,11 @@ mod tests {
     async fn a_full_pass_that_wrote_netbox_leaves_the_polls_their_reference() {
         let d = secrets_dir();
         let run = run_pipeline(
-            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &FakeWriter::default()),
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &FakeProber::default(),
+                &FakeWriter::default(),
+            ),
             &cluster(false, "Sync"),
             &[],
             &DirSecrets::new(d.path()),
@@ -1600,7 +1614,11 @@ mod tests {
         assert_eq!(run.outcome.poll, None);
         // Nothing written in dry-run: the polls would compare with what NetBox lacks.
         let dry = run_pipeline(
-            &Stages::new(&FakeReader(Ok(three_nodes())), &FakeProber::default(), &FakeWriter::default()),
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &FakeProber::default(),
+                &FakeWriter::default(),
+            ),
             &cluster(false, "DryRun"),
             &[],
             &DirSecrets::new(d.path()),

@@ -142,9 +142,15 @@ fn pve_warning(step: &Step, e: &PveError) -> Warning {
     match e {
         PveError::OutcomeUnknown { .. } => Warning::new(
             warnings::OUTCOME_UNKNOWN,
-            format!("{}: {e}; the next pass looks at what happened", step.describe()),
+            format!(
+                "{}: {e}; the next pass looks at what happened",
+                step.describe()
+            ),
         ),
-        _ => Warning::new(warnings::REQUEST_FAILED, format!("{}: {e}", step.describe())),
+        _ => Warning::new(
+            warnings::REQUEST_FAILED,
+            format!("{}: {e}", step.describe()),
+        ),
     }
 }
 
@@ -211,7 +217,11 @@ async fn run_vm(ctx: &ApplyContext<'_>, mut work: VmWork) -> (VmReport, VmWork) 
                 break;
             }
             Decision::ReadConfig { vmid } => {
-                let node = work.guest.as_ref().map(|g| g.node.clone()).unwrap_or_default();
+                let node = work
+                    .guest
+                    .as_ref()
+                    .map(|g| g.node.clone())
+                    .unwrap_or_default();
                 match read_guest(ctx.pve, &node, vmid).await {
                     Ok(Some(g)) => work.guest = Some(g),
                     Ok(None) => {
@@ -246,7 +256,13 @@ async fn run_vm(ctx: &ApplyContext<'_>, mut work: VmWork) -> (VmReport, VmWork) 
                         _ => 0,
                     };
                     report.steps.push(step.describe());
-                    plan::assume(&step, &mut work, ctx.cluster, template_config.as_ref(), placeholder);
+                    plan::assume(
+                        &step,
+                        &mut work,
+                        ctx.cluster,
+                        template_config.as_ref(),
+                        placeholder,
+                    );
                     continue;
                 }
                 let result = execute(ctx, &step, &mut work, &mut report).await;
@@ -271,7 +287,8 @@ async fn run_vm(ctx: &ApplyContext<'_>, mut work: VmWork) -> (VmReport, VmWork) 
             }
         }
     }
-    report.vmid = work.vmid();
+    // A released record names no vmid any more: the report keeps the one it had.
+    report.vmid = work.vmid().or(report.vmid);
     report.notes = plan::config_notes(&work);
     report.reboot_required = work.guest.as_ref().is_some_and(plan::reboot_required);
     report.phase = phase_label(&work.record, work.guest.as_ref(), !report.steps.is_empty());
@@ -359,8 +376,14 @@ async fn execute(
                 form.push(("pool".into(), p.clone()));
             }
             let path = format!("/nodes/{template_node}/qemu/{template}/clone");
-            run_task(ctx, step, &path, ctx.pve.post(&path, &form).await, ctx.settings.task_timeout)
-                .await?;
+            run_task(
+                ctx,
+                step,
+                &path,
+                ctx.pve.post(&path, &form).await,
+                ctx.settings.task_timeout,
+            )
+            .await?;
             let node = target.clone().unwrap_or_else(|| template_node.clone());
             refresh(ctx, step, work, &node, *vmid).await?;
         }
@@ -384,8 +407,14 @@ async fn execute(
                 form.push(("digest".into(), d.clone()));
             }
             let path = format!("/nodes/{node}/qemu/{vmid}/config");
-            run_task(ctx, step, &path, ctx.pve.post(&path, &form).await, ctx.settings.task_timeout)
-                .await?;
+            run_task(
+                ctx,
+                step,
+                &path,
+                ctx.pve.post(&path, &form).await,
+                ctx.settings.task_timeout,
+            )
+            .await?;
             refresh(ctx, step, work, node, *vmid).await?;
         }
         Step::Resize {
@@ -400,15 +429,27 @@ async fn execute(
                 ("size".to_string(), format!("{size_mib}M")),
             ];
             let path = format!("/nodes/{node}/qemu/{vmid}/resize");
-            run_task(ctx, step, &path, ctx.pve.put(&path, &form).await, ctx.settings.task_timeout)
-                .await?;
+            run_task(
+                ctx,
+                step,
+                &path,
+                ctx.pve.put(&path, &form).await,
+                ctx.settings.task_timeout,
+            )
+            .await?;
             refresh(ctx, step, work, node, *vmid).await?;
         }
         Step::Start { vmid, node } => {
             node_ok(node)?;
             let path = format!("/nodes/{node}/qemu/{vmid}/status/start");
-            run_task(ctx, step, &path, ctx.pve.post(&path, &[]).await, ctx.settings.task_timeout)
-                .await?;
+            run_task(
+                ctx,
+                step,
+                &path,
+                ctx.pve.post(&path, &[]).await,
+                ctx.settings.task_timeout,
+            )
+            .await?;
             refresh(ctx, step, work, node, *vmid).await?;
         }
         Step::HandOver {
@@ -470,11 +511,17 @@ async fn execute(
                         .mark
                         .as_ref()
                         .is_some_and(|m| m.netbox_vm == work.record.id && m.owner == mark);
-                    if !still_ours || fresh.protected || fresh.lock.is_some() || fresh.power != Power::Stopped {
+                    if !still_ours
+                        || fresh.protected
+                        || fresh.lock.is_some()
+                        || fresh.power != Power::Stopped
+                    {
                         work.guest = Some(fresh);
                         return Err(StepError::Running(Warning::new(
                             warnings::FOREIGN_VM,
-                            format!("vm {vmid} changed since it was read: looked at again in the next pass"),
+                            format!(
+                                "vm {vmid} changed since it was read: looked at again in the next pass"
+                            ),
                         )));
                     }
                 }
@@ -484,8 +531,14 @@ async fn execute(
                 ("destroy-unreferenced-disks".to_string(), flag(true)),
             ];
             let path = format!("/nodes/{node}/qemu/{vmid}");
-            run_task(ctx, step, &path, ctx.pve.delete(&path, &query).await, ctx.settings.task_timeout)
-                .await?;
+            run_task(
+                ctx,
+                step,
+                &path,
+                ctx.pve.delete(&path, &query).await,
+                ctx.settings.task_timeout,
+            )
+            .await?;
             report.retired = true;
             work.guest = None;
         }
@@ -506,7 +559,10 @@ fn node_ok(node: &str) -> Result<(), StepError> {
     } else {
         Err(StepError::Warn(Warning::new(
             warnings::NODE_UNAVAILABLE,
-            format!("{:?} is not a valid node name", crate::netbox::mapping::truncate(node, 70)),
+            format!(
+                "{:?} is not a valid node name",
+                crate::netbox::mapping::truncate(node, 70)
+            ),
         )))
     }
 }
@@ -520,7 +576,9 @@ async fn run_task(
     timeout: std::time::Duration,
 ) -> Result<(), StepError> {
     let answer = answer.map_err(|e| StepError::Warn(pve_warning(step, &e)))?;
-    let Some(upid) = task_of_at(path, &answer).map_err(|e| StepError::Warn(pve_warning(step, &e)))? else {
+    let Some(upid) =
+        task_of_at(path, &answer).map_err(|e| StepError::Warn(pve_warning(step, &e)))?
+    else {
         return Ok(());
     };
     match wait_task(ctx.pve, &upid, &TaskWait::with_timeout(timeout), ctx.tasks).await {
@@ -562,9 +620,20 @@ async fn shut_down(
     if shutdown.is_ok() {
         return Ok(());
     }
-    tracing::warn!(vmid, node, "shutdown did not end in time or failed: stopping the VM");
+    tracing::warn!(
+        vmid,
+        node,
+        "shutdown did not end in time or failed: stopping the VM"
+    );
     let path = format!("/nodes/{node}/qemu/{vmid}/status/stop");
-    run_task(ctx, step, &path, ctx.pve.post(&path, &[]).await, ctx.settings.task_timeout).await
+    run_task(
+        ctx,
+        step,
+        &path,
+        ctx.pve.post(&path, &[]).await,
+        ctx.settings.task_timeout,
+    )
+    .await
 }
 
 /// A guest's config, `None` when PVE has no such VM.
@@ -626,27 +695,25 @@ async fn read_guest(
     let status = pve
         .get(&format!("/nodes/{node}/qemu/{vmid}/status/current"))
         .await?;
-    let pending: BTreeMap<String, String> = match pve
-        .get(&format!("/nodes/{node}/qemu/{vmid}/pending"))
-        .await
-    {
-        Ok(list) => list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(MAX_CONFIG_KEYS)
-            .filter_map(|p| {
-                let key = p["key"].as_str()?;
-                let value = match &p["pending"] {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    _ => return None,
-                };
-                Some((key.to_string(), value))
-            })
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
+    let pending: BTreeMap<String, String> =
+        match pve.get(&format!("/nodes/{node}/qemu/{vmid}/pending")).await {
+            Ok(list) => list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(MAX_CONFIG_KEYS)
+                .filter_map(|p| {
+                    let key = p["key"].as_str()?;
+                    let value = match &p["pending"] {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        _ => return None,
+                    };
+                    Some((key.to_string(), value))
+                })
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
     let power = match status["status"].as_str() {
         Some("running") => Power::Running,
         Some("stopped") => Power::Stopped,
@@ -703,7 +770,9 @@ async fn allocate_ip(
                 Err(_) => {
                     return Err(Warning::new(
                         warnings::OUTCOME_UNKNOWN,
-                        format!("allocating an address of {prefix}: {e}; the next pass looks at the interface"),
+                        format!(
+                            "allocating an address of {prefix}: {e}; the next pass looks at the interface"
+                        ),
                     ));
                 }
             }
@@ -761,9 +830,18 @@ async fn release(
         .collect();
     let children: [(&str, Vec<Value>); 4] = [
         ("ipam/ip-addresses", ips),
-        ("dcim/mac-addresses", macs.iter().filter_map(id_of).map(unmark).collect()),
-        ("virtualization/virtual-disks", record.disks.iter().map(|d| unmark(d.id)).collect()),
-        ("virtualization/interfaces", iface_ids.iter().map(|id| unmark(*id)).collect()),
+        (
+            "dcim/mac-addresses",
+            macs.iter().filter_map(id_of).map(unmark).collect(),
+        ),
+        (
+            "virtualization/virtual-disks",
+            record.disks.iter().map(|d| unmark(d.id)).collect(),
+        ),
+        (
+            "virtualization/interfaces",
+            iface_ids.iter().map(|id| unmark(*id)).collect(),
+        ),
     ];
     for (endpoint, patches) in children {
         if !patches.is_empty() {
@@ -774,6 +852,8 @@ async fn release(
         CF_OWNER: null, CF_VMID: null, CF_GUEST_TYPE: null, CF_STALE_SINCE: null,
         CF_PROVISION: Phase::Retired.as_str(), CF_PROVISION_VMID: null,
     }});
-    netbox.update(VIRTUAL_MACHINES, vec![patch]).await.map(|_| ())
+    netbox
+        .update(VIRTUAL_MACHINES, vec![patch])
+        .await
+        .map(|_| ())
 }
-

@@ -4,14 +4,14 @@
 //! the NetBox side: [`observe`] (read NetBox and PVE) -> [`plan`] (pure: the next step of
 //! each VM) -> [`apply`] (run it, look again), with [`report`] for the status.
 
+pub mod apply;
 pub mod mark;
 pub mod model;
 pub mod observe;
 pub mod plan;
+pub mod report;
 pub mod settings;
 pub mod vm_config;
-pub mod apply;
-pub mod report;
 
 use std::collections::BTreeMap;
 
@@ -87,16 +87,12 @@ pub async fn provision(
     {
         Ok(o) => o,
         Err(e) => {
-            let guests = observe::guest_views(inventory);
-            return ProvisionOutcome {
-                report: ProvisionReport {
-                    dry_run: settings.dry_run,
-                    failure: Some(format!("provisioning did not run: {e}")),
-                    ..Default::default()
-                },
-                overrides: report::overrides_without_records(&guests, target.mark),
-                ..Default::default()
-            };
+            return not_run(
+                settings.dry_run,
+                format!("provisioning did not run: {e}"),
+                inventory,
+                target.mark,
+            );
         }
     };
     let taken = inventory
@@ -104,7 +100,15 @@ pub async fn provision(
         .iter()
         .map(|g| g.vmid)
         .chain(observed.records.iter().filter_map(|r| r.reserved_vmid));
-    let selection = plan::select(observed.records.clone(), settings, target.mark);
+    let mut selection = plan::select(observed.records.clone(), settings, target.mark);
+    let mut acted: Vec<NbVm> = selection.work.iter().map(|(_, r)| r.clone()).collect();
+    if let Err(e) = observe::add_children(target.netbox, &mut acted).await {
+        let why = format!("provisioning did not run: {e}");
+        return not_run(settings.dry_run, why, inventory, target.mark);
+    }
+    for ((_, record), full) in selection.work.iter_mut().zip(acted) {
+        *record = full;
+    }
     let works: Vec<VmWork> = selection
         .work
         .iter()
@@ -129,6 +133,20 @@ pub async fn provision(
     outcome(settings, target.mark, observed, selection.reported, done)
 }
 
+/// The outcome of a pass that could not run (`why`), with the sync told to leave every
+/// guest with this owner's mark alone.
+pub fn not_run(dry_run: bool, why: String, inventory: &Inventory, mark: &str) -> ProvisionOutcome {
+    ProvisionOutcome {
+        report: ProvisionReport {
+            dry_run,
+            failure: Some(why),
+            ..Default::default()
+        },
+        overrides: report::overrides_without_records(&observe::guest_views(inventory), mark),
+        ..Default::default()
+    }
+}
+
 /// The outcome from what the apply left.
 fn outcome(
     settings: &ProvisionSettings,
@@ -137,11 +155,8 @@ fn outcome(
     reported: Vec<(NbVm, Warning)>,
     done: Vec<(VmReport, VmWork)>,
 ) -> ProvisionOutcome {
-    let mut records: BTreeMap<u64, NbVm> = observed
-        .records
-        .iter()
-        .map(|r| (r.id, r.clone()))
-        .collect();
+    let mut records: BTreeMap<u64, NbVm> =
+        observed.records.iter().map(|r| (r.id, r.clone())).collect();
     let mut guests = observed.guests.clone();
     let mut created = Vec::new();
     let mut destroyed = Vec::new();
@@ -211,7 +226,12 @@ fn outcome(
     vms.sort_by_key(|v| v.netbox_id);
     let records: Vec<NbVm> = records.into_values().collect();
     let overrides = if settings.dry_run {
-        report::sync_overrides(&observed.records, &observed.guests, mark, settings.follow_resources)
+        report::sync_overrides(
+            &observed.records,
+            &observed.guests,
+            mark,
+            settings.follow_resources,
+        )
     } else {
         report::sync_overrides(&records, &guests, mark, settings.follow_resources)
     };

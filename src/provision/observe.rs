@@ -16,8 +16,8 @@ use crate::inventory::{GuestKind, GuestState, Inventory};
 use crate::netbox::bootstrap::{PROVISIONING_FIELDS, ensure_fields};
 use crate::netbox::client::{NetBoxApi, NetBoxError};
 use crate::netbox::kinds::{
-    CF_GATEWAY, CF_OWNER, CF_PREFIX, CF_PROVISION, CF_PROVISION_VMID, CF_PROVISIONED_BY,
-    CF_START, CF_TARGET_NODE, CF_TEMPLATE, CF_VMID, id_of,
+    CF_GATEWAY, CF_OWNER, CF_PREFIX, CF_PROVISION, CF_PROVISION_VMID, CF_PROVISIONED_BY, CF_START,
+    CF_TARGET_NODE, CF_TEMPLATE, CF_VMID, id_of,
 };
 use crate::netbox::mapping::truncate;
 
@@ -37,7 +37,8 @@ pub const VIRTUAL_MACHINES: &str = "virtualization/virtual-machines";
 pub struct Observed {
     /// The cluster as the planner sees it.
     pub cluster: ClusterView,
-    /// Every record read (work and reported), children filled for the work records.
+    /// Every record read, without children ([`add_children`] reads them for the records
+    /// acted on).
     pub records: Vec<NbVm>,
     /// What PVE shows of each guest, by vmid.
     pub guests: BTreeMap<u32, GuestView>,
@@ -78,8 +79,7 @@ pub async fn observe(
         let query = vec![(format!("cf_{CF_PROVISIONED_BY}"), mark.to_string())];
         collect(&mut raw, api.list(VIRTUAL_MACHINES, &query).await?)?;
     }
-    let mut records: Vec<NbVm> = raw.values().filter_map(parse_vm).collect();
-    add_children(api, &mut records).await?;
+    let records: Vec<NbVm> = raw.values().filter_map(parse_vm).collect();
     Ok(Observed {
         cluster: cluster_view(inventory, mark),
         guests: guest_views(inventory),
@@ -157,7 +157,8 @@ pub fn parse_vm(vm: &Value) -> Option<NbVm> {
         provisioned_by: text(&cf[CF_PROVISIONED_BY], 512),
         owner: text(&cf[CF_OWNER], 512),
         vmid: u32_of(&cf[CF_VMID]),
-        template: text(&cf[CF_TEMPLATE], 100).or_else(|| cf[CF_TEMPLATE].as_u64().map(|n| n.to_string())),
+        template: text(&cf[CF_TEMPLATE], 100)
+            .or_else(|| cf[CF_TEMPLATE].as_u64().map(|n| n.to_string())),
         target_node: text(&cf[CF_TARGET_NODE], 63),
         start: cf[CF_START].as_bool(),
         interfaces: Vec::new(),
@@ -166,13 +167,14 @@ pub fn parse_vm(vm: &Value) -> Option<NbVm> {
 }
 
 /// The ids of `records` in chunks, as `key=id` query pairs.
-fn id_queries(
-    key: &str,
-    ids: impl IntoIterator<Item = u64>,
-) -> Vec<Vec<(String, String)>> {
+fn id_queries(key: &str, ids: impl IntoIterator<Item = u64>) -> Vec<Vec<(String, String)>> {
     let ids: Vec<u64> = ids.into_iter().collect();
     ids.chunks(IDS_PER_QUERY)
-        .map(|c| c.iter().map(|id| (key.to_string(), id.to_string())).collect())
+        .map(|c| {
+            c.iter()
+                .map(|id| (key.to_string(), id.to_string()))
+                .collect()
+        })
         .collect()
 }
 
@@ -190,16 +192,28 @@ async fn list_by_ids(
     Ok(out)
 }
 
-/// Interfaces (with their addresses and prefixes) and disks of the records.
-async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(), NetBoxError> {
+/// Interfaces (with their addresses, prefixes and gateways) and disks of the records.
+pub async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(), NetBoxError> {
     if records.is_empty() {
         return Ok(());
     }
     let vm_ids: Vec<u64> = records.iter().map(|r| r.id).collect();
-    let ifaces = list_by_ids(api, "virtualization/interfaces", "virtual_machine_id", vm_ids.clone()).await?;
+    let ifaces = list_by_ids(
+        api,
+        "virtualization/interfaces",
+        "virtual_machine_id",
+        vm_ids.clone(),
+    )
+    .await?;
     let iface_ids: Vec<u64> = ifaces.iter().filter_map(id_of).collect();
     let ips = list_by_ids(api, "ipam/ip-addresses", "vminterface_id", iface_ids).await?;
-    let disks = list_by_ids(api, "virtualization/virtual-disks", "virtual_machine_id", vm_ids).await?;
+    let disks = list_by_ids(
+        api,
+        "virtualization/virtual-disks",
+        "virtual_machine_id",
+        vm_ids,
+    )
+    .await?;
     let mut ips_by_iface: BTreeMap<u64, Vec<(NbIp, Option<u64>)>> = BTreeMap::new();
     for ip in &ips {
         let (Some(id), Some(iface), Some(address)) = (
@@ -222,7 +236,10 @@ async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(), N
     let mut prefix_ids = BTreeSet::new();
     let mut vlan_ids = BTreeSet::new();
     for r in records.iter_mut() {
-        for iface in ifaces.iter().filter(|i| id_of(&i["virtual_machine"]) == Some(r.id)) {
+        for iface in ifaces
+            .iter()
+            .filter(|i| id_of(&i["virtual_machine"]) == Some(r.id))
+        {
             let Some(parsed) = parse_interface(iface) else {
                 continue;
             };
@@ -258,7 +275,8 @@ async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(), N
     let by_id = list_by_ids(api, "ipam/prefixes", "id", prefix_ids).await?;
     let by_vlan = list_by_ids(api, "ipam/prefixes", "vlan_id", vlan_ids).await?;
     for iface_json in &ifaces {
-        let Some((id, cf_prefix, vlan)) = parse_interface(iface_json).map(|p| (p.0.id, p.1, p.2)) else {
+        let Some((id, cf_prefix, vlan)) = parse_interface(iface_json).map(|p| (p.0.id, p.1, p.2))
+        else {
             continue;
         };
         let Some(iface) = records
@@ -269,11 +287,16 @@ async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(), N
             continue;
         };
         match (cf_prefix, vlan) {
-            (Some(p), _) => match by_id.iter().find(|x| id_of(x) == Some(p)).and_then(parse_prefix) {
+            (Some(p), _) => match by_id
+                .iter()
+                .find(|x| id_of(x) == Some(p))
+                .and_then(parse_prefix)
+            {
                 Some(prefix) => iface.prefix = Some(prefix),
                 None => {
-                    iface.prefix_problem =
-                        Some(format!("its custom field proxmox_prefix names prefix {p}, which cannot be read"));
+                    iface.prefix_problem = Some(format!(
+                        "its custom field proxmox_prefix names prefix {p}, which cannot be read"
+                    ));
                 }
             },
             (None, Some(v)) => {
@@ -360,7 +383,10 @@ fn parse_interface(v: &Value) -> Option<(NbInterface, Option<u64>, Option<u64>)>
         mac: v["primary_mac_address"]["mac_address"]
             .as_str()
             .and_then(crate::pve::propstr::normalize_mac),
-        untagged_vid: vlan["vid"].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| (1..4095).contains(n)),
+        untagged_vid: vlan["vid"]
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (1..4095).contains(n)),
         prefix: None,
         prefix_problem: None,
         ips: Vec::new(),
@@ -379,8 +405,8 @@ fn parse_disk(v: &Value) -> Option<NbDisk> {
 }
 
 fn parse_prefix(v: &Value) -> Option<NbPrefix> {
-    let gateway = text(&v["custom_fields"][CF_GATEWAY], 64)
-        .filter(|g| g.parse::<std::net::IpAddr>().is_ok());
+    let gateway =
+        text(&v["custom_fields"][CF_GATEWAY], 64).filter(|g| g.parse::<std::net::IpAddr>().is_ok());
     Some(NbPrefix {
         id: id_of(v)?,
         prefix: text(&v["prefix"], 64)?,

@@ -373,7 +373,9 @@ pub fn select(records: Vec<NbVm>, settings: &ProvisionSettings, mark: &str) -> S
                 record,
                 Warning::new(
                     warnings::OTHER_OWNER,
-                    format!("provisioned by another ProxmoxCluster or installation ({by}): left alone"),
+                    format!(
+                        "provisioned by another ProxmoxCluster or installation ({by}): left alone"
+                    ),
                 ),
             ));
             continue;
@@ -516,11 +518,12 @@ fn check_record(record: &NbVm) -> Option<Decision> {
             ),
         ));
     }
-    if let Some((i, why)) = record
-        .interfaces
-        .iter()
-        .find_map(|i| i.prefix_problem.as_ref().filter(|_| i.ips.is_empty()).map(|p| (i, p)))
-    {
+    if let Some((i, why)) = record.interfaces.iter().find_map(|i| {
+        i.prefix_problem
+            .as_ref()
+            .filter(|_| i.ips.is_empty())
+            .map(|p| (i, p))
+    }) {
         return Some(blocked(
             warnings::PREFIX_AMBIGUOUS,
             format!("interface {}: {why}", i.name),
@@ -562,7 +565,10 @@ fn placement<'a>(
         _ => {
             return Err(Warning::new(
                 warnings::TEMPLATE_NOT_FOUND,
-                format!("{} templates are named {name:?}: name it by vmid", matching.len()),
+                format!(
+                    "{} templates are named {name:?}: name it by vmid",
+                    matching.len()
+                ),
             ));
         }
     };
@@ -594,7 +600,9 @@ fn placement<'a>(
     {
         return Err(Warning::new(
             warnings::STORAGE_NOT_FOUND,
-            format!("storage {storage:?} does not hold VM images on node {node} (spec.provisioning.storage)"),
+            format!(
+                "storage {storage:?} does not hold VM images on node {node} (spec.provisioning.storage)"
+            ),
         ));
     }
     Ok(Placement { template, node })
@@ -610,6 +618,10 @@ fn ours(guest: &GuestView, record: &NbVm, cluster: &ClusterView) -> bool {
 
 fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) -> Decision {
     let record = &work.record;
+    if record.phase == Some(Phase::Provisioned) {
+        // Handed over (in this pass or a crashed one): only children left unmarked remain.
+        return check(work, cluster);
+    }
     let Some(vmid) = record.reserved_vmid else {
         if let Some(problem) = check_record(record) {
             return problem;
@@ -622,7 +634,9 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
     let Some(guest) = guest_of(work) else {
         if !cluster.guests_complete {
             return Decision::Wait {
-                why: format!("the guest lists were not read completely: whether vm {vmid} exists is unknown"),
+                why: format!(
+                    "the guest lists were not read completely: whether vm {vmid} exists is unknown"
+                ),
             };
         }
         if let Some(problem) = check_record(record) {
@@ -683,7 +697,11 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
             digest: config.get("digest").cloned(),
         });
     }
-    if let Some(grow) = vm_config::disk_changes(record, &current).0.into_iter().next() {
+    if let Some(grow) = vm_config::disk_changes(record, &current)
+        .0
+        .into_iter()
+        .next()
+    {
         return act(Step::Resize {
             vmid,
             node: guest.node.clone(),
@@ -770,7 +788,9 @@ fn retire(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
     let Some(guest) = guest_of(work) else {
         if !cluster.guests_complete {
             return Decision::Wait {
-                why: format!("the guest lists were not read completely: whether vm {vmid} still exists is unknown"),
+                why: format!(
+                    "the guest lists were not read completely: whether vm {vmid} still exists is unknown"
+                ),
             };
         }
         return act(Step::Release { vmid, policy });
@@ -778,7 +798,9 @@ fn retire(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
     if !ours(guest, record, cluster) {
         return blocked(
             warnings::FOREIGN_VM,
-            format!("vm {vmid} does not carry this record's provisioning mark in its notes: it is never destroyed"),
+            format!(
+                "vm {vmid} does not carry this record's provisioning mark in its notes: it is never destroyed"
+            ),
         );
     }
     if guest.protected {
@@ -833,7 +855,11 @@ fn follow(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
             digest: config.get("digest").cloned(),
         });
     }
-    if let Some(grow) = vm_config::disk_changes(&work.record, &current).0.into_iter().next() {
+    if let Some(grow) = vm_config::disk_changes(&work.record, &current)
+        .0
+        .into_iter()
+        .next()
+    {
         return act(Step::Resize {
             vmid,
             node: guest.node.clone(),

@@ -52,7 +52,10 @@ impl VmReport {
     pub fn in_progress(&self) -> bool {
         self.waiting.is_some()
             || (self.warning.is_some()
-                && matches!(self.phase, "Reserved" | "Cloning" | "Configured" | "Running" | "Retiring"))
+                && matches!(
+                    self.phase,
+                    "Reserved" | "Cloning" | "Configured" | "Running" | "Retiring"
+                ))
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::model::{NbInterface, NbIp, NbVm};
 use super::settings::ProvisionSettings;
 use crate::pve::propstr::{self, normalize_mac, parse_size};
+use crate::pve::write::percent_encode;
 
 /// Most interfaces a VM has (`net0` to `net31`).
 pub const MAX_NICS: u32 = 32;
@@ -115,12 +116,18 @@ pub fn change(
         };
         let net = format!("net{i}");
         let want = nic_value(iface, current.get(&net).map(String::as_str), settings);
-        if current.get(&net).is_none_or(|have| !same_props(have, &want)) {
+        if current
+            .get(&net)
+            .is_none_or(|have| !same_props(have, &want))
+        {
             out.set.insert(net, want);
         }
         let ipc = format!("ipconfig{i}");
         let want = ipconfig_value(&iface.ips);
-        if current.get(&ipc).is_none_or(|have| !same_props(have, &want)) {
+        if current
+            .get(&ipc)
+            .is_none_or(|have| !same_props(have, &want))
+        {
             out.set.insert(ipc, want);
         }
     }
@@ -141,7 +148,9 @@ pub fn change(
 fn resources(record: &NbVm, current: &BTreeMap<String, String>, out: &mut ConfigChange) {
     if let Some(vcpus) = record.vcpus.as_deref().and_then(whole_vcpus) {
         let num = |k: &str| current.get(k).and_then(|v| v.trim().parse::<u32>().ok());
-        let have = num("cores").unwrap_or(1).saturating_mul(num("sockets").unwrap_or(1));
+        let have = num("cores")
+            .unwrap_or(1)
+            .saturating_mul(num("sockets").unwrap_or(1));
         if have != vcpus || current.contains_key("vcpus") {
             out.set.insert("cores".into(), vcpus.to_string());
             out.set.insert("sockets".into(), "1".into());
@@ -161,7 +170,11 @@ fn resources(record: &NbVm, current: &BTreeMap<String, String>, out: &mut Config
 }
 
 /// `ciuser`, `sshkeys`, `nameserver`, `searchdomain` from the spec.
-fn cloud_init(current: &BTreeMap<String, String>, settings: &ProvisionSettings, out: &mut ConfigChange) {
+fn cloud_init(
+    current: &BTreeMap<String, String>,
+    settings: &ProvisionSettings,
+    out: &mut ConfigChange,
+) {
     let ci = &settings.cloud_init;
     let mut want = |key: &str, value: Option<String>, same: &dyn Fn(&str, &str) -> bool| {
         if let Some(v) = value
@@ -190,10 +203,12 @@ fn cloud_init(current: &BTreeMap<String, String>, settings: &ProvisionSettings, 
 fn nic_value(iface: &NbInterface, current: Option<&str>, settings: &ProvisionSettings) -> String {
     let parsed = current.map(propstr::parse).unwrap_or_default();
     let mut props = parsed.props;
+    // The model holds the MAC (`virtio=BC:24:11:..`), or stands alone (`virtio,...`).
     let model = props
         .keys()
         .find(|k| NIC_MODELS.contains(&k.as_str()))
         .cloned()
+        .or_else(|| parsed.default.filter(|d| NIC_MODELS.contains(&d.as_str())))
         .unwrap_or_else(|| settings.nic_model.to_string());
     let mac = iface
         .mac
@@ -310,19 +325,6 @@ pub fn disk_changes(
         }
     }
     (grow, notes)
-}
-
-/// PVE's encoding of `sshkeys`: every byte but `A-Za-z0-9-._~` as `%XX`.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Decodes `%XX` escapes; anything malformed is kept as it is.

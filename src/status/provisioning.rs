@@ -19,7 +19,11 @@ pub fn provisioning_status(r: &ProvisionReport) -> ProvisioningStatus {
     let plan: Vec<String> = if r.dry_run {
         r.vms
             .iter()
-            .flat_map(|v| v.steps.iter().map(move |s| format!("{} (NetBox {}): {s}", v.name, v.netbox_id)))
+            .flat_map(|v| {
+                v.steps
+                    .iter()
+                    .map(move |s| format!("{} (NetBox {}): {s}", v.name, v.netbox_id))
+            })
             .take(MAX_LISTED)
             .collect()
     } else {
@@ -76,12 +80,18 @@ pub fn provisioning_status(r: &ProvisionReport) -> ProvisioningStatus {
 
 /// The `Provisioned` and `RebootRequired` conditions of a pass's report, as
 /// `(type, status, reason, message)`.
-pub fn provisioning_conditions(r: &ProvisionReport) -> Vec<(&'static str, bool, &'static str, String)> {
+pub fn provisioning_conditions(
+    r: &ProvisionReport,
+) -> Vec<(&'static str, bool, &'static str, String)> {
     let in_progress = r.vms.iter().filter(|v| v.in_progress()).count();
     let warned: Vec<String> = r
         .vms
         .iter()
-        .filter_map(|v| v.warning.as_ref().map(|w| format!("{} ({})", v.name, w.code)))
+        .filter_map(|v| {
+            v.warning
+                .as_ref()
+                .map(|w| format!("{} ({})", v.name, w.code))
+        })
         .collect();
     let provisioned = if let Some(why) = &r.failure {
         (false, reasons::PROVISIONING_FAILED, why.clone())
@@ -90,7 +100,10 @@ pub fn provisioning_conditions(r: &ProvisionReport) -> Vec<(&'static str, bool, 
         (
             true,
             reasons::DRY_RUN,
-            format!("dry-run: {steps} step(s) planned for {} VM(s), nothing changed (status.provisioning.plan)", r.vms.len()),
+            format!(
+                "dry-run: {steps} step(s) planned for {} VM(s), nothing changed (status.provisioning.plan)",
+                r.vms.len()
+            ),
         )
     } else if !warned.is_empty() {
         let shown: Vec<&str> = warned.iter().take(5).map(String::as_str).collect();
@@ -141,7 +154,12 @@ pub fn provisioning_conditions(r: &ProvisionReport) -> Vec<(&'static str, bool, 
         )
     };
     vec![
-        (types::PROVISIONED, provisioned.0, provisioned.1, provisioned.2),
+        (
+            types::PROVISIONED,
+            provisioned.0,
+            provisioned.1,
+            provisioned.2,
+        ),
         (types::REBOOT_REQUIRED, reboot.0, reboot.1, reboot.2),
     ]
 }

@@ -90,7 +90,17 @@ pub async fn sync_once(
 > {
     let calls = CallCounter::default();
     let no_facts = BTreeMap::new();
-    let sync = writer.sync(config, inv, &no_facts, None, false, Utc::now(), &calls);
+    let no_overrides = Default::default();
+    let sync = writer.sync(
+        config,
+        inv,
+        &no_facts,
+        None,
+        &no_overrides,
+        false,
+        Utc::now(),
+        &calls,
+    );
     tokio::time::timeout(SYNC_DEADLINE, sync)
         .await
         .unwrap_or_else(|_| panic!("a sync still running after {SYNC_DEADLINE:?}"))

@@ -7,4 +7,5 @@ pub mod crd_cases;
 pub mod fault_proxy;
 pub mod harness;
 pub mod kube;
+pub mod netbox;
 pub mod sshd;

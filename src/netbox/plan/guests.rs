@@ -89,8 +89,8 @@ pub fn vms(input: &PlanInput, owned: &OwnedObjects) -> StagePlan {
 }
 
 /// Leaves out what NetBox owns on an existing VM when provisioning is on: a status
-/// `decommissioning` a person set, the role of a provisioned VM, and with
-/// `followResources` its vCPUs, memory and disk total.
+/// `decommissioning` a person set, the role, description and tenant of a provisioned VM,
+/// and with `followResources` its vCPUs, memory and disk total.
 fn keep_netbox_fields(
     input: &PlanInput,
     vmid: u32,
@@ -103,7 +103,10 @@ fn keep_netbox_fields(
         f.remove("status");
     }
     if let Some(&resources) = overrides.provisioned.get(&vmid) {
-        f.remove("role");
+        // The record people wrote it from: their role, description and tenant stay.
+        for field in ["role", "description", "tenant"] {
+            f.remove(field);
+        }
         if resources {
             for field in ["vcpus", "memory", "disk"] {
                 f.remove(field);

@@ -11,8 +11,7 @@ use crate::inventory::{GuestKind, Inventory};
 use crate::net::guard::EndpointGuard;
 use crate::netbox::client::NetBoxMetrics;
 use crate::pipeline::{CallCounter, Provisioner};
-use crate::provision::report::{ProvisionReport, overrides_without_records};
-use crate::provision::{ProvisionOutcome, Target, observe, provision};
+use crate::provision::{ProvisionOutcome, Target, not_run, provision};
 use crate::pve::metrics::PveMetrics;
 use crate::pve::refresh::refresh_guests;
 use crate::pve::resources::GuestSummary;
@@ -26,20 +25,6 @@ pub struct LiveProvisioner {
     pub pve: Option<PveMetrics>,
     /// Where the NetBox requests are timed; `None` records nothing.
     pub netbox: Option<NetBoxMetrics>,
-}
-
-/// The outcome of a pass that could not start, with the sync told to leave every guest
-/// with this owner's mark alone.
-fn not_run(dry_run: bool, why: String, inventory: &Inventory, mark: &str) -> ProvisionOutcome {
-    ProvisionOutcome {
-        report: ProvisionReport {
-            dry_run,
-            failure: Some(why),
-            ..Default::default()
-        },
-        overrides: overrides_without_records(&observe::guest_views(inventory), mark),
-        ..Default::default()
-    }
 }
 
 impl Provisioner for LiveProvisioner {
@@ -61,24 +46,23 @@ impl Provisioner for LiveProvisioner {
                 .credentials
                 .as_ref()
                 .unwrap_or(&config.pve_credentials);
-            let pve = match pve_client(config, credentials, &self.endpoint_guard, self.pve.as_ref()) {
+            let pve = match pve_client(config, credentials, &self.endpoint_guard, self.pve.as_ref())
+            {
                 Ok(c) => c,
                 Err(e) => {
                     let why = format!("provisioning did not run: {e}");
                     return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
                 }
             };
-            let netbox = match netbox_client(&config.netbox, &self.endpoint_guard, self.netbox.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    let why = format!("provisioning did not run: {e}");
-                    return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
-                }
-            };
-            let pve = CountedPve {
-                inner: &pve,
-                calls,
-            };
+            let netbox =
+                match netbox_client(&config.netbox, &self.endpoint_guard, self.netbox.as_ref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let why = format!("provisioning did not run: {e}");
+                        return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
+                    }
+                };
+            let pve = CountedPve { inner: &pve, calls };
             let netbox = CountedNetBox {
                 inner: &netbox,
                 calls,
