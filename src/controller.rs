@@ -39,6 +39,7 @@ use crate::events::{EventSpec, events_for, suspend_event};
 use crate::inventory::Inventory;
 pub use crate::pipeline::ClusterPipeline;
 use crate::pipeline::{LastPass, StageObserver};
+use crate::provision::report::ProvisionReport;
 use crate::secrets::KubeSecrets;
 use crate::stage_errors::{StageError, StageFailure};
 use crate::status::{
@@ -47,8 +48,8 @@ use crate::status::{
 };
 use crate::watch::PollRecord;
 use metrics::{
-    CallLabels, ClusterLabels, ErrorLabels, ObjectLabels, PollLabels, ReconcileMetrics,
-    RequestLabels, StorageLabels,
+    CallLabels, ClusterLabels, ErrorLabels, ObjectLabels, PollLabels, ProvisioningActionLabels,
+    ProvisioningPhaseLabels, ReconcileMetrics, RequestLabels, StorageLabels,
 };
 
 /// Finalizer that lets the operator apply the deletion policy before a ProxmoxCluster goes.
@@ -67,6 +68,9 @@ pub const MIN_INTERVAL: Duration = crate::config::MIN_SYNC_INTERVAL;
 /// Interval used when no resolved `spec.sync.interval` is known: the spec could not be
 /// resolved, or no pass ran yet (the default of the field).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// How soon a full pass comes again while provisioning has a VM on its way.
+pub const PROVISIONING_RECHECK: Duration = Duration::from_secs(30);
 /// First retry delay after a failed reconcile; doubles per consecutive failure, capped at
 /// the cluster's sync interval (and never below this).
 pub const BACKOFF_BASE: Duration = Duration::from_secs(15);
@@ -682,10 +686,19 @@ async fn apply<P: ClusterPipeline>(
             .observe((finished - now).num_milliseconds().max(0) as f64 / 1000.0);
         tracing::info!(cluster = %key, guests = changes.len(), "changes synced");
     }
-    let next_full = match &kept {
+    let mut next_full = match &kept {
         Some(_) => ctx.next_full_sync(&key).unwrap_or(finished),
         None => finished + chrono_delay(next_sync_delay(interval)),
     };
+    // A VM on its way (a task running, steps left) is looked at again soon, not at the
+    // next full sync.
+    let provisioning_soon = outcome
+        .provisioning
+        .as_ref()
+        .is_some_and(ProvisionReport::in_progress);
+    if provisioning_soon {
+        next_full = next_full.min(finished + chrono_delay(PROVISIONING_RECHECK));
+    }
     let delay = match (run.last_pass, outcome.watch_interval) {
         (Some(pass), Some(watch)) => {
             ctx.keep_pass(
@@ -699,6 +712,10 @@ async fn apply<P: ClusterPipeline>(
             );
             let until_full = (next_full - finished).to_std().unwrap_or_default();
             watch.min(until_full).max(Duration::from_secs(1))
+        }
+        _ if provisioning_soon => {
+            ctx.forget_pass(&key);
+            PROVISIONING_RECHECK
         }
         _ => {
             ctx.forget_pass(&key);
@@ -1152,12 +1169,67 @@ fn record_metrics<P>(
             .collect();
         m.set_guest_addresses_unread(key, gaps);
     }
+    if let Some(report) = &outcome.provisioning {
+        record_provisioning(m, key, report);
+    }
     if outcome.fully_successful() {
         m.last_success_timestamp
             .get_or_create(&ClusterLabels {
                 cluster: key.into(),
             })
             .set(now.timestamp() as f64);
+    }
+}
+
+/// The provisioning metrics of a full pass: steps by action and outcome, VMs by phase,
+/// orphans; per-VM warnings count as reconcile warnings by their code.
+fn record_provisioning(m: &ReconcileMetrics, key: &str, report: &ProvisionReport) {
+    for (action, outcome) in report.actions() {
+        m.provisioning_actions
+            .get_or_create(&ProvisioningActionLabels {
+                cluster: key.into(),
+                action: action.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+    let mut phases: BTreeMap<&str, i64> = BTreeMap::new();
+    for vm in &report.vms {
+        *phases.entry(vm.phase).or_default() += 1;
+        if let Some(w) = &vm.warning {
+            m.errors
+                .get_or_create(&ErrorLabels {
+                    cluster: key.into(),
+                    reason: w.code.into(),
+                })
+                .inc();
+        }
+    }
+    let phases = phases
+        .into_iter()
+        .map(|(phase, n)| {
+            (
+                ProvisioningPhaseLabels {
+                    cluster: key.into(),
+                    phase: phase.into(),
+                },
+                n,
+            )
+        })
+        .collect();
+    m.set_provisioning_vms(key, phases);
+    m.provisioning_orphans
+        .get_or_create(&ClusterLabels {
+            cluster: key.into(),
+        })
+        .set(i64::try_from(report.orphans.len()).unwrap_or(i64::MAX));
+    if report.failure.is_some() {
+        m.errors
+            .get_or_create(&ErrorLabels {
+                cluster: key.into(),
+                reason: reasons::PROVISIONING_FAILED.into(),
+            })
+            .inc();
     }
 }
 

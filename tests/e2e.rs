@@ -857,3 +857,242 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_can_be_take
     );
     uninstall_cluster_scoped(&env, "e2e-fence");
 }
+
+/// Waits until `pred` holds for the NetBox object at `path`; returns it.
+async fn wait_netbox(
+    nb: &common::netbox::NetBoxRest,
+    path: &str,
+    what: &str,
+    operator: &OperatorProcess,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = nb.get(path).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: not {what} within 180 s: {v}\noperator log:\n{}",
+            operator.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The reasons of the Events in `namespace`.
+async fn event_reasons(client: &Client, namespace: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_vm_staged_in_netbox_is_provisioned_and_retired_through_the_controller() {
+    let _turn = SERIAL.lock().await;
+    let (env, client) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = TestNamespace::create(&env, &client, "pno-e2e-prov").await;
+    let release = "e2e-prov";
+    let watch = format!("watchNamespace={}", ns.name);
+    let (user, kubeconfig) =
+        install_chart(&env, &client, release, &ns.name, &[&watch], dir.path()).await;
+    let pve = common::harness::FakePve::start(
+        &env,
+        &["--topology", &common::harness::topology("provision.json")],
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let ca = std::fs::read_to_string(&pve.ca_file).unwrap();
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@e2e";
+    for s in [
+        marked_secret(
+            "pve",
+            &[
+                ("tokenId", &pve.token_id),
+                ("tokenSecret", &pve.token_secret),
+            ],
+        ),
+        marked_secret(
+            "pve-provision",
+            &[
+                ("tokenId", pve.provision_token_id.as_deref().unwrap()),
+                (
+                    "tokenSecret",
+                    pve.provision_token_secret.as_deref().unwrap(),
+                ),
+            ],
+        ),
+        marked_secret("pve-ca", &[("ca.crt", &ca)]),
+        marked_secret("netbox", &[("token", &env.netbox_token)]),
+        marked_secret("ssh", &[("keys", key)]),
+    ] {
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+    let tag = format!("prov-{}", std::process::id());
+    let selector = format!("e2e-{tag}");
+    let clusters: Api<ProxmoxCluster> = Api::namespaced(client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &harness_cluster(
+                &env,
+                "lab",
+                &tag,
+                json!({
+                    "proxmox": {"endpoints": [pve.url]},
+                    "provisioning": {
+                        "enabled": true, "credentialsSecretRef": {"name": "pve-provision"},
+                        "selector": {"tag": selector}, "template": "debian-12-cloud",
+                        "storage": "ceph-vm",
+                        "cloudInit": {"user": "ops", "sshKeysSecretRef": {"name": "ssh", "key": "keys"}},
+                        "retire": {"enabled": true}, "taskTimeout": "60s", "shutdownTimeout": "10s"
+                    }
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let operator = OperatorProcess::start(
+        &kubeconfig,
+        dir.path().join("operator.log"),
+        &["--namespace", &ns.name],
+    );
+    wait_cluster(&clusters, "lab", Duration::from_secs(180), "Ready", |c| {
+        ready_is(c, "True", None)
+    })
+    .await;
+
+    // A VM documented in NetBox, staged and tagged.
+    let nb = common::netbox::NetBoxRest::new(&env);
+    let cluster_id = nb
+        .one(&format!("virtualization/clusters/?name=e2e-{tag}"))
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    nb.create("extras/tags", json!({"name": selector, "slug": selector}))
+        .await;
+    let name = format!("e2e-vm-{}", std::process::id());
+    let id = nb
+        .create(
+            "virtualization/virtual-machines",
+            json!({"name": name, "status": "staged", "cluster": cluster_id, "vcpus": 2,
+                   "memory": 1024, "tags": [{"slug": selector}]}),
+        )
+        .await;
+    let net0 = nb
+        .create(
+            "virtualization/interfaces",
+            json!({"virtual_machine": id, "name": "net0"}),
+        )
+        .await;
+    nb.create(
+        "ipam/ip-addresses",
+        json!({"address": "10.66.0.20/24", "status": "active",
+               "assigned_object_type": "virtualization.vminterface", "assigned_object_id": net0}),
+    )
+    .await;
+    let resync = |value: &'static str| {
+        let clusters = clusters.clone();
+        async move {
+            clusters
+                .patch(
+                    "lab",
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {"proxmox-netbox.io/resync": value}}}),
+                    ),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    resync("provision").await;
+    let path = format!("virtualization/virtual-machines/{id}/");
+    let vm = wait_netbox(&nb, &path, "provisioned", &operator, |v| {
+        v["custom_fields"]["proxmox_provision"] == "provisioned"
+    })
+    .await;
+    assert_eq!(vm["status"]["value"], "active", "{vm}");
+    let vmid = vm["custom_fields"]["proxmox_vmid"].as_u64().unwrap();
+    let synced = wait_cluster(
+        &clusters,
+        "lab",
+        Duration::from_secs(60),
+        "showing the provisioned VM",
+        |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .is_some_and(|p| p.counts.provisioned == 1)
+        },
+    )
+    .await;
+    let entry = &synced
+        .status
+        .as_ref()
+        .unwrap()
+        .provisioning
+        .as_ref()
+        .unwrap()
+        .vms[0];
+    assert_eq!(entry.vmid, Some(vmid as i64));
+    assert_eq!(entry.phase, "Provisioned");
+    assert!(ready_is(&synced, "True", None));
+    assert!(
+        event_reasons(&client, &ns.name)
+            .await
+            .iter()
+            .any(|r| r == "VmProvisioned")
+    );
+    assert_eq!(
+        nb.list(&format!(
+            "virtualization/virtual-machines/?cluster_id={cluster_id}&name={name}"
+        ))
+        .await
+        .len(),
+        1,
+        "no duplicate"
+    );
+
+    // Retired: destroyed in PVE, the record kept offline and released.
+    nb.patch(
+        "virtualization/virtual-machines",
+        id,
+        json!({"status": "decommissioning"}),
+    )
+    .await;
+    resync("retire").await;
+    let vm = wait_netbox(&nb, &path, "retired", &operator, |v| {
+        v["custom_fields"]["proxmox_provision"] == "retired"
+    })
+    .await;
+    assert_eq!(vm["status"]["value"], "offline");
+    assert!(vm["custom_fields"]["proxmox_owner"].is_null());
+    let resources = common::harness::read_fake_pve(&pve).await;
+    assert!(
+        resources.guests.iter().all(|g| u64::from(g.vmid) != vmid),
+        "vm {vmid} still in PVE"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !event_reasons(&client, &ns.name)
+        .await
+        .iter()
+        .any(|r| r == "VmRetired")
+    {
+        assert!(Instant::now() < deadline, "no VmRetired Event");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if let Some(refused) = refused_requests(&env, &user, &[ns.name.as_str()]) {
+        assert!(refused.is_empty(), "requests refused (403): {refused:?}");
+    }
+    drop(operator);
+    uninstall_cluster_scoped(&env, release);
+}

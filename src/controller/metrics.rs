@@ -72,6 +72,28 @@ pub struct CallLabels {
     pub outcome: String,
 }
 
+/// Label set of a provisioning step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProvisioningActionLabels {
+    /// `namespace/name`.
+    pub cluster: String,
+    /// The step (`reserve`, `ip_allocated`, `cloned`, `configured`, `resized`, `started`,
+    /// `handed_over`, `retiring`, `shut_down`, `destroyed`, `retired`, `release_vmid`).
+    pub action: String,
+    /// `success`, `running` (a task still running at its timeout) or a warning code.
+    pub outcome: String,
+}
+
+/// Label set of VMs by provisioning phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProvisioningPhaseLabels {
+    /// `namespace/name`.
+    pub cluster: String,
+    /// `Reserved`, `Cloning`, `Configured`, `Running`, `Provisioned`, `Retiring`,
+    /// `Retired`, `Skipped`.
+    pub phase: String,
+}
+
 /// Label set of a storage pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StorageLabels {
@@ -92,6 +114,7 @@ struct Tracked {
     storage_capacity: HashMap<String, Vec<StorageLabels>>,
     storage_used: HashMap<String, Vec<StorageLabels>>,
     guest_addresses: HashMap<String, Vec<ErrorLabels>>,
+    provisioning_vms: HashMap<String, Vec<ProvisioningPhaseLabels>>,
 }
 
 fn replace_series<L>(
@@ -145,6 +168,12 @@ pub struct ReconcileMetrics {
     pub polls: Family<PollLabels, Counter>,
     /// Time from a poll that found changes to the end of their NetBox write.
     pub change_sync_duration: Family<ClusterLabels, Histogram>,
+    /// Provisioning steps run, by action and outcome.
+    pub provisioning_actions: Family<ProvisioningActionLabels, Counter>,
+    /// VMs provisioning looked at in the last pass, by phase.
+    pub provisioning_vms: Family<ProvisioningPhaseLabels, Gauge>,
+    /// Guests with the provisioning mark that no record claims, from the last pass.
+    pub provisioning_orphans: Family<ClusterLabels, Gauge>,
     tracked: Mutex<Tracked>,
 }
 
@@ -170,6 +199,9 @@ impl ReconcileMetrics {
             change_sync_duration: Family::new_with_constructor(|| {
                 Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0])
             }),
+            provisioning_actions: Family::default(),
+            provisioning_vms: Family::default(),
+            provisioning_orphans: Family::default(),
             tracked: Mutex::new(Tracked::default()),
         };
         registry.register(
@@ -242,6 +274,21 @@ impl ReconcileMetrics {
             "Time from a poll that found changed guests to the end of their NetBox write",
             metrics.change_sync_duration.clone(),
         );
+        registry.register(
+            "provisioning_actions",
+            "Provisioning steps run (spec.provisioning), by action and outcome",
+            metrics.provisioning_actions.clone(),
+        );
+        registry.register(
+            "provisioning_vms",
+            "VMs provisioning looked at in the last full pass, by phase",
+            metrics.provisioning_vms.clone(),
+        );
+        registry.register(
+            "provisioning_orphans",
+            "Proxmox VE guests with this operator's provisioning mark that no NetBox record claims",
+            metrics.provisioning_orphans.clone(),
+        );
         metrics
     }
 
@@ -298,6 +345,16 @@ impl ReconcileMetrics {
         );
     }
 
+    /// Sets the provisioning phase gauges of `cluster`, removing series not in `values`.
+    pub fn set_provisioning_vms(&self, cluster: &str, values: Vec<(ProvisioningPhaseLabels, i64)>) {
+        replace_series(
+            &self.provisioning_vms,
+            &mut self.tracked().provisioning_vms,
+            cluster,
+            values,
+        );
+    }
+
     /// Removes every gauge series of a cluster that is gone (counters stay: they are
     /// cumulative and Prometheus handles their end).
     pub fn forget_cluster(&self, cluster: &str) {
@@ -307,6 +364,7 @@ impl ReconcileMetrics {
         self.last_success_timestamp.remove(&labels);
         self.ceph_health.remove(&labels);
         self.change_sync_duration.remove(&labels);
+        self.provisioning_orphans.remove(&labels);
         for outcome in ["idle", "changed", "partial", "failed"] {
             self.polls.remove(&PollLabels {
                 cluster: cluster.to_string(),
@@ -317,12 +375,14 @@ impl ReconcileMetrics {
         self.set_inventory(cluster, Vec::new());
         self.set_storage(cluster, Vec::new());
         self.set_guest_addresses_unread(cluster, Vec::new());
+        self.set_provisioning_vms(cluster, Vec::new());
         let mut t = self.tracked();
         t.objects.remove(cluster);
         t.inventory.remove(cluster);
         t.storage_capacity.remove(cluster);
         t.storage_used.remove(cluster);
         t.guest_addresses.remove(cluster);
+        t.provisioning_vms.remove(cluster);
     }
 }
 

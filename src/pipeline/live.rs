@@ -328,7 +328,18 @@ impl ProxmoxReader for LiveReader {
                 .map_err(ProxmoxReadError::Api)?;
             let permission_warning = match client.get("/access/permissions").await {
                 Ok(p) => {
-                    let report = permissions::evaluate(&p);
+                    // Provisioning with the read's own token: its privileges are wanted.
+                    let report = match &config.provisioning {
+                        Some(prov) if prov.credentials.is_none() => {
+                            let allowed: Vec<&str> = permissions::PROVISIONING_PRIVILEGES
+                                .iter()
+                                .chain(permissions::PROVISIONING_EXTRA_PRIVILEGES)
+                                .copied()
+                                .collect();
+                            permissions::evaluate_allowing(&p, &allowed)
+                        }
+                        _ => permissions::evaluate(&p),
+                    };
                     // Only a clean preflight lets pruning read an absence as "deleted".
                     let outcome = if report.is_clean() {
                         ReadOutcome::Complete

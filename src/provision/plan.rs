@@ -1018,3 +1018,43 @@ pub fn assume(
         }
     }
 }
+
+/// Where provisioning needs which PVE privilege with these settings (the provisioning
+/// credentials' preflight): `VM.Clone` on the default template, `VM.Allocate`, the
+/// `VM.Config.*` it writes and `VM.PowerMgmt` where new VMs go (their pool, else
+/// `/vms`), `Datastore.AllocateSpace` on the storage.
+pub fn required_privileges(
+    settings: &ProvisionSettings,
+    cluster: &ClusterView,
+) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(t) = settings.template.as_ref().and_then(|name| {
+        cluster
+            .templates
+            .iter()
+            .find(|t| t.vmid.to_string() == *name || t.name == *name)
+    }) {
+        out.push((format!("/vms/{}", t.vmid), "VM.Clone"));
+    }
+    // A vmid no ACL names: the privileges it inherits from its pool or from `/vms`.
+    let new_vms = match &settings.pool {
+        Some(pool) => format!("/pool/{pool}"),
+        None => "/vms/999999999".to_string(),
+    };
+    for privilege in [
+        "VM.Allocate",
+        "VM.Config.CPU",
+        "VM.Config.Memory",
+        "VM.Config.Network",
+        "VM.Config.Cloudinit",
+        "VM.Config.Disk",
+        "VM.PowerMgmt",
+    ] {
+        out.push((new_vms.clone(), privilege));
+    }
+    out.push((
+        format!("/storage/{}", settings.storage),
+        "Datastore.AllocateSpace",
+    ));
+    out
+}

@@ -20,7 +20,13 @@ pub fn valid_cluster() -> Value {
                        "maxInFlight": 16, "tags": ["pve"]},
             "sync": {"interval": "720h", "mode": "DryRun", "kinds": ["Nodes", "VirtualMachines"],
                      "prune": {"enabled": true, "gracePeriod": "0s"}},
-            "hardwareDiscovery": {"enabled": true, "connectTimeout": "10m", "commandTimeout": "1.25s250000µs"}
+            "hardwareDiscovery": {"enabled": true, "connectTimeout": "10m", "commandTimeout": "1.25s250000µs"},
+            "provisioning": {"enabled": true, "selector": {"tag": "provision"}, "storage": "ceph-vm",
+                             "template": "debian-12-cloud", "node": "pve-02.lab", "pool": "provisioned",
+                             "cloudInit": {"user": "ops", "nameservers": ["10.0.0.53", "2001:db8::53"],
+                                           "sshKeysSecretRef": {"name": "ssh", "key": "keys"}},
+                             "taskTimeout": "2h", "shutdownTimeout": "10s", "maxConcurrentTasks": 8,
+                             "retire": {"enabled": true, "recordPolicy": "Delete"}}
         }
     })
 }
@@ -284,6 +290,55 @@ pub fn cases() -> Vec<Case> {
                 "spec",
                 "exactly one of privateKeySecretRef and passwordSecretRef must be set",
             ],
+        },
+        Case {
+            what: "provisioning on without a storage",
+            object: with(cluster(), "spec.provisioning.storage", Value::Null),
+            expect: &[
+                "spec.provisioning",
+                "spec.provisioning.storage is required when spec.provisioning.enabled is true",
+            ],
+        },
+        Case {
+            what: "provisioning on without a selector",
+            object: with(cluster(), "spec.provisioning.selector", json!({})),
+            expect: &[
+                "spec.provisioning",
+                "spec.provisioning.selector must name a tag or a role when spec.provisioning.enabled is true",
+            ],
+        },
+        Case {
+            what: "a provisioning task timeout above its bound",
+            object: with(cluster(), "spec.provisioning.taskTimeout", json!("3h")),
+            expect: &[
+                "spec.provisioning.taskTimeout",
+                "spec.provisioning.taskTimeout must be between 10s and 2h",
+            ],
+        },
+        Case {
+            what: "a DNS server that is not an IP address",
+            object: with(
+                cluster(),
+                "spec.provisioning.cloudInit.nameservers",
+                json!(["dns.example.com"]),
+            ),
+            expect: &[
+                "spec.provisioning.cloudInit.nameservers",
+                "spec.provisioning.cloudInit.nameservers must be IP addresses",
+            ],
+        },
+        Case {
+            what: "nine provisioning tasks at once",
+            object: with(cluster(), "spec.provisioning.maxConcurrentTasks", json!(9)),
+            expect: &[
+                "spec.provisioning.maxConcurrentTasks",
+                "less than or equal to 8",
+            ],
+        },
+        Case {
+            what: "a target node name with a space",
+            object: with(cluster(), "spec.provisioning.node", json!("pve 1")),
+            expect: &["spec.provisioning.node", "should match"],
         },
         Case {
             what: "SSH port 70000",

@@ -11,8 +11,12 @@ use crate::inventory::{GuestKind, Inventory};
 use crate::net::guard::EndpointGuard;
 use crate::netbox::client::NetBoxMetrics;
 use crate::pipeline::{CallCounter, Provisioner};
-use crate::provision::{ProvisionOutcome, Target, not_run, provision};
+use crate::provision::plan::required_privileges;
+use crate::provision::settings::ProvisionSettings;
+use crate::provision::{ProvisionOutcome, Target, not_run, observe, provision};
+use crate::pve::client::PveApi;
 use crate::pve::metrics::PveMetrics;
+use crate::pve::permissions::missing_on;
 use crate::pve::refresh::refresh_guests;
 use crate::pve::resources::GuestSummary;
 
@@ -25,6 +29,26 @@ pub struct LiveProvisioner {
     pub pve: Option<PveMetrics>,
     /// Where the NetBox requests are timed; `None` records nothing.
     pub netbox: Option<NetBoxMetrics>,
+}
+
+/// The privileges provisioning needs that the credentials of `pve` lack, named, or `None`
+/// when they hold them all (or the preflight could not be read: the calls themselves then
+/// say what is missing, VM by VM).
+async fn missing_privileges(
+    pve: &dyn PveApi,
+    settings: &ProvisionSettings,
+    inventory: &Inventory,
+    mark: &str,
+) -> Option<String> {
+    let permissions = pve.get("/access/permissions").await.ok()?;
+    let required = required_privileges(settings, &observe::cluster_view(inventory, mark));
+    let pairs: Vec<(&str, &str)> = required.iter().map(|(p, x)| (p.as_str(), *x)).collect();
+    let missing = missing_on(&permissions, &pairs);
+    if missing.is_empty() {
+        return None;
+    }
+    let named: Vec<String> = missing.iter().take(10).map(ToString::to_string).collect();
+    Some(named.join(", "))
 }
 
 impl Provisioner for LiveProvisioner {
@@ -72,6 +96,19 @@ impl Provisioner for LiveProvisioner {
                 .as_ref()
                 .map(|m| m.task_recorder(&config.netbox.owner.resource()))
                 .unwrap_or_default();
+            if let Some(missing) = missing_privileges(&pve, &settings, inventory, &sync.owner).await
+            {
+                let why = format!(
+                    "provisioning did not run: the {} lack {} (docs/provisioning.md)",
+                    if resolved.credentials.is_some() {
+                        "credentials of spec.provisioning.credentialsSecretRef"
+                    } else {
+                        "PVE credentials of spec.proxmox.credentialsSecretRef"
+                    },
+                    missing
+                );
+                return (not_run(settings.dry_run, why, inventory, &sync.owner), None);
+            }
             let target = Target {
                 pve: &pve,
                 netbox: &netbox,
