@@ -15,49 +15,12 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use common::fault_proxy::{FaultPlan, Target, start_pve};
-use common::harness::{FakePve, HarnessEnv, checking_http_client, topology};
+use common::harness::{FakePve, HarnessEnv, PveRest, checking_http_client, topology};
 use common::kube::*;
 use proxmox_netbox_operator::crd::ProxmoxCluster;
 
 /// The read privileges plus what the test's changes need.
 const PRIVILEGES: &str = "Sys.Audit,VM.Audit,Datastore.Audit,VM.GuestAgent.Audit,VM.Monitor,VM.Allocate,VM.Config.Memory,VM.Config.CPU,VM.Config.Options,VM.PowerMgmt,VM.Migrate";
-
-/// The PVE API as the test uses it to make changes.
-struct Pve {
-    http: reqwest::Client,
-    url: String,
-    auth: String,
-}
-
-impl Pve {
-    fn new(pve: &FakePve) -> Self {
-        let ca = std::fs::read(&pve.ca_file).unwrap();
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .build()
-            .unwrap();
-        Self {
-            http,
-            url: pve.url.clone(),
-            auth: format!("PVEAPIToken={}={}", pve.token_id, pve.token_secret),
-        }
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api2/json{path}", self.url))
-            .header("Authorization", &self.auth)
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {body}");
-        body["data"].clone()
-    }
-}
 
 /// NetBox's VM `name` in `cluster`.
 async fn netbox_vm(env: &HarnessEnv, cluster: &str, name: &str) -> Option<Value> {
@@ -255,7 +218,7 @@ async fn changes_in_proxmox_reach_netbox_between_full_syncs() {
     );
 
     // A memory change of a stopped VM (103, app01 in the demo topology).
-    let api = Pve::new(&lab.pve);
+    let api = PveRest::new(&lab.pve, &lab.pve.token_id, &lab.pve.token_secret);
     api.send(
         reqwest::Method::PUT,
         "/nodes/pve2/qemu/103/config",
@@ -486,7 +449,7 @@ async fn a_failed_poll_changes_nothing_and_hands_over_to_a_full_sync_and_polls_c
     // PVE back: the full sync after the backoff, then polls again.
     proxy.die_after(None);
     lab.wait_ready("polled", &operator).await;
-    let api = Pve::new(&lab.pve);
+    let api = PveRest::new(&lab.pve, &lab.pve.token_id, &lab.pve.token_secret);
     api.send(
         reqwest::Method::PUT,
         "/nodes/pve2/qemu/103/config",

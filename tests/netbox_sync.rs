@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::harness::{FakePve, HarnessEnv, checking_http_client, read_fake_pve, topology};
+use common::netbox::NetBoxRest;
 use proxmox_netbox_operator::hardware::facts::{
     ChassisInfo, EthtoolInfo, LinkInfo, LinkKind, NicFacts, NodeHardware, SystemInfo,
 };
@@ -113,59 +114,20 @@ async fn run(nb: &NetBoxClient, s: &SyncSettings, inv: &Inventory, dry_run: bool
     run_at(nb, s, inv, &BTreeMap::new(), dry_run, Utc::now()).await
 }
 
-/// Plain REST reads and writes for checking NetBox itself.
-struct Rest {
-    http: reqwest::Client,
-    url: String,
-    token: String,
+/// Plain REST reads and writes for checking NetBox itself, with the lookups these tests
+/// repeat.
+struct Rest(NetBoxRest);
+
+impl std::ops::Deref for Rest {
+    type Target = NetBoxRest;
+    fn deref(&self) -> &NetBoxRest {
+        &self.0
+    }
 }
 
 impl Rest {
     fn new(env: &HarnessEnv) -> Self {
-        Self {
-            http: checking_http_client(),
-            url: env.netbox_url.clone(),
-            token: env.netbox_token.clone(),
-        }
-    }
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}/api/{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-    async fn list(&self, path: &str) -> Vec<Value> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.get(&format!("{path}{sep}limit=1000")).await["results"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-    async fn one(&self, path: &str) -> Value {
-        let all = self.list(path).await;
-        assert_eq!(all.len(), 1, "{path}: {all:?}");
-        all[0].clone()
-    }
-    async fn write(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api/{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "{path}: {}",
-            r.text().await.unwrap()
-        );
-        r.json().await.unwrap_or(Value::Null)
+        Self(NetBoxRest::new(env))
     }
     /// The VM of a vmid in a NetBox cluster.
     async fn vm(&self, cluster: u64, vmid: u32) -> Value {
@@ -190,9 +152,7 @@ impl Rest {
             .unwrap()
     }
     async fn changes(&self) -> u64 {
-        self.get("core/object-changes/?limit=1").await["count"]
-            .as_u64()
-            .unwrap()
+        self.change_count().await
     }
 }
 

@@ -12,73 +12,29 @@ use serde_json::{Value, json};
 
 use common::chaos::{run_sync, sync_command, wait_for};
 use common::fault_proxy::{self, Fault, FaultPlan, Target};
-use common::harness::{FakePve, HarnessEnv, topology};
+use common::harness::{FakePve, HarnessEnv, PveRest, topology};
 use common::netbox::NetBoxRest;
 
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@example";
 
-/// PVE's API with the provisioning token, as a person with `pvesh` would look.
-struct Pve {
-    http: reqwest::Client,
-    url: String,
-    auth: String,
-}
-
-impl Pve {
-    fn new(pve: &FakePve) -> Self {
-        let ca = std::fs::read(&pve.ca_file).unwrap();
-        Self {
-            http: reqwest::Client::builder()
-                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-                .build()
-                .unwrap(),
-            url: pve.url.clone(),
-            auth: format!(
-                "PVEAPIToken={}={}",
-                pve.provision_token_id.as_deref().unwrap(),
-                pve.provision_token_secret.as_deref().unwrap()
-            ),
-        }
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api2/json{path}", self.url))
-            .header("Authorization", &self.auth)
-            .form(form)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {body}");
-        body["data"].clone()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.send(reqwest::Method::GET, path, &[]).await
-    }
-
-    /// The QEMU guests named `name` in `/cluster/resources`.
-    async fn named(&self, name: &str) -> Vec<Value> {
-        self.get("/cluster/resources?type=vm")
-            .await
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["name"] == name && r["type"] == "qemu")
-            .cloned()
-            .collect()
-    }
+/// The QEMU guests named `name` in `/cluster/resources`.
+async fn named(api: &PveRest, name: &str) -> Vec<Value> {
+    api.get("/cluster/resources?type=vm")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == name && r["type"] == "qemu")
+        .cloned()
+        .collect()
 }
 
 /// The tests of this file one at a time: each counts NetBox's change log.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The guests of `/cluster/resources` as (vmid, name, node, status), in order.
-async fn guests(api: &Pve) -> Vec<(u64, String, String, String)> {
+async fn guests(api: &PveRest) -> Vec<(u64, String, String, String)> {
     let mut out: Vec<(u64, String, String, String)> = api
         .get("/cluster/resources?type=vm")
         .await
@@ -104,7 +60,7 @@ async fn guests(api: &Pve) -> Vec<(u64, String, String, String)> {
 struct Lab {
     env: HarnessEnv,
     pve: FakePve,
-    api: Pve,
+    api: PveRest,
     nb: NetBoxRest,
     dir: tempfile::TempDir,
     tag: String,
@@ -144,7 +100,11 @@ impl Lab {
         }
         let tag = format!("{name}-{}", std::process::id());
         Self {
-            api: Pve::new(&pve),
+            api: PveRest::new(
+                &pve,
+                pve.provision_token_id.as_deref().unwrap(),
+                pve.provision_token_secret.as_deref().unwrap(),
+            ),
             nb: NetBoxRest::new(&env),
             env,
             pve,
@@ -384,7 +344,7 @@ async fn a_staged_vm_becomes_a_running_vm_handed_over_to_the_sync_with_no_duplic
     assert_eq!(condition(&report, "Provisioned")["status"], "False");
 
     // PVE: one running VM with the record's resources and addresses.
-    let guests = lab.api.named(&name).await;
+    let guests = named(&lab.api, &name).await;
     assert_eq!(guests.len(), 1, "{guests:?}");
     assert_eq!(guests[0]["vmid"], vmid);
     let node = guests[0]["node"].as_str().unwrap().to_string();
@@ -489,7 +449,7 @@ async fn a_staged_vm_becomes_a_running_vm_handed_over_to_the_sync_with_no_duplic
         again["netbox"]
     );
     assert_eq!(lab.nb.change_count().await, changes);
-    assert_eq!(lab.api.named(&name).await.len(), 1);
+    assert_eq!(named(&lab.api, &name).await.len(), 1);
 }
 
 #[tokio::test]
@@ -529,7 +489,7 @@ async fn a_crash_after_the_clone_and_before_netbox_knows_finishes_with_one_vm() 
     }
     child.kill().await.unwrap();
     let _ = child.wait().await;
-    let cloned = lab.api.named(&name).await;
+    let cloned = named(&lab.api, &name).await;
     assert_eq!(cloned.len(), 1, "cloned before the crash: {cloned:?}");
     let vmid = cloned[0]["vmid"].as_u64().unwrap();
     let record = lab.vm(id).await;
@@ -541,7 +501,7 @@ async fn a_crash_after_the_clone_and_before_netbox_knows_finishes_with_one_vm() 
     lab.write_cluster(json!({}), None);
     let report = lab.sync("the sync after the crash").await;
     assert_eq!(entry(&report, id)["phase"], "Provisioned");
-    assert_eq!(lab.api.named(&name).await.len(), 1);
+    assert_eq!(named(&lab.api, &name).await.len(), 1);
     let tasks = lab.api.get("/nodes/pve1/tasks?vmid=9000&limit=500").await;
     let clones = tasks
         .as_array()
@@ -565,7 +525,7 @@ async fn a_decommissioned_vm_is_destroyed_and_its_record_released_or_deleted() {
     let kept = format!("kept-{}", std::process::id());
     let kept_id = lab.staged(&kept, json!({})).await;
     lab.sync("the sync that provisions").await;
-    let vmid = lab.api.named(&kept).await[0]["vmid"].as_u64().unwrap();
+    let vmid = named(&lab.api, &kept).await[0]["vmid"].as_u64().unwrap();
 
     // Offline (the default): the VM goes, the record stays, released to people.
     lab.nb
@@ -578,7 +538,7 @@ async fn a_decommissioned_vm_is_destroyed_and_its_record_released_or_deleted() {
     let report = lab.sync("the sync that retires").await;
     let e = entry(&report, kept_id);
     assert_eq!(e["phase"], "Retired", "{e}");
-    assert!(lab.api.named(&kept).await.is_empty(), "destroyed in PVE");
+    assert!(named(&lab.api, &kept).await.is_empty(), "destroyed in PVE");
     let record = lab.vm(kept_id).await;
     assert_eq!(record["status"]["value"], "offline", "{record}");
     assert_eq!(record["custom_fields"]["proxmox_provision"], "retired");
@@ -613,7 +573,7 @@ async fn a_decommissioned_vm_is_destroyed_and_its_record_released_or_deleted() {
     let gone = format!("gone-{}", std::process::id());
     let gone_id = lab.staged(&gone, json!({})).await;
     lab.sync("the sync that provisions the second").await;
-    assert_eq!(lab.api.named(&gone).await.len(), 1);
+    assert_eq!(named(&lab.api, &gone).await.len(), 1);
     lab.nb
         .patch(
             "virtualization/virtual-machines",
@@ -622,7 +582,7 @@ async fn a_decommissioned_vm_is_destroyed_and_its_record_released_or_deleted() {
         )
         .await;
     let r = lab.sync("the sync that retires the second").await;
-    assert!(lab.api.named(&gone).await.is_empty());
+    assert!(named(&lab.api, &gone).await.is_empty());
     // Gone from the inventory of the same pass: the sync does not document it again.
     assert!(
         lab.netbox_named(&gone).await.is_empty(),
@@ -688,7 +648,7 @@ async fn unmarked_foreign_and_protected_vms_in_decommissioning_are_left_alone() 
     let name = format!("guarded-{}", std::process::id());
     let id = lab.staged(&name, json!({})).await;
     lab.sync("the sync that provisions").await;
-    let guest = lab.api.named(&name).await.remove(0);
+    let guest = named(&lab.api, &name).await.remove(0);
     let vmid = guest["vmid"].as_u64().unwrap();
     let node = guest["node"].as_str().unwrap().to_string();
     lab.api
@@ -714,7 +674,7 @@ async fn unmarked_foreign_and_protected_vms_in_decommissioning_are_left_alone() 
     assert_eq!(entry(&report, batch_id)["warning"]["code"], "ForeignVm");
     assert_eq!(entry(&report, id)["warning"]["code"], "Protected");
     for (vm, n) in [("app01", 1), ("batch01", 1), (name.as_str(), 1)] {
-        assert_eq!(lab.api.named(vm).await.len(), n, "{vm} is still in PVE");
+        assert_eq!(named(&lab.api, vm).await.len(), n, "{vm} is still in PVE");
     }
     // Their NetBox status stays what people set.
     for nb_id in [app_id, batch_id, id] {

@@ -709,10 +709,7 @@ fn the_config_asked_for_is_stable_once_written() {
     );
     // MACs compare without case; a MAC set in NetBox is written.
     let mut lower = config.clone();
-    lower.insert(
-        "net0".into(),
-        config["net0"].to_lowercase(),
-    );
+    lower.insert("net0".into(), config["net0"].to_lowercase());
     assert!(change(&w.record, &lower, &s, Scope::Create).is_empty());
     let mut r = w.record.clone();
     r.interfaces[0].mac = Some("02:00:00:00:00:01".into());

@@ -376,16 +376,8 @@ async fn execute(
                 form.push(("pool".into(), p.clone()));
             }
             let path = format!("/nodes/{template_node}/qemu/{template}/clone");
-            run_task(
-                ctx,
-                step,
-                &path,
-                ctx.pve.post(&path, &form).await,
-                ctx.settings.task_timeout,
-            )
-            .await?;
             let node = target.clone().unwrap_or_else(|| template_node.clone());
-            refresh(ctx, step, work, &node, *vmid).await?;
+            task_then_refresh(ctx, step, work, Write::Post(&path, &form), (&node, *vmid)).await?;
         }
         Step::Configure {
             vmid,
@@ -407,15 +399,7 @@ async fn execute(
                 form.push(("digest".into(), d.clone()));
             }
             let path = format!("/nodes/{node}/qemu/{vmid}/config");
-            run_task(
-                ctx,
-                step,
-                &path,
-                ctx.pve.post(&path, &form).await,
-                ctx.settings.task_timeout,
-            )
-            .await?;
-            refresh(ctx, step, work, node, *vmid).await?;
+            task_then_refresh(ctx, step, work, Write::Post(&path, &form), (node, *vmid)).await?;
         }
         Step::Resize {
             vmid,
@@ -429,28 +413,12 @@ async fn execute(
                 ("size".to_string(), format!("{size_mib}M")),
             ];
             let path = format!("/nodes/{node}/qemu/{vmid}/resize");
-            run_task(
-                ctx,
-                step,
-                &path,
-                ctx.pve.put(&path, &form).await,
-                ctx.settings.task_timeout,
-            )
-            .await?;
-            refresh(ctx, step, work, node, *vmid).await?;
+            task_then_refresh(ctx, step, work, Write::Put(&path, &form), (node, *vmid)).await?;
         }
         Step::Start { vmid, node } => {
             node_ok(node)?;
             let path = format!("/nodes/{node}/qemu/{vmid}/status/start");
-            run_task(
-                ctx,
-                step,
-                &path,
-                ctx.pve.post(&path, &[]).await,
-                ctx.settings.task_timeout,
-            )
-            .await?;
-            refresh(ctx, step, work, node, *vmid).await?;
+            task_then_refresh(ctx, step, work, Write::Post(&path, &[]), (node, *vmid)).await?;
         }
         Step::HandOver {
             vmid,
@@ -586,6 +554,29 @@ async fn run_task(
         Err(e @ TaskError::TimedOut { .. }) => Err(StepError::Running(task_warning(step, &e))),
         Err(e) => Err(StepError::Warn(task_warning(step, &e))),
     }
+}
+
+/// A write that starts a task: its path and form.
+enum Write<'a> {
+    Post(&'a str, &'a [(String, String)]),
+    Put(&'a str, &'a [(String, String)]),
+}
+
+/// Sends `write`, waits for its task (`taskTimeout`), then reads the guest `at` (node,
+/// vmid) again.
+async fn task_then_refresh(
+    ctx: &ApplyContext<'_>,
+    step: &Step,
+    work: &mut VmWork,
+    write: Write<'_>,
+    at: (&str, u32),
+) -> Result<(), StepError> {
+    let (path, answer) = match write {
+        Write::Post(path, form) => (path, ctx.pve.post(path, form).await),
+        Write::Put(path, form) => (path, ctx.pve.put(path, form).await),
+    };
+    run_task(ctx, step, path, answer, ctx.settings.task_timeout).await?;
+    refresh(ctx, step, work, at.0, at.1).await
 }
 
 /// Reads the guest again after a step.

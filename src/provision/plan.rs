@@ -684,30 +684,8 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
             why: format!("vm {vmid} is locked ({lock}): a task is running on it"),
         };
     }
-    let Some(config) = &guest.config else {
-        return Decision::ReadConfig { vmid };
-    };
-    let current = vm_config::effective(config, &guest.pending);
-    let change = vm_config::change(record, &current, settings, Scope::Create);
-    if !change.is_empty() {
-        return act(Step::Configure {
-            vmid,
-            node: guest.node.clone(),
-            change,
-            digest: config.get("digest").cloned(),
-        });
-    }
-    if let Some(grow) = vm_config::disk_changes(record, &current)
-        .0
-        .into_iter()
-        .next()
-    {
-        return act(Step::Resize {
-            vmid,
-            node: guest.node.clone(),
-            disk: grow.disk,
-            size_mib: grow.size_mib,
-        });
+    if let Some(step) = converge_config(record, guest, vmid, settings, Scope::Create) {
+        return step;
     }
     let start = record.start.unwrap_or(settings.start);
     match guest.power {
@@ -720,6 +698,40 @@ fn create(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
         },
         power => hand_over(work, cluster, vmid, power, true),
     }
+}
+
+/// The next config write or disk growth that brings the guest to its record (`scope`),
+/// or its config to read first; `None` when it is as the record asks.
+fn converge_config(
+    record: &NbVm,
+    guest: &GuestView,
+    vmid: u32,
+    settings: &ProvisionSettings,
+    scope: Scope,
+) -> Option<Decision> {
+    let Some(config) = &guest.config else {
+        return Some(Decision::ReadConfig { vmid });
+    };
+    let current = vm_config::effective(config, &guest.pending);
+    let change = vm_config::change(record, &current, settings, scope);
+    if !change.is_empty() {
+        return Some(act(Step::Configure {
+            vmid,
+            node: guest.node.clone(),
+            change,
+            digest: config.get("digest").cloned(),
+        }));
+    }
+    let grow = vm_config::disk_changes(record, &current)
+        .0
+        .into_iter()
+        .next()?;
+    Some(act(Step::Resize {
+        vmid,
+        node: guest.node.clone(),
+        disk: grow.disk,
+        size_mib: grow.size_mib,
+    }))
 }
 
 /// The hand-over: the record marked owned with the sync's identity, and its children that
@@ -842,30 +854,8 @@ fn follow(work: &VmWork, cluster: &ClusterView, settings: &ProvisionSettings) ->
     if guest.lock.is_some() {
         return Decision::Done;
     }
-    let Some(config) = &guest.config else {
-        return Decision::ReadConfig { vmid };
-    };
-    let current = vm_config::effective(config, &guest.pending);
-    let change = vm_config::change(&work.record, &current, settings, Scope::Resources);
-    if !change.is_empty() {
-        return act(Step::Configure {
-            vmid,
-            node: guest.node.clone(),
-            change,
-            digest: config.get("digest").cloned(),
-        });
-    }
-    if let Some(grow) = vm_config::disk_changes(&work.record, &current)
-        .0
-        .into_iter()
-        .next()
-    {
-        return act(Step::Resize {
-            vmid,
-            node: guest.node.clone(),
-            disk: grow.disk,
-            size_mib: grow.size_mib,
-        });
+    if let Some(step) = converge_config(&work.record, guest, vmid, settings, Scope::Resources) {
+        return step;
     }
     check(work, cluster)
 }

@@ -225,6 +225,17 @@ pub trait PveApi: Send + Sync {
     fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Value, PveError>>;
 }
 
+/// When a request is tried again on the same endpoint, or on the next one.
+#[derive(Clone, Copy)]
+struct Failover {
+    /// Worth another attempt on the same endpoint.
+    retry: fn(&PveError) -> bool,
+    /// The endpoint is down (or nothing was sent): the next one is tried.
+    next_endpoint: fn(&PveError) -> bool,
+    /// What the debug log says of a retry.
+    what: &'static str,
+}
+
 struct Ticket {
     endpoint: usize,
     cookie: SecretString,
@@ -512,15 +523,38 @@ impl PveClient {
     }
 
     async fn get_with_failover(&self, path: &str) -> Result<Value, PveError> {
+        let policy = Failover {
+            retry: Self::transient,
+            next_endpoint: Self::endpoint_down,
+            what: "transient PVE error, retrying",
+        };
+        self.with_failover(path, policy, |endpoint| self.get_once(endpoint, path))
+            .await
+    }
+
+    /// Runs `attempt` on each endpoint in turn from the one that answered last: again on
+    /// the same endpoint while `policy.retry` allows (with backoff, at most `retries`
+    /// times), once more after an expired ticket, on the next endpoint when
+    /// `policy.next_endpoint` says so; any other error is returned at once.
+    async fn with_failover<F, Fut>(
+        &self,
+        path: &str,
+        policy: Failover,
+        attempt: F,
+    ) -> Result<Value, PveError>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = Result<Value, PveError>>,
+    {
         let n = self.conn.endpoints.len();
         let start = *self.current.lock().await;
         let mut last = None;
         for offset in 0..n {
             let endpoint = (start + offset) % n;
-            let mut attempt = 0;
+            let mut tries = 0;
             let mut logged_in_again = false;
             loop {
-                match self.get_once(endpoint, path).await {
+                match attempt(endpoint).await {
                     Ok(v) => {
                         if offset > 0 {
                             *self.current.lock().await = endpoint;
@@ -528,20 +562,20 @@ impl PveClient {
                         }
                         return Ok(v);
                     }
-                    Err(e) if Self::transient(&e) && attempt < self.conn.retries => {
-                        attempt += 1;
-                        let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
-                        tracing::debug!(path, error = %e, attempt, "transient PVE error, retrying");
+                    Err(e) if (policy.retry)(&e) && tries < self.conn.retries => {
+                        tries += 1;
+                        let backoff = Duration::from_millis(200 * 2u64.pow(tries.min(6)));
+                        tracing::debug!(path, error = %e, attempt = tries, "{}", policy.what);
                         tokio::time::sleep(backoff).await;
                     }
                     // A ticket PVE no longer accepts (expired early, or the node restarted):
-                    // get_once dropped it, so one more try logs in again.
+                    // the attempt dropped it, so one more try logs in again.
                     Err(PveError::Unauthorized { .. })
                         if matches!(self.conn.auth, PveAuth::Ticket { .. }) && !logged_in_again =>
                     {
                         logged_in_again = true;
                     }
-                    Err(e) if Self::endpoint_down(&e) => {
+                    Err(e) if (policy.next_endpoint)(&e) => {
                         // A refusal says more than another endpoint's timeout: keep it.
                         if !matches!(last, Some(PveError::EndpointRefused(_))) {
                             last = Some(e);
@@ -692,47 +726,15 @@ impl PveClient {
         path: &str,
         params: WriteParams<'_>,
     ) -> Result<Value, PveError> {
-        let n = self.conn.endpoints.len();
-        let start = *self.current.lock().await;
-        let mut last = None;
-        for offset in 0..n {
-            let endpoint = (start + offset) % n;
-            let mut attempt = 0;
-            let mut logged_in_again = false;
-            loop {
-                match self.write_once(endpoint, method, path, params).await {
-                    Ok(v) => {
-                        if offset > 0 {
-                            *self.current.lock().await = endpoint;
-                            tracing::warn!(endpoint = %self.conn.endpoints[endpoint], "failed over to another PVE endpoint");
-                        }
-                        return Ok(v);
-                    }
-                    Err(e) if Self::write_retryable(&e) && attempt < self.conn.retries => {
-                        attempt += 1;
-                        let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6)));
-                        tracing::debug!(path, %method, error = %e, attempt, "PVE write not sent, retrying");
-                        tokio::time::sleep(backoff).await;
-                    }
-                    Err(PveError::Unauthorized { .. })
-                        if matches!(self.conn.auth, PveAuth::Ticket { .. }) && !logged_in_again =>
-                    {
-                        logged_in_again = true;
-                    }
-                    Err(e) if Self::write_not_sent(&e) => {
-                        if !matches!(last, Some(PveError::EndpointRefused(_))) {
-                            last = Some(e);
-                        }
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| PveError::Connection {
-            endpoint: "(none)".into(),
-            message: "no endpoint configured".into(),
-        }))
+        let policy = Failover {
+            retry: Self::write_retryable,
+            next_endpoint: Self::write_not_sent,
+            what: "PVE write not sent, retrying",
+        };
+        self.with_failover(path, policy, |endpoint| {
+            self.write_once(endpoint, method, path, params)
+        })
+        .await
     }
 
     /// Sends a write (`POST`, `PUT` or `DELETE`) within the client's concurrency limit;

@@ -268,3 +268,51 @@ pub async fn read_fake_pve(pve: &FakePve) -> proxmox_netbox_operator::inventory:
     let c = PveClient::new(pve_connection(pve)).unwrap();
     read_inventory(&c, &ReadOptions::default()).await.unwrap()
 }
+
+/// A fake PVE's API as a person with `pvesh` uses it, with one of its tokens.
+pub struct PveRest {
+    http: reqwest::Client,
+    url: String,
+    auth: String,
+}
+
+impl PveRest {
+    /// `pve`'s API with the token `token_id` and `secret`.
+    pub fn new(pve: &FakePve, token_id: &str, secret: &str) -> Self {
+        let ca = std::fs::read(&pve.ca_file).unwrap();
+        Self {
+            http: reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .build()
+                .unwrap(),
+            url: pve.url.clone(),
+            auth: format!("PVEAPIToken={token_id}={secret}"),
+        }
+    }
+
+    /// Sends `form` with `method` to `path`, which must succeed; returns `data`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> serde_json::Value {
+        let r = self
+            .http
+            .request(method, format!("{}/api2/json{path}", self.url))
+            .header("Authorization", &self.auth)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body["data"].clone()
+    }
+
+    /// GET `path`; returns `data`.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.send(reqwest::Method::GET, path, &[]).await
+    }
+}
