@@ -7,9 +7,12 @@ use super::harness::{HarnessEnv, checking_http_client};
 
 /// NetBox's REST API with the harness's token.
 pub struct NetBoxRest {
-    http: reqwest::Client,
-    url: String,
-    token: String,
+    /// A client that opens a fresh connection per request.
+    pub http: reqwest::Client,
+    /// NetBox's base URL.
+    pub url: String,
+    /// The token.
+    pub token: String,
 }
 
 impl NetBoxRest {
