@@ -421,20 +421,43 @@ impl PveClient {
         }
     }
 
-    async fn get_once(&self, endpoint: usize, path: &str) -> Result<Value, PveError> {
-        let mut req = self.http.get(self.url(endpoint, path));
-        match &self.conn.auth {
+    /// `req` with the credentials: the token header, or the ticket's cookie (logging in
+    /// first when needed) and, for a write, its CSRF token.
+    async fn authenticated(
+        &self,
+        req: reqwest::RequestBuilder,
+        endpoint: usize,
+        path: &str,
+        write: bool,
+    ) -> Result<reqwest::RequestBuilder, PveError> {
+        Ok(match &self.conn.auth {
             PveAuth::Token { token_id, secret } => {
                 let value =
                     SecretString::new(format!("PVEAPIToken={token_id}={}", secret.expose()));
-                req = req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?);
+                req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?)
             }
             PveAuth::Ticket { .. } => {
                 let session = self.login(endpoint).await?;
                 let value = SecretString::new(format!("PVEAuthCookie={}", session.cookie.expose()));
-                req = req.header(reqwest::header::COOKIE, header_value(&value, path)?);
+                let req = req.header(reqwest::header::COOKIE, header_value(&value, path)?);
+                if write {
+                    req.header("CSRFPreventionToken", header_value(&session.csrf, path)?)
+                } else {
+                    req
+                }
             }
-        }
+        })
+    }
+
+    async fn get_once(&self, endpoint: usize, path: &str) -> Result<Value, PveError> {
+        let req = self
+            .authenticated(
+                self.http.get(self.url(endpoint, path)),
+                endpoint,
+                path,
+                false,
+            )
+            .await?;
         let exchange = async {
             let resp = req
                 .send()
@@ -639,26 +662,13 @@ impl PveClient {
         path: &str,
         params: WriteParams<'_>,
     ) -> Result<Value, PveError> {
-        let mut req = self.http.request(method.clone(), self.url(endpoint, path));
-        req = match params {
+        let req = self.http.request(method.clone(), self.url(endpoint, path));
+        let req = match params {
             WriteParams::Form(form) => req.form(form),
             WriteParams::Query([]) => req,
             WriteParams::Query(query) => req.query(query),
         };
-        match &self.conn.auth {
-            PveAuth::Token { token_id, secret } => {
-                let value =
-                    SecretString::new(format!("PVEAPIToken={token_id}={}", secret.expose()));
-                req = req.header(reqwest::header::AUTHORIZATION, header_value(&value, path)?);
-            }
-            PveAuth::Ticket { .. } => {
-                let session = self.login(endpoint).await?;
-                let value = SecretString::new(format!("PVEAuthCookie={}", session.cookie.expose()));
-                req = req
-                    .header(reqwest::header::COOKIE, header_value(&value, path)?)
-                    .header("CSRFPreventionToken", header_value(&session.csrf, path)?);
-            }
-        }
+        let req = self.authenticated(req, endpoint, path, true).await?;
         let exchange = async {
             let resp = req
                 .send()
