@@ -751,6 +751,11 @@ fn after_quiet_poll<P>(
                 .unwrap_or_default();
             Some(watch.min(until_full).max(Duration::from_secs(1)))
         }
+        PollRecord::Provisioning(why) => {
+            tracing::info!(cluster = %key, reason = %why, "the next pass is a full sync");
+            ctx.forget_pass(key);
+            Some(Duration::from_secs(1))
+        }
         PollRecord::Partial(why) | PollRecord::Failed(why) => {
             tracing::warn!(cluster = %key, outcome = poll.label(), reason = %why, "poll for changes not used: the next pass is a full sync");
             ctx.forget_pass(key);

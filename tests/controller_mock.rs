@@ -1389,6 +1389,7 @@ async fn keep_a_pass(ctx: &Context<FakePipeline>) {
                 discovery: None,
                 permission_warning: None,
                 overrides: Default::default(),
+                provisioning: None,
             }),
         },
     );

@@ -73,6 +73,11 @@ impl Lab {
         proxmox_netbox_operator::tls::install_crypto_provider();
         let env = HarnessEnv::load();
         let pve = FakePve::start(&env, &["--topology", &topology("provision.json")]);
+        Self::with_pve(name, net, env, pve)
+    }
+
+    /// A lab on a fake PVE started by the test.
+    fn with_pve(name: &str, net: u8, env: HarnessEnv, pve: FakePve) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for (secret, key, value) in [
             ("pve", "tokenId", pve.token_id.clone()),
@@ -731,4 +736,199 @@ async fn dry_run_plans_and_changes_nothing_on_either_side() {
     assert_eq!(forced["status"]["provisioning"]["mode"], "DryRun");
     assert_eq!(guests(&lab.api).await, resources);
     assert_eq!(lab.nb.change_count().await, changes);
+}
+
+/// The tasks of `type_` on `node` for `vmid`.
+async fn tasks(api: &PveRest, node: &str, vmid: u64, type_: &str) -> Vec<Value> {
+    api.get(&format!("/nodes/{node}/tasks?vmid={vmid}&limit=500"))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == type_)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn resources_follow_netbox_and_a_running_vm_waits_for_its_reboot() {
+    let _turn = SERIAL.lock().await;
+    let lab = Lab::new("prov-follow", 66);
+    lab.write_cluster(json!({"followResources": true}), None);
+    lab.sync("the first sync").await;
+    let name = format!("follow-{}", std::process::id());
+    let id = lab.staged(&name, json!({})).await;
+    lab.sync("the sync that provisions").await;
+    let guest = named(&lab.api, &name).await.remove(0);
+    let vmid = guest["vmid"].as_u64().unwrap();
+    let node = guest["node"].as_str().unwrap().to_string();
+    assert_eq!(guest["status"], "running");
+
+    // More vCPUs, memory and disk in NetBox.
+    lab.nb
+        .patch(
+            "virtualization/virtual-machines",
+            id,
+            json!({"vcpus": 4, "memory": 4096}),
+        )
+        .await;
+    let disk = lab
+        .nb
+        .one(&format!(
+            "virtualization/virtual-disks/?virtual_machine_id={id}"
+        ))
+        .await;
+    lab.nb
+        .patch(
+            "virtualization/virtual-disks",
+            disk["id"].as_u64().unwrap(),
+            json!({"size": 12288}),
+        )
+        .await;
+    let report = lab.sync("the sync that follows NetBox").await;
+    let config = lab
+        .api
+        .get(&format!("/nodes/{node}/qemu/{vmid}/config"))
+        .await;
+    assert_eq!(
+        size_mib(config["scsi0"].as_str().unwrap()),
+        12288,
+        "{config}"
+    );
+    let pending = lab
+        .api
+        .get(&format!("/nodes/{node}/qemu/{vmid}/pending"))
+        .await;
+    let waiting = |key: &str| {
+        pending
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == key)
+            .map(|p| p["pending"].to_string().trim_matches('"').to_string())
+    };
+    assert_eq!(waiting("cores").as_deref(), Some("4"), "{pending}");
+    assert_eq!(waiting("memory").as_deref(), Some("4096"), "{pending}");
+    let reboot = condition(&report, "RebootRequired");
+    assert_eq!(reboot["status"], "True", "{reboot}");
+    assert!(
+        reboot["message"]
+            .as_str()
+            .unwrap()
+            .contains(&vmid.to_string())
+    );
+    // NetBox keeps what was asked for: the sync does not put PVE's current values back.
+    let vm = lab.vm(id).await;
+    assert_eq!(
+        (vm["vcpus"].as_f64(), vm["memory"].as_u64()),
+        (Some(4.0), Some(4096))
+    );
+    let writes = tasks(&lab.api, &node, vmid, "qmconfig").await.len();
+
+    // Nothing is sent again while the change waits for the reboot.
+    let again = lab.sync("the sync while the reboot is due").await;
+    assert_eq!(tasks(&lab.api, &node, vmid, "qmconfig").await.len(), writes);
+    assert_eq!(condition(&again, "RebootRequired")["status"], "True");
+    assert_eq!(again["status"]["sync"]["writeRequests"], 0);
+
+    // After a stop and start the changes are applied: nothing pending any more.
+    for action in ["stop", "start"] {
+        lab.api
+            .send(
+                reqwest::Method::POST,
+                &format!("/nodes/{node}/qemu/{vmid}/status/{action}"),
+                &[],
+            )
+            .await;
+    }
+    let after = lab.sync("the sync after the reboot").await;
+    assert_eq!(condition(&after, "RebootRequired")["status"], "False");
+    assert_eq!(tasks(&lab.api, &node, vmid, "qmconfig").await.len(), writes);
+}
+
+#[tokio::test]
+async fn a_failed_clone_task_is_a_warning_on_its_vm_and_leaves_nothing_behind() {
+    let _turn = SERIAL.lock().await;
+    let lab = Lab::new("prov-full", 67);
+    // A storage with 2 GiB free: the clone of an 8 GiB disk fails in its task.
+    lab.write_cluster(json!({"storage": "nearly-full"}), None);
+    lab.sync("the first sync").await;
+    let name = format!("full-{}", std::process::id());
+    let id = lab.staged(&name, json!({})).await;
+    let report = lab.sync("the sync whose clone fails").await;
+    let e = entry(&report, id);
+    assert_eq!(e["warning"]["code"], "TaskFailed", "{e}");
+    assert!(
+        e["warning"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left"),
+        "{e}"
+    );
+    assert!(named(&lab.api, &name).await.is_empty(), "no half-cloned VM");
+    assert_eq!(condition(&report, "Ready")["status"], "True");
+    assert_eq!(
+        condition(&report, "Provisioned")["reason"],
+        "ProvisioningWarnings"
+    );
+    // The record keeps its reservation: the next pass tries the same vmid again.
+    let record = lab.vm(id).await;
+    assert_eq!(record["status"]["value"], "staged");
+    assert_eq!(record["custom_fields"]["proxmox_provision"], "reserved");
+    assert!(lab.netbox_named(&name).await.len() == 1, "no second record");
+}
+
+#[tokio::test]
+async fn at_most_max_concurrent_tasks_vms_are_worked_on_at_once() {
+    let _turn = SERIAL.lock().await;
+    proxmox_netbox_operator::tls::install_crypto_provider();
+    let env = HarnessEnv::load();
+    // Clones take about 3 s here (RBD operations 6 PVE seconds slower, at half speed).
+    let pve = FakePve::start(
+        &env,
+        &[
+            "--topology",
+            &topology("provision.json"),
+            "--time-scale",
+            "0.5",
+            "--ceph-slow",
+            "6",
+        ],
+    );
+    let lab = Lab::with_pve("prov-limit", 68, env, pve);
+    lab.write_cluster(json!({"maxConcurrentTasks": 1}), None);
+    lab.sync("the first sync").await;
+    let first = format!("one-{}", std::process::id());
+    let second = format!("two-{}", std::process::id());
+    lab.staged(&first, json!({})).await;
+    lab.staged(&second, json!({})).await;
+    lab.sync("the sync that provisions both").await;
+    let clones: Vec<Value> = lab
+        .api
+        .get("/nodes/pve1/tasks?vmid=9000&limit=500")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "qmclone")
+        .cloned()
+        .collect();
+    assert_eq!(clones.len(), 2, "{clones:?}");
+    let mut spans: Vec<(u64, u64)> = clones
+        .iter()
+        .map(|t| {
+            (
+                t["starttime"].as_u64().unwrap(),
+                t["endtime"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert!(spans[0].1 > spans[0].0, "the clone took time: {spans:?}");
+    assert!(
+        spans[1].0 >= spans[0].1,
+        "the second clone started before the first VM was done: {spans:?}"
+    );
+    assert_eq!(named(&lab.api, &first).await.len(), 1);
+    assert_eq!(named(&lab.api, &second).await.len(), 1);
 }

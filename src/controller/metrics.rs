@@ -36,7 +36,7 @@ pub struct ErrorLabels {
 pub struct PollLabels {
     /// `namespace/name`.
     pub cluster: String,
-    /// `idle`, `changed`, `partial` or `failed`.
+    /// `idle`, `changed`, `partial`, `failed` or `provisioning`.
     pub outcome: String,
 }
 
@@ -365,7 +365,7 @@ impl ReconcileMetrics {
         self.ceph_health.remove(&labels);
         self.change_sync_duration.remove(&labels);
         self.provisioning_orphans.remove(&labels);
-        for outcome in ["idle", "changed", "partial", "failed"] {
+        for outcome in ["idle", "changed", "partial", "failed", "provisioning"] {
             self.polls.remove(&PollLabels {
                 cluster: cluster.to_string(),
                 outcome: outcome.to_string(),

@@ -29,6 +29,7 @@ use crate::netbox::report::{KindCounts, SyncReport};
 use crate::netbox::settings::GuestOverrides;
 use crate::owner::OwnerScope;
 use crate::provision::ProvisionOutcome;
+use crate::provision::observe::Fingerprint;
 use crate::pve::client::PveApi;
 use crate::pve::resources::ClusterResources;
 use crate::secrets::SecretSource;
@@ -155,6 +156,9 @@ pub struct LastPass {
     pub permission_warning: Option<PermissionWarning>,
     /// What provisioning told the sync of the last full pass (the polls' syncs use it).
     pub overrides: GuestOverrides,
+    /// The records provisioning looked at, as the last full pass left them: a poll that
+    /// finds them changed hands over to a full pass.
+    pub provisioning: Option<Fingerprint>,
 }
 
 /// The work done for one ProxmoxCluster: read Proxmox, discover hardware, sync NetBox.
@@ -237,6 +241,16 @@ pub trait Provisioner: Send + Sync {
         dry_run: bool,
         calls: &'a CallCounter,
     ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)>;
+
+    /// The records provisioning looks at as they are now, to compare with `last` (a poll
+    /// between full passes); `None` when NetBox could not be read.
+    fn fingerprint<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        last: &'a Fingerprint,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, Option<Fingerprint>>;
 }
 
 /// A provisioner for pipelines that never provision (test fakes): an empty outcome.
@@ -251,6 +265,16 @@ impl Provisioner for NoProvisioner {
         _calls: &'a CallCounter,
     ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)> {
         Box::pin(async { (ProvisionOutcome::default(), None) })
+    }
+
+    fn fingerprint<'a>(
+        &'a self,
+        _config: &'a ResolvedCluster,
+        _inventory: &'a Inventory,
+        last: &'a Fingerprint,
+        _calls: &'a CallCounter,
+    ) -> BoxFuture<'a, Option<Fingerprint>> {
+        Box::pin(async move { Some(*last) })
     }
 }
 
@@ -396,9 +420,7 @@ where
                 installation: installation.to_string(),
             };
             match last {
-                Some(last) => {
-                    run_targeted(&self.reader, &self.writer, cluster, options, last, now).await
-                }
+                Some(last) => run_targeted(&self.stages(), cluster, options, last, now).await,
                 None => {
                     run_pipeline_observed(
                         &self.stages(),
@@ -616,7 +638,8 @@ pub async fn run_pipeline_observed(
     outcome.netbox = NetBoxOutcome::InProgress;
     outcome.calls = calls.snapshot();
     observer.observed(&outcome).await;
-    let overrides = provision(stages.provisioner, &config, &limits, &calls, &mut outcome).await;
+    let (overrides, fingerprint) =
+        provision(stages.provisioner, &config, &limits, &calls, &mut outcome).await;
     let report = sync_netbox(
         stages.writer,
         &config,
@@ -634,6 +657,7 @@ pub async fn run_pipeline_observed(
         last_pass(&outcome, Arc::new(config), resources, hardware, discovery).map(|pass| LastPass {
             client,
             overrides,
+            provisioning: fingerprint,
             ..pass
         })
     });
@@ -649,17 +673,39 @@ pub async fn run_pipeline_observed(
 /// discovery and the permission warning are the last full pass's). An idle, partial or
 /// failed poll runs nothing else: its outcome has only [`PipelineOutcome::poll`] set.
 pub async fn run_targeted(
-    reader: &dyn ProxmoxReader,
-    writer: &dyn NetBoxWriter,
+    stages: &Stages<'_>,
     cluster: &ProxmoxCluster,
     options: RunOptions,
     last: &LastPass,
     now: DateTime<Utc>,
 ) -> PipelineRun {
+    let (reader, writer) = (stages.reader, stages.writer);
     let limits = options.limits;
     let calls = CallCounter::with_transport_limit(limits.transport_errors);
     let config = &*last.config;
     let mut outcome = new_outcome(cluster, &options, config);
+    // With provisioning on, a record staged or decommissioned since the full pass makes
+    // the next pass a full one (two NetBox reads per poll).
+    if let Some(before) = &last.provisioning {
+        let inventory = &last.memory.inventory;
+        let now_seen = tokio::time::timeout(
+            limits.proxmox_read,
+            stages
+                .provisioner
+                .fingerprint(config, inventory, before, &calls),
+        )
+        .await
+        .ok()
+        .flatten();
+        if now_seen.as_ref().is_none_or(|f| f.digest != before.digest) {
+            outcome.calls = calls.snapshot();
+            outcome.poll = Some(PollRecord::Provisioning(match now_seen {
+                Some(_) => "NetBox records provisioning looks at changed".into(),
+                None => "the NetBox records provisioning looks at could not be read".into(),
+            }));
+            return failed_run(outcome);
+        }
+    }
     let polled = tokio::time::timeout(
         limits.proxmox_read,
         reader.poll(
@@ -710,6 +756,7 @@ pub async fn run_targeted(
     .map(|pass| LastPass {
         client: last.client.clone(),
         overrides: last.overrides.clone(),
+        provisioning: last.provisioning,
         ..pass
     });
     PipelineRun {
@@ -770,17 +817,18 @@ fn failed_run(outcome: PipelineOutcome) -> PipelineRun {
 
 /// The provisioning stage, when it is enabled: runs it against `outcome.inventory` (always
 /// set here), puts the inventory with the guests it created or destroyed read again back,
-/// records its report in `outcome` and returns what the sync is told. Past its deadline
-/// the sync is told to leave every guest with this owner's mark alone.
+/// records its report in `outcome` and returns what the sync is told, and the records'
+/// fingerprint for the polls. Past its deadline the sync is told to leave every guest with
+/// this owner's mark alone.
 async fn provision(
     provisioner: &dyn Provisioner,
     config: &ResolvedCluster,
     limits: &StageLimits,
     calls: &CallCounter,
     outcome: &mut PipelineOutcome,
-) -> GuestOverrides {
+) -> (GuestOverrides, Option<Fingerprint>) {
     let Some(p) = &config.provisioning else {
-        return GuestOverrides::default();
+        return (GuestOverrides::default(), None);
     };
     let dry_run = outcome.dry_run || p.settings.dry_run;
     let inventory = outcome.inventory.take().unwrap_or_default();
@@ -802,7 +850,7 @@ async fn provision(
     outcome.inventory = Some(refreshed.unwrap_or(inventory));
     outcome.calls = calls.snapshot();
     outcome.provisioning = Some(result.report);
-    result.overrides
+    (result.overrides, result.fingerprint)
 }
 
 /// The NetBox stage: syncs `outcome.inventory` (always set here) and records the result
@@ -885,6 +933,7 @@ fn last_pass(
         discovery,
         permission_warning: outcome.permission_warning.clone(),
         overrides: GuestOverrides::default(),
+        provisioning: None,
     })
 }
 
@@ -1589,6 +1638,7 @@ mod tests {
             discovery: Some(Vec::new()),
             permission_warning: None,
             overrides: GuestOverrides::default(),
+            provisioning: None,
         }
     }
 
@@ -1629,13 +1679,87 @@ mod tests {
         assert!(dry.last_pass.is_none());
     }
 
+    /// A provisioner whose records show `digest` (or cannot be read).
+    struct Records(Option<u64>);
+    impl Provisioner for Records {
+        fn provision<'a>(
+            &'a self,
+            _config: &'a ResolvedCluster,
+            _inventory: &'a Inventory,
+            _dry_run: bool,
+            _calls: &'a CallCounter,
+        ) -> BoxFuture<'a, (ProvisionOutcome, Option<Inventory>)> {
+            Box::pin(async { (ProvisionOutcome::default(), None) })
+        }
+        fn fingerprint<'a>(
+            &'a self,
+            _config: &'a ResolvedCluster,
+            _inventory: &'a Inventory,
+            last: &'a Fingerprint,
+            calls: &'a CallCounter,
+        ) -> BoxFuture<'a, Option<Fingerprint>> {
+            calls.record(systems::NETBOX, CALL_SUCCESS, 2);
+            let digest = self.0;
+            Box::pin(async move {
+                digest.map(|digest| Fingerprint {
+                    cluster: last.cluster,
+                    digest,
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poll_hands_over_to_a_full_pass_when_provisioning_s_records_changed() {
+        let d = secrets_dir();
+        let mut last = last_pass_of_three_nodes(&d).await;
+        last.provisioning = Some(Fingerprint {
+            cluster: Some(7),
+            digest: 1,
+        });
+        let reader = ChangingReader::default();
+        let writer = FakeWriter::default();
+        for (now_seen, expect_poll) in [(Some(2), true), (None, true), (Some(1), false)] {
+            let stages = Stages {
+                reader: &reader,
+                prober: &FakeProber::default(),
+                provisioner: &Records(now_seen),
+                writer: &writer,
+            };
+            let run = run_targeted(
+                &stages,
+                &cluster(false, "Sync"),
+                RunOptions::default(),
+                &last,
+                now(),
+            )
+            .await;
+            let handed_over = matches!(run.outcome.poll, Some(PollRecord::Provisioning(_)));
+            assert_eq!(
+                handed_over, expect_poll,
+                "{now_seen:?}: {:?}",
+                run.outcome.poll
+            );
+            assert!(run.outcome.calls.get(systems::NETBOX, CALL_SUCCESS) >= 2);
+            if handed_over {
+                assert!(run.last_pass.is_none(), "the next pass is a full one");
+            }
+        }
+        // Only the unchanged records let the poll run (and sync its changed guest).
+        assert_eq!(reader.given_client.lock().unwrap().len(), 1);
+        assert_eq!(writer.calls.lock().unwrap().len(), 1);
+    }
+
     #[tokio::test]
     async fn an_idle_poll_runs_nothing_else() {
         let d = secrets_dir();
         let writer = FakeWriter::default();
         let run = run_targeted(
-            &FakeReader(Ok(three_nodes())),
-            &writer,
+            &Stages::new(
+                &FakeReader(Ok(three_nodes())),
+                &FakeProber::default(),
+                &writer,
+            ),
             &cluster(false, "Sync"),
             RunOptions::default(),
             &last_pass_of_three_nodes(&d).await,
@@ -1664,8 +1788,7 @@ mod tests {
         last.client = Some(SharedPve(Arc::new(FixedPve)));
         let reader = ChangingReader::default();
         let run = run_targeted(
-            &reader,
-            &writer,
+            &Stages::new(&reader, &FakeProber::default(), &writer),
             &cluster(false, "Sync"),
             RunOptions::default(),
             &last,
@@ -1699,8 +1822,7 @@ mod tests {
         let d = secrets_dir();
         let writer = FakeWriter::default();
         let run = run_targeted(
-            &HangingReader,
-            &writer,
+            &Stages::new(&HangingReader, &FakeProber::default(), &writer),
             &cluster(false, "Sync"),
             RunOptions::default(),
             &last_pass_of_three_nodes(&d).await,

@@ -52,6 +52,9 @@ pub struct ProvisionOutcome {
     pub created: Vec<CreatedGuest>,
     /// Guests destroyed.
     pub destroyed: Vec<u32>,
+    /// The records as they are after the pass: the polls until the next full pass compare
+    /// with it ([`observe::fingerprint`]).
+    pub fingerprint: Option<observe::Fingerprint>,
 }
 
 /// Where provisioning writes and what it knows of its cluster.
@@ -130,7 +133,13 @@ pub async fn provision(
         vmids: VmidAllocator::new(taken),
     };
     let done = apply::apply(&ctx, works).await;
-    outcome(settings, target.mark, observed, selection.reported, done)
+    let cluster = observed.netbox_cluster;
+    let mut out = outcome(settings, target.mark, observed, selection.reported, done);
+    out.fingerprint =
+        observe::fingerprint(target.netbox, cluster, target.cluster_name, target.mark)
+            .await
+            .ok();
+    out
 }
 
 /// The outcome of a pass that could not run (`why`), with the sync told to leave every
@@ -247,5 +256,6 @@ fn outcome(
         overrides,
         created,
         destroyed,
+        fingerprint: None,
     }
 }

@@ -44,6 +44,8 @@ pub struct Observed {
     pub guests: BTreeMap<u32, GuestView>,
     /// Problems with the provisioning custom fields (someone else's of the same name).
     pub field_problems: Vec<String>,
+    /// The NetBox cluster's id, when it exists.
+    pub netbox_cluster: Option<u64>,
 }
 
 /// Reads what provisioning needs. `mark`: this owner's mark; `cluster_name`: the NetBox
@@ -57,15 +59,7 @@ pub async fn observe(
 ) -> Result<Observed, NetBoxError> {
     let fields = ensure_fields(api, PROVISIONING_FIELDS, settings.dry_run).await?;
     let fields_ready = fields.missing.is_empty();
-    let cluster = api
-        .list(
-            "virtualization/clusters",
-            &[("name".to_string(), cluster_name.to_string())],
-        )
-        .await?
-        .into_iter()
-        .find(|c| c["name"] == cluster_name)
-        .and_then(|c| id_of(&c));
+    let cluster = cluster_id(api, cluster_name).await?;
     let mut raw: BTreeMap<u64, Value> = BTreeMap::new();
     if let Some(cluster) = cluster {
         let query = vec![
@@ -81,11 +75,82 @@ pub async fn observe(
     }
     let records: Vec<NbVm> = raw.values().filter_map(parse_vm).collect();
     Ok(Observed {
+        netbox_cluster: cluster,
         cluster: cluster_view(inventory, mark),
         guests: guest_views(inventory),
         records,
         field_problems: fields.foreign,
     })
+}
+
+/// What the records provisioning looks at are like now: their ids and last changes, in the
+/// NetBox cluster `cluster` (found by name when `None`). Two NetBox reads (three without the
+/// cluster's id); compared between full passes, a difference starts a full pass (a record
+/// staged, decommissioned or changed since).
+pub async fn fingerprint(
+    api: &dyn NetBoxApi,
+    cluster: Option<u64>,
+    cluster_name: &str,
+    mark: &str,
+) -> Result<Fingerprint, NetBoxError> {
+    let cluster = match cluster {
+        Some(c) => Some(c),
+        None => cluster_id(api, cluster_name).await?,
+    };
+    let fields = ("fields".to_string(), "id,last_updated".to_string());
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut queries = vec![vec![
+        (format!("cf_{CF_PROVISIONED_BY}"), mark.to_string()),
+        fields.clone(),
+    ]];
+    if let Some(c) = cluster {
+        queries.push(vec![
+            ("cluster_id".to_string(), c.to_string()),
+            ("status".to_string(), "staged".to_string()),
+            ("status".to_string(), "decommissioning".to_string()),
+            fields,
+        ]);
+    }
+    for query in queries {
+        for vm in api.list(VIRTUAL_MACHINES, &query).await? {
+            if let Some(id) = id_of(&vm) {
+                seen.push((id, text(&vm["last_updated"], 64).unwrap_or_default()));
+            }
+        }
+        if seen.len() > 2 * MAX_RECORDS {
+            break;
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&seen, &mut hasher);
+    Ok(Fingerprint {
+        cluster,
+        digest: std::hash::Hasher::finish(&hasher),
+    })
+}
+
+/// The fingerprint of the records provisioning looks at ([`fingerprint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The NetBox cluster's id, once it exists.
+    pub cluster: Option<u64>,
+    /// A digest of the records' ids and last changes.
+    pub digest: u64,
+}
+
+/// The id of the NetBox cluster named `name`, if it exists.
+async fn cluster_id(api: &dyn NetBoxApi, name: &str) -> Result<Option<u64>, NetBoxError> {
+    Ok(api
+        .list(
+            "virtualization/clusters",
+            &[("name".to_string(), name.to_string())],
+        )
+        .await?
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| id_of(&c)))
 }
 
 /// Adds VMs to `raw` by id, refusing more than [`MAX_RECORDS`].

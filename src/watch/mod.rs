@@ -63,6 +63,9 @@ pub enum PollRecord {
     Partial(String),
     /// The poll failed; nothing else ran.
     Failed(String),
+    /// The NetBox records provisioning looks at changed (or could not be read): nothing
+    /// else ran, the next pass is a full one at once.
+    Provisioning(String),
 }
 
 impl PollRecord {
@@ -87,6 +90,7 @@ impl PollRecord {
             Self::Changed(_) => "changed",
             Self::Partial(_) => "partial",
             Self::Failed(_) => "failed",
+            Self::Provisioning(_) => "provisioning",
         }
     }
 }

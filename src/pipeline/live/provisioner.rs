@@ -11,6 +11,7 @@ use crate::inventory::{GuestKind, Inventory};
 use crate::net::guard::EndpointGuard;
 use crate::netbox::client::NetBoxMetrics;
 use crate::pipeline::{CallCounter, Provisioner};
+use crate::provision::observe::Fingerprint;
 use crate::provision::plan::required_privileges;
 use crate::provision::settings::ProvisionSettings;
 use crate::provision::{ProvisionOutcome, Target, not_run, observe, provision};
@@ -52,6 +53,27 @@ async fn missing_privileges(
 }
 
 impl Provisioner for LiveProvisioner {
+    fn fingerprint<'a>(
+        &'a self,
+        config: &'a ResolvedCluster,
+        inventory: &'a Inventory,
+        last: &'a Fingerprint,
+        calls: &'a CallCounter,
+    ) -> BoxFuture<'a, Option<Fingerprint>> {
+        Box::pin(async move {
+            let sync = sync_settings(config, inventory);
+            let netbox =
+                netbox_client(&config.netbox, &self.endpoint_guard, self.netbox.as_ref()).ok()?;
+            let netbox = CountedNetBox {
+                inner: &netbox,
+                calls,
+            };
+            observe::fingerprint(&netbox, last.cluster, &sync.cluster_name, &sync.owner)
+                .await
+                .ok()
+        })
+    }
+
     fn provision<'a>(
         &'a self,
         config: &'a ResolvedCluster,
