@@ -32,7 +32,8 @@ options() {
         pve_propstr) echo "-max_len=512" ;;
         hw_ethtool) echo "-max_len=2048 -dict=$fuzz_dir/dicts/text.dict" ;;
         hw_ip_link | hw_dmidecode) echo "-max_len=4096 -dict=$fuzz_dir/dicts/text.dict" ;;
-        pve_reader | netbox_sync) echo "-max_len=16384 -dict=$fuzz_dir/dicts/json.dict" ;;
+                pve_reader | netbox_sync) echo "-max_len=16384 -dict=$fuzz_dir/dicts/json.dict" ;;
+        provision_plan) echo "-max_len=4096 -dict=$fuzz_dir/dicts/json.dict" ;;
         *) echo "-max_len=4096" ;;
     esac
 }

@@ -284,7 +284,7 @@ pub async fn add_children(api: &dyn NetBoxApi, records: &mut [NbVm]) -> Result<(
         let (Some(id), Some(iface), Some(address)) = (
             id_of(ip),
             ip["assigned_object_id"].as_u64(),
-            text(&ip["address"], 64),
+            text(&ip["address"], 64).filter(|a| is_cidr(a)),
         ) else {
             continue;
         };
@@ -429,12 +429,31 @@ async fn gateways(
     Ok(())
 }
 
+/// True for `address/length` with a valid IP address and length: what goes into
+/// `ipconfigN` is never more than that.
+pub fn is_cidr(text: &str) -> bool {
+    let Some((ip, len)) = text.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    len.parse::<u8>().is_ok_and(|l| l <= max) && len.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn prefix_len(prefix: &str) -> u8 {
     prefix
         .split('/')
         .nth(1)
         .and_then(|l| l.parse().ok())
         .unwrap_or(0)
+}
+
+/// An interface from NetBox's answer (without its addresses and prefix), if it has an id
+/// and a name.
+pub fn parse_interface_json(v: &Value) -> Option<NbInterface> {
+    parse_interface(v).map(|(iface, _, _)| iface)
 }
 
 /// An interface, with the prefix id of its `proxmox_prefix` and its untagged VLAN id.
@@ -444,7 +463,7 @@ fn parse_interface(v: &Value) -> Option<(NbInterface, Option<u64>, Option<u64>)>
         id: id_of(v)?,
         name: text(&v["name"], 64)?,
         enabled: v["enabled"].as_bool().unwrap_or(true),
-        mtu: u32_of(&v["mtu"]),
+        mtu: u32_of(&v["mtu"]).filter(|m| (576..=65520).contains(m)),
         mac: v["primary_mac_address"]["mac_address"]
             .as_str()
             .and_then(crate::pve::propstr::normalize_mac),
@@ -474,7 +493,7 @@ fn parse_prefix(v: &Value) -> Option<NbPrefix> {
         text(&v["custom_fields"][CF_GATEWAY], 64).filter(|g| g.parse::<std::net::IpAddr>().is_ok());
     Some(NbPrefix {
         id: id_of(v)?,
-        prefix: text(&v["prefix"], 64)?,
+        prefix: text(&v["prefix"], 64).filter(|p| is_cidr(p))?,
         gateway,
     })
 }
@@ -553,4 +572,55 @@ pub fn guest_views(inv: &Inventory) -> BTreeMap<u32, GuestView> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn hostile_records_are_typed_bounded_or_dropped() {
+        assert!(is_cidr("10.0.0.5/24") && is_cidr("2001:db8::5/64"));
+        for bad in [
+            "10.0.0.5/24,gw=6.6.6.6",
+            "10.0.0.5",
+            "10.0.0.5/33",
+            "x/24",
+            "10.0.0.5/+24",
+            "::1/129",
+        ] {
+            assert!(!is_cidr(bad), "{bad}");
+        }
+        let vm = parse_vm(&json!({
+            "id": 7, "name": "x".repeat(5000), "status": {"value": "staged"},
+            "vcpus": 2.5, "memory": 2048, "tags": (0..1000).map(|i| json!({"slug": format!("t{i}")})).collect::<Vec<_>>(),
+            "custom_fields": {"proxmox_provision": "owned-by-me", "proxmox_provision_vmid": 99999999999u64,
+                              "proxmox_template": 9000, "proxmox_start": "yes"}
+        }))
+        .unwrap();
+        assert_eq!(vm.name.chars().count(), 200);
+        assert_eq!(vm.vcpus.as_deref(), Some("2.5"));
+        assert_eq!(vm.tags.len(), 64, "at most 64 tags are read");
+        assert_eq!(vm.phase, None, "an unknown phase is none");
+        assert_eq!(vm.reserved_vmid, None, "a vmid beyond u32 is none");
+        assert_eq!(vm.template.as_deref(), Some("9000"));
+        assert_eq!(vm.start, None);
+        assert!(parse_vm(&json!({"name": "no id"})).is_none());
+        assert!(parse_vm(&json!({"id": 1})).is_none());
+        let (iface, prefix, vlan) = parse_interface(&json!({
+            "id": 3, "name": "net0", "mtu": 100000, "untagged_vlan": {"id": 9, "vid": 5000},
+            "primary_mac_address": {"mac_address": "not a mac"}, "custom_fields": {"proxmox_prefix": {"id": 4}}
+        }))
+        .unwrap();
+        assert_eq!(
+            (iface.mtu, iface.untagged_vid, iface.mac),
+            (None, None, None)
+        );
+        assert_eq!((prefix, vlan), (Some(4), Some(9)));
+        assert!(parse_prefix(&json!({"id": 1, "prefix": "10.0.0.0/24;rm"})).is_none());
+        let p = parse_prefix(&json!({"id": 1, "prefix": "10.0.0.0/24", "custom_fields": {"proxmox_gateway": "not an ip"}})).unwrap();
+        assert_eq!(p.gateway, None);
+    }
 }
