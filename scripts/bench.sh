@@ -11,6 +11,8 @@
 # and the PATCH passes NetBox requires for primary MACs and IPs; (b) the first sync: wall
 # time, requests, NetBox time per endpoint; (c) a no-op resync; (d) a resync after 1% of the
 # guests changed; (e) the operator's peak RSS.
+# The floors and the first sync each start from a clean NetBox database (the harness's
+# template), so none of them writes into a NetBox the one before filled.
 # Prints a Markdown table row set; appends nothing by itself.
 set -euo pipefail
 GUESTS="${1:-1000}"
@@ -27,6 +29,22 @@ BIN="$CARGO_TARGET_DIR/release/proxmox-netbox-operator"
 WORK="$(mktemp -d)"
 trap 'kill $(cat "$WORK"/pve*/pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 RUN="bench-$GUESTS-$(date +%s)"
+
+fresh_netbox() { # a clean NetBox database (and a new token), as for a first sync
+  bash scripts/harness/harness.sh up >/dev/null
+  # shellcheck disable=SC1091
+  source "$PNBO_HARNESS_DIR/env"
+}
+
+bootstrap_marks() { # the operator's tag and custom fields, which floor.py --same-objects
+  # needs, made by one sync of the small demo topology
+  mkdir -p "$WORK/demo"
+  "$FAKEPVE_PYTHON" "$FAKEPVE_LAUNCHER" --topology tests/topologies/demo.json --state-dir "$WORK/demo" >"$WORK/demo/log" 2>&1 &
+  echo $! > "$WORK/demo/pid"
+  for _ in $(seq 600); do [ -f "$WORK/demo/env.json" ] && break; sleep 0.1; done
+  write_cluster "$WORK/demo"
+  sync_once >/dev/null 2>&1
+}
 
 start_pve() { # $1 = state dir, rest = extra launcher args
   local dir="$1"; shift
@@ -149,13 +167,8 @@ PY
 
 bench_marks() { # $1 = guests. One bootstrap sync of the demo topology creates the tag and the
   # custom fields; then the floor of the same guests with each set of marks, in one run.
-  GUESTS="$1"
-  mkdir -p "$WORK/demo"
-  "$FAKEPVE_PYTHON" "$FAKEPVE_LAUNCHER" --topology tests/topologies/demo.json --state-dir "$WORK/demo" >"$WORK/demo/log" 2>&1 &
-  echo $! > "$WORK/demo/pid"
-  for _ in $(seq 600); do [ -f "$WORK/demo/env.json" ] && break; sleep 0.1; done
-  write_cluster "$WORK/demo"
-  sync_once >/dev/null
+    GUESTS="$1"
+  bootstrap_marks
   start_pve "$WORK/pve"
   local variant
   for variant in "" "--marks cf" "--marks tag" "--marks both" "--same-objects" \
@@ -177,6 +190,7 @@ fi
 start_pve "$WORK/pve"
 echo "== floor (bare bulk creates, $GUESTS guests)" >&2
 FLOOR="$("$FAKEPVE_PYTHON" scripts/bench/floor.py "$WORK/pve/expected.json" "$NETBOX_URL" "$NETBOX_TOKEN" "$RUN")"
+fresh_netbox
 write_cluster "$WORK/pve"
 echo "== first sync" >&2
 FIRST="$(sync_once)"
@@ -188,6 +202,8 @@ write_cluster "$WORK/pve2"
 echo "== resync after 1% of the guests changed" >&2
 CHANGED="$(sync_once)"
 echo "== floor, same objects (ownership marks, MACs given at interface creation, the primary IP PATCH pass)" >&2
+fresh_netbox
+bootstrap_marks
 FLOOR_SAME="$("$FAKEPVE_PYTHON" scripts/bench/floor.py "$WORK/pve2/expected.json" "$NETBOX_URL" "$NETBOX_TOKEN" "$RUN" --same-objects --mac-at-create)"
 cat <<OUT
 guests=$GUESTS

@@ -29,7 +29,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-BATCH = 100
+# The operator's batch size and requests in flight (`SyncSettings::batch_size` in
+# src/pipeline/live.rs, `spec.netbox.maxInFlight` default 4).
+BATCH = 50
 IN_FLIGHT = 4
 
 
