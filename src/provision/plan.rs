@@ -518,6 +518,13 @@ fn check_record(record: &NbVm) -> Option<Decision> {
             ),
         ));
     }
+    let mut slots = std::collections::BTreeSet::new();
+    if let Some(i) = record.interfaces.iter().find(|i| !slots.insert(&i.name)) {
+        return Some(blocked(
+            warnings::INVALID_INTERFACE_NAME,
+            format!("two interfaces are named {:?}: each names one NIC", i.name),
+        ));
+    }
     if let Some((i, why)) = record.interfaces.iter().find_map(|i| {
         i.prefix_problem
             .as_ref()

@@ -110,8 +110,11 @@ pub fn change(
         .iter()
         .filter_map(|i| nic_index(&i.name))
         .collect();
+    let mut done = BTreeSet::new();
     for iface in &record.interfaces {
-        let Some(i) = nic_index(&iface.name) else {
+        // One NIC per slot: a second interface of the same name (NetBox refuses them; a
+        // hostile answer may not) is left out.
+        let Some(i) = nic_index(&iface.name).filter(|i| done.insert(*i)) else {
             continue;
         };
         let net = format!("net{i}");
@@ -202,19 +205,40 @@ fn cloud_init(
 /// properties kept, with the record's MAC, VLAN, MTU and link state.
 fn nic_value(iface: &NbInterface, current: Option<&str>, settings: &ProvisionSettings) -> String {
     let parsed = current.map(propstr::parse).unwrap_or_default();
-    let mut props = parsed.props;
-    // The model holds the MAC (`virtio=BC:24:11:..`), or stands alone (`virtio,...`).
-    let model = props
-        .keys()
-        .find(|k| NIC_MODELS.contains(&k.as_str()))
-        .cloned()
-        .or_else(|| parsed.default.filter(|d| NIC_MODELS.contains(&d.as_str())))
-        .unwrap_or_else(|| settings.nic_model.to_string());
-    let mac = iface
-        .mac
+    // What PVE shows is kept but for the model and MAC (one of each is written back),
+    // and nothing malformed goes back: no empty value, no odd key, no control character.
+    let mut found_model = parsed
+        .default
         .clone()
-        .or_else(|| props.get(&model).and_then(|m| normalize_mac(m)));
-    props.remove(&model);
+        .filter(|d| NIC_MODELS.contains(&d.as_str()));
+    let mut found_mac = None;
+    let mut props: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in parsed.props {
+        if NIC_MODELS.contains(&k.as_str()) {
+            if found_mac.is_none() {
+                found_mac = normalize_mac(&v);
+            }
+            found_model.get_or_insert(k);
+            continue;
+        }
+        match k.as_str() {
+            "model" if NIC_MODELS.contains(&v.as_str()) => {
+                found_model.get_or_insert(v);
+            }
+            "macaddr" => found_mac = found_mac.or_else(|| normalize_mac(&v)),
+            "model" => {}
+            _ if !v.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && !v.chars().any(|c| c.is_control() || c == ',') =>
+            {
+                props.insert(k, v);
+            }
+            _ => {}
+        }
+    }
+    let model = found_model.unwrap_or_else(|| settings.nic_model.to_string());
+    let mac = iface.mac.clone().or(found_mac);
     props
         .entry("bridge".into())
         .or_insert_with(|| settings.nic_bridge.clone());
@@ -348,4 +372,111 @@ pub fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::provision::settings::{CloudInit, Selector};
+
+    fn settings() -> ProvisionSettings {
+        ProvisionSettings {
+            dry_run: false,
+            selector: Selector::default(),
+            template: None,
+            node: None,
+            storage: "s".into(),
+            pool: None,
+            cloud_init: CloudInit::default(),
+            nic_bridge: "vmbr0".into(),
+            nic_model: "virtio",
+            start: true,
+            task_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(60),
+            max_concurrent_tasks: 1,
+            max_creates_per_pass: 1,
+            retire: None,
+            follow_resources: false,
+        }
+    }
+
+    fn iface(id: u64, name: &str, enabled: bool) -> NbInterface {
+        NbInterface {
+            id,
+            name: name.into(),
+            enabled,
+            mtu: None,
+            mac: None,
+            untagged_vid: None,
+            prefix: None,
+            prefix_problem: None,
+            ips: Vec::new(),
+            owner: None,
+        }
+    }
+
+    fn record(interfaces: Vec<NbInterface>) -> NbVm {
+        NbVm {
+            id: 1,
+            name: "vm".into(),
+            status: "staged".into(),
+            description: String::new(),
+            vcpus: None,
+            memory_mb: None,
+            tags: Vec::new(),
+            role: Vec::new(),
+            phase: None,
+            reserved_vmid: None,
+            provisioned_by: None,
+            owner: None,
+            vmid: None,
+            template: None,
+            target_node: None,
+            start: None,
+            interfaces,
+            disks: Vec::new(),
+        }
+    }
+
+    /// Written as asked, the config asks for nothing more.
+    fn stable(r: &NbVm, config: &BTreeMap<String, String>) -> ConfigChange {
+        let s = settings();
+        let c = change(r, config, &s, Scope::Create);
+        let mut written = config.clone();
+        written.extend(c.set.clone());
+        for k in &c.delete {
+            written.remove(k);
+        }
+        assert!(change(r, &written, &s, Scope::Create).is_empty(), "{c:?}");
+        c
+    }
+
+    #[test]
+    fn two_interfaces_of_one_slot_configure_the_first_and_stay_stable() {
+        // Found by fuzzing (provision_plan): the second `net0` undid the first every pass.
+        let r = record(vec![iface(1, "net0", true), iface(2, "net0", false)]);
+        let c = stable(&r, &BTreeMap::new());
+        assert!(!c.set["net0"].contains("link_down"), "{c:?}");
+    }
+
+    #[test]
+    fn a_hostile_nic_value_is_written_back_with_one_model_and_nothing_malformed() {
+        // Found by fuzzing: two models, a bare model item, a control character.
+        let r = record(vec![iface(1, "net0", true), iface(2, "net1", true)]);
+        let config: BTreeMap<String, String> = [
+            ("net0", "virtio=BC:24:11:00:90:00,bridge=vm\r0,firewall=1"),
+            ("net1", "e1000,virtio=vmbr1,e1000=,model=rtl8139,queues=2"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = stable(&r, &config);
+        assert_eq!(
+            c.set["net0"],
+            "virtio=BC:24:11:00:90:00,bridge=vmbr0,firewall=1"
+        );
+        assert_eq!(c.set["net1"], "e1000,bridge=vmbr0,queues=2");
+    }
 }
