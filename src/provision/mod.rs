@@ -135,10 +135,15 @@ pub async fn provision(
     let done = apply::apply(&ctx, works).await;
     let cluster = observed.netbox_cluster;
     let mut out = outcome(settings, target.mark, observed, selection.reported, done);
-    out.fingerprint =
-        observe::fingerprint(target.netbox, cluster, target.cluster_name, target.mark)
-            .await
-            .ok();
+    out.fingerprint = observe::fingerprint(
+        target.netbox,
+        cluster,
+        target.cluster_name,
+        target.mark,
+        settings.follow_resources,
+    )
+    .await
+    .ok();
     out
 }
 

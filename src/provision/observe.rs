@@ -83,39 +83,52 @@ pub async fn observe(
     })
 }
 
-/// What the records provisioning looks at are like now: their ids and last changes, in the
-/// NetBox cluster `cluster` (found by name when `None`). Two NetBox reads (three without the
-/// cluster's id); compared between full passes, a difference starts a full pass (a record
-/// staged, decommissioned or changed since).
+/// What the records provisioning looks at are like now, in the NetBox cluster `cluster`
+/// (found by name when `None`): the staged and decommissioning records' ids and statuses,
+/// and of the records this owner provisioned their status and progress, with
+/// `follow_resources` also their vCPUs and memory. What the sync itself writes on them
+/// (their primary IPs, PVE's state) is left out, so a targeted pass does not start a full
+/// one. Two NetBox reads (three without the cluster's id); compared between full passes, a
+/// difference starts a full pass.
 pub async fn fingerprint(
     api: &dyn NetBoxApi,
     cluster: Option<u64>,
     cluster_name: &str,
     mark: &str,
+    follow_resources: bool,
 ) -> Result<Fingerprint, NetBoxError> {
     let cluster = match cluster {
         Some(c) => Some(c),
         None => cluster_id(api, cluster_name).await?,
     };
-    let fields = ("fields".to_string(), "id,last_updated".to_string());
     let mut seen: Vec<(u64, String)> = Vec::new();
     let mut queries = vec![vec![
         (format!("cf_{CF_PROVISIONED_BY}"), mark.to_string()),
-        fields.clone(),
+        (
+            "fields".to_string(),
+            "id,status,vcpus,memory,custom_fields".to_string(),
+        ),
     ]];
     if let Some(c) = cluster {
         queries.push(vec![
             ("cluster_id".to_string(), c.to_string()),
             ("status".to_string(), "staged".to_string()),
             ("status".to_string(), "decommissioning".to_string()),
-            fields,
+            ("fields".to_string(), "id,status".to_string()),
         ]);
     }
     for query in queries {
         for vm in api.list(VIRTUAL_MACHINES, &query).await? {
-            if let Some(id) = id_of(&vm) {
-                seen.push((id, text(&vm["last_updated"], 64).unwrap_or_default()));
+            let Some(id) = id_of(&vm) else { continue };
+            let mut state = format!(
+                "{}|{}",
+                choice(&vm["status"]).unwrap_or_default(),
+                text(&vm["custom_fields"][CF_PROVISION], 32).unwrap_or_default()
+            );
+            if follow_resources {
+                state.push_str(&format!("|{}|{}", vm["vcpus"], vm["memory"]));
             }
+            seen.push((id, state));
         }
         if seen.len() > 2 * MAX_RECORDS {
             break;

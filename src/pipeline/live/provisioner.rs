@@ -68,9 +68,19 @@ impl Provisioner for LiveProvisioner {
                 inner: &netbox,
                 calls,
             };
-            observe::fingerprint(&netbox, last.cluster, &sync.cluster_name, &sync.owner)
-                .await
-                .ok()
+            let follow = config
+                .provisioning
+                .as_ref()
+                .is_some_and(|p| p.settings.follow_resources);
+            observe::fingerprint(
+                &netbox,
+                last.cluster,
+                &sync.cluster_name,
+                &sync.owner,
+                follow,
+            )
+            .await
+            .ok()
         })
     }
 
